@@ -1,0 +1,138 @@
+//! `clone`: task start with a `rig_url`, cold (a repository the worker has never seen)
+//! and warm (the same one again: the cache is reused), against `git clone --depth 1
+//! --single-branch` from the same local `git http-backend`. Task start is the time from
+//! `POST /work` to the `working` status event (the agent is running in its worktree).
+
+use super::Ctx;
+use crate::client::Proto;
+use crate::gitserver::{self, GitServer};
+use crate::report::{Goal, Row};
+use crate::stats::Samples;
+use crate::taskrun;
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+const GOAL_COLD: f64 = 1.2;
+const GOAL_WARM: f64 = 0.1;
+const GIT_ISSUE: &str = "needs git support in the worker (issue 3)";
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let runs = if ctx.args.quick { 1 } else { 3 };
+    let (files, size) = if ctx.args.quick {
+        (200, 4096)
+    } else {
+        (2000, 8192)
+    };
+    let dir = TempDir::new()?;
+    let phase = ctx.progress.phase(
+        format!("making {runs} repos of {files} files"),
+        "",
+        Duration::from_secs(30),
+    );
+    // Copies 0..runs for the baseline, runs..2*runs for outpost: each clone is cold.
+    gitserver::make_repos(&dir.0, files, size, 2 * runs).await?;
+    drop(phase);
+    let server = GitServer::start(dir.0.clone()).await?;
+
+    let phase = ctx.progress.phase(
+        "git clone --depth 1",
+        "clones",
+        Duration::from_secs(10 * runs as u64),
+    );
+    let mut base = Samples::new();
+    for i in 0..runs {
+        let dest = dir.0.join(format!("clone-{i}"));
+        let dest = dest.to_str().context("temp dir path is not UTF-8")?;
+        let url = server.url(&format!("repo-{i}.git"));
+        let t = Instant::now();
+        gitserver::git(
+            &dir.0,
+            &[
+                "clone",
+                "-q",
+                "--depth",
+                "1",
+                "--single-branch",
+                "--branch",
+                "main",
+                &url,
+                dest,
+            ],
+        )
+        .await?;
+        base.push(t.elapsed());
+        phase
+            .counter()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    drop(phase);
+
+    let phase = ctx.progress.phase(
+        "outpost task start, cold then warm",
+        "tasks",
+        Duration::from_secs(20 * runs as u64),
+    );
+    let (mut cold, mut warm) = (Samples::new(), Samples::new());
+    let mut conn = ctx.target.ep.connect(Proto::H1).await?;
+    for i in 0..runs {
+        let url = server.url(&format!("repo-{}.git", runs + i));
+        for samples in [&mut cold, &mut warm] {
+            let body =
+                serde_json::json!({ "rig_url": url, "ref": "main", "prompt": "true" }).to_string();
+            let r = match taskrun::run_body(&mut conn, Bytes::from(body), None, &|_| {}).await {
+                Ok(r) => r,
+                Err(e) => bail!("{GIT_ISSUE}? POST /work with a rig_url: {e:#}"),
+            };
+            match (r.working, r.status.as_deref()) {
+                (Some(w), Some("done")) => samples.push(w),
+                _ => bail!(
+                    "{GIT_ISSUE}? the task ended {:?}: {}",
+                    r.status,
+                    r.error.unwrap_or_default()
+                ),
+            }
+            phase
+                .counter()
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    drop(phase);
+    drop(server);
+
+    let cold_p50 = cold.p50();
+    Ok(vec![
+        Row::new("clone", "cold task start (p50)", "ms")
+            .outpost(cold_p50)
+            .baseline(base.p50())
+            .goal(Goal::RatioAtMost(GOAL_COLD))
+            .note(format!(
+                "baseline: git clone --depth 1 --single-branch; {files} files, {runs} runs"
+            )),
+        Row::new("clone", "warm task start vs cold (p50)", "ms")
+            .outpost(warm.p50())
+            .baseline(cold_p50)
+            .goal(Goal::RatioAtMost(GOAL_WARM)),
+    ])
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!(
+            "outpost-bench-git-{}-{}",
+            std::process::id(),
+            crate::ticker::now_ns()
+        ));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

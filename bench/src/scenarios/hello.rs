@@ -1,0 +1,168 @@
+//! `hello`: requests/s and latency on `GET /hello` over HTTP/1.1 and h2c with many
+//! connections, next to a bare hyper server answering the same JSON in the same run.
+
+use super::Ctx;
+use crate::bare::BareServer;
+use crate::client::{Endpoint, Proto};
+use crate::report::{Goal, Row};
+use crate::stats::{rate, Samples};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hyper::Method;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const GOAL: f64 = 0.8;
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let ep = &ctx.target.ep;
+    let mut c = ep.connect(Proto::H1).await?;
+    let (_, body) = c.get("/hello").await.context("GET /hello")?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let exe = ctx.exe.clone();
+    let bare = tokio::task::spawn_blocking(move || BareServer::start(&exe, &body))
+        .await
+        .context("baseline server thread")??;
+    let bare_ep = Endpoint::local(bare.addr);
+    let (conns, streams) = (ctx.args.connections, ctx.args.streams);
+    let mut rows = Vec::new();
+    for proto in [Proto::H1, Proto::H2c] {
+        let per_conn = if proto == Proto::H2c { streams } else { 1 };
+        let shape = if per_conn > 1 {
+            format!("{conns} conns x {per_conn} streams")
+        } else {
+            format!("{conns} conns")
+        };
+        let mut out = Vec::new();
+        for (who, target) in [("outpost", ep), ("bare hyper", &bare_ep)] {
+            let label = format!("{} {who}", proto.name());
+            let warm = Duration::from_millis(300).min(ctx.args.duration);
+            load(target, proto, conns, per_conn, warm, None).await?;
+            let phase = ctx.progress.phase(label, "req", ctx.args.duration);
+            let r = load(
+                target,
+                proto,
+                conns,
+                per_conn,
+                ctx.args.duration,
+                Some(phase.counter()),
+            )
+            .await?;
+            drop(phase);
+            out.push(r);
+        }
+        let (mut o, mut b) = (out.remove(0), out.remove(0));
+        let name = proto.name();
+        let mut row = Row::new("hello", format!("{name} req/s ({shape})"), "req/s")
+            .outpost(rate(o.ok as f64, o.elapsed))
+            .baseline(rate(b.ok as f64, b.elapsed))
+            .goal(Goal::RatioAtLeast(GOAL));
+        if o.errors > 0 {
+            row = row.note(format!(
+                "{} outpost requests failed ({})",
+                o.errors,
+                o.first_error.unwrap_or_default()
+            ));
+        }
+        rows.push(row);
+        rows.push(
+            Row::new("hello", format!("{name} p50"), "ms")
+                .outpost(o.lat.p50())
+                .baseline(b.lat.p50()),
+        );
+        rows.push(
+            Row::new("hello", format!("{name} p99"), "ms")
+                .outpost(o.lat.p99())
+                .baseline(b.lat.p99()),
+        );
+    }
+    drop(bare);
+    Ok(rows)
+}
+
+struct Load {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    lat: Samples,
+}
+
+async fn load(
+    ep: &Endpoint,
+    proto: Proto,
+    conns: usize,
+    per_conn: usize,
+    duration: Duration,
+    counter: Option<Arc<AtomicU64>>,
+) -> Result<Load> {
+    let mut handles = Vec::new();
+    let mut opened = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        opened.push(ep.connect(proto).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    for conn in opened {
+        let mut lanes = vec![];
+        for _ in 1..per_conn {
+            if let Some(c) = conn.another_stream() {
+                lanes.push(c);
+            }
+        }
+        lanes.push(conn);
+        for mut c in lanes {
+            let counter = counter.clone();
+            handles.push(tokio::spawn(async move {
+                let mut lat = Samples::new();
+                let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let res = async {
+                        let req = c.request(Method::GET, "/hello", Bytes::new(), &[])?;
+                        let resp = c.send(req).await?;
+                        let status = resp.status();
+                        http_body_util::BodyExt::collect(resp.into_body()).await?;
+                        anyhow::ensure!(status.is_success(), "GET /hello: {status}");
+                        Ok::<_, anyhow::Error>(())
+                    }
+                    .await;
+                    match res {
+                        Ok(()) => {
+                            lat.push(t.elapsed());
+                            ok += 1;
+                            if let Some(c) = &counter {
+                                c.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                (ok, errors, first_error, lat)
+            }));
+        }
+    }
+    let mut total = Load {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        lat: Samples::new(),
+    };
+    for h in handles {
+        let (ok, errors, first_error, lat) = h.await.context("load task")?;
+        total.ok += ok;
+        total.errors += errors;
+        if total.first_error.is_none() {
+            total.first_error = first_error;
+        }
+        total.lat.extend(lat);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}

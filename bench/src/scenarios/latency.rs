@@ -1,0 +1,85 @@
+//! `latency`: an agent printing its wall-clock time every 10 ms; how long each line takes
+//! from the agent's write to the SSE client's receipt. The same ticker read straight off
+//! a PTY by bench is shown beside it for reference.
+
+use super::{shell_quote, Ctx};
+use crate::client::Proto;
+use crate::pty;
+use crate::report::{Goal, Row};
+use crate::stats::Samples;
+use crate::taskrun;
+use crate::ticker::{now_ns, Lines};
+use anyhow::{Context, Result};
+use std::time::Duration;
+
+const INTERVAL_MS: u64 = 10;
+const GOAL_P99_MS: f64 = 5.0;
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let count: u64 = if ctx.args.quick { 200 } else { 1000 };
+    let exe = ctx
+        .exe
+        .to_str()
+        .context("the bench binary's path is not UTF-8")?;
+    let cmd = format!("{} __ticker {count} {INTERVAL_MS}", shell_quote(exe));
+    let budget = Duration::from_millis(count * INTERVAL_MS);
+
+    let phase = ctx.progress.phase("ticker via outpost", "lines", budget);
+    let counter = phase.counter();
+    let mut lines = Lines::default();
+    let mut o = Samples::new();
+    let mut on_output = |chunk: &[u8]| {
+        let now = now_ns();
+        lines.push(chunk, |ns| {
+            o.push_ns(now.saturating_sub(ns));
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    };
+    let mut conn = ctx.target.ep.connect(Proto::H1).await?;
+    let r = taskrun::run(&mut conn, &cmd, Some(&mut on_output), &|_| {}).await?;
+    drop(phase);
+
+    let phase = ctx.progress.phase("ticker via raw PTY", "lines", budget);
+    let counter = phase.counter();
+    let b = tokio::task::spawn_blocking(move || {
+        let mut lines = Lines::default();
+        let mut b = Samples::new();
+        pty::run(&cmd, |chunk| {
+            let now = now_ns();
+            lines.push(chunk, |ns| {
+                b.push_ns(now.saturating_sub(ns));
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        })?;
+        Ok::<_, anyhow::Error>(b)
+    })
+    .await
+    .context("PTY baseline thread")??;
+    drop(phase);
+    let mut b = b;
+
+    let mut p99 = Row::new(
+        "latency",
+        format!("p99 write to receipt ({count} lines)"),
+        "ms",
+    )
+    .outpost(o.p99())
+    .baseline(b.p99())
+    .goal(Goal::Below(GOAL_P99_MS));
+    if o.len() as u64 != count {
+        p99 = p99.note(format!(
+            "outpost delivered {} of {count} lines (task {:?})",
+            o.len(),
+            r.status
+        ));
+    }
+    Ok(vec![
+        Row::new("latency", "p50 write to receipt", "ms")
+            .outpost(o.p50())
+            .baseline(b.p50()),
+        p99,
+        Row::new("latency", "max write to receipt", "ms")
+            .outpost(o.max_ms())
+            .baseline(b.max_ms()),
+    ])
+}

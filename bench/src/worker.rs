@@ -1,0 +1,174 @@
+//! The worker under test: one given by `--url`, or one bench starts itself (`--spawn`)
+//! on a free loopback port with a temporary data dir, and stops (and cleans up) at the end.
+
+use crate::client::{self, Endpoint};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Tasks at once allowed to a spawned worker (stream and tasks run several side by side).
+pub const SPAWN_MAX_TASKS: usize = 64;
+
+/// The worker bench talks to.
+pub struct Target {
+    pub ep: Endpoint,
+    /// Its pid when visible (spawned, `--pid`, or found from the listening port).
+    pub pid: Option<u32>,
+    spawned: Option<Spawned>,
+}
+
+struct Spawned {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Target {
+    /// A worker that is already running at `url`.
+    pub async fn attach(url: &str, pid: Option<u32>) -> Result<Target> {
+        let ep = Endpoint::from_url(url).await?;
+        client::get_json(&ep, "/hello").await.with_context(|| {
+            format!("no outpost worker answers GET {url}/hello (start one, or use --spawn)")
+        })?;
+        let pid = pid.or_else(|| {
+            if ep.addr.ip().is_loopback() {
+                crate::procfs::pid_listening_on(ep.addr.port())
+            } else {
+                None
+            }
+        });
+        Ok(Target {
+            ep,
+            pid,
+            spawned: None,
+        })
+    }
+
+    /// Starts `bin serve` on a free 127.0.0.1 port with a fresh data dir, and waits until
+    /// it answers `/hello`. The open-file limit must be raised before (it is inherited).
+    pub async fn spawn(bin: &Path) -> Result<Target> {
+        if !bin.is_file() {
+            bail!(
+                "no worker binary at {} (build it: `cargo build --release -p outpost`, or pass --outpost-bin)",
+                bin.display()
+            );
+        }
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "outpost-bench-{}-{}",
+            std::process::id(),
+            crate::ticker::now_ns()
+        ));
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let log =
+            std::fs::File::create(dir.join("worker.log")).context("creating the worker log")?;
+        let log2 = log.try_clone().context("sharing the worker log")?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data")
+            .arg(dir.join("data"))
+            .env("OUTPOST_BIND", "127.0.0.1")
+            .env("OUTPOST_MAX_TASKS", SPAWN_MAX_TASKS.to_string())
+            // The clone scenario's git server is http://127.0.0.1:<port>.
+            .env("OUTPOST_ALLOW_HTTP", "1")
+            .env("OUTPOST_ALLOWED_HOSTS", "127.0.0.1")
+            .env_remove("OUTPOST_AGENT")
+            .env_remove("OUTPOST_TOKEN")
+            .env_remove("OUTPOST_SWAP")
+            .env_remove("K_SERVICE")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .with_context(|| format!("starting {} serve", bin.display()))?;
+        let pid = child.id();
+        let mut target = Target {
+            ep: Endpoint::local(([127, 0, 0, 1], port).into()),
+            pid: Some(pid),
+            spawned: Some(Spawned { child, dir }),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if client::get_json(&target.ep, "/hello").await.is_ok() {
+                return Ok(target);
+            }
+            if let Some(s) = target.spawned.as_mut() {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    bail!(
+                        "the worker exited at start ({status}); its log:\n{}",
+                        s.log_tail()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                let tail = target
+                    .spawned
+                    .as_ref()
+                    .map(Spawned::log_tail)
+                    .unwrap_or_default();
+                bail!("the worker did not answer /hello within 20 s; its log:\n{tail}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn is_spawned(&self) -> bool {
+        self.spawned.is_some()
+    }
+
+    /// Stops a spawned worker (SIGTERM, then SIGKILL after 10 s) and removes its data.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.spawned.take() {
+            drop(s);
+        }
+    }
+}
+
+impl Spawned {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Tasks the worker runs at once, as /hello tells (`maxTasks`), if it does.
+pub async fn max_tasks(ep: &Endpoint) -> Option<usize> {
+    let v = client::get_json(ep, "/hello").await.ok()?;
+    v.get("maxTasks")
+        .and_then(|m| m.as_u64())
+        .map(|m| m as usize)
+}

@@ -1,0 +1,217 @@
+//! One agent process in a PTY: spawn (own session and process group, the PTY as its
+//! controlling terminal), the output pump on a dedicated thread, input, resize, and
+//! signals to the whole process group. Exit statuses come from the supervisor's reaper.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use portable_pty::{native_pty_system, CommandBuilder, MasterPty, PtySize};
+use tokio::sync::oneshot;
+
+use crate::supervise::reaper::{reaper, Exit};
+
+/// Environment variables that never reach an agent.
+const SECRET_ENV: &[&str] = &["OUTPOST_TOKEN", "OUTPOST_GIT_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// Bytes the pump reads at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A running agent.
+pub struct Agent {
+    handle: AgentHandle,
+    exit: Option<oneshot::Receiver<Exit>>,
+    stop_pump: Arc<AtomicBool>,
+    pump_done: Option<oneshot::Receiver<io::Result<()>>>,
+}
+
+impl Agent {
+    /// Spawns the agent; `sink` receives every byte it writes to its terminal, in order,
+    /// on the pump thread, and then one empty slice when the output has ended.
+    pub fn spawn(spec: AgentSpec, mut sink: Box<dyn FnMut(&[u8]) + Send>) -> anyhow::Result<Agent> {
+        let program = spec.argv.first().context("the agent command line is empty")?;
+        let size = PtySize { rows: spec.rows, cols: spec.cols, pixel_width: 0, pixel_height: 0 };
+        let pair = native_pty_system().openpty(size).map_err(|e| anyhow::anyhow!("{e}")).context("opening a PTY")?;
+        let mut cmd = CommandBuilder::new(program);
+        cmd.args(&spec.argv[1..]);
+        cmd.cwd(&spec.cwd);
+        for k in SECRET_ENV {
+            cmd.env_remove(k);
+        }
+        cmd.env("TERM", "xterm-256color");
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let master_fd = pair.master.as_raw_fd().context("the PTY has no file descriptor")?;
+        // Our own handle on the master: portable-pty's writer injects a newline and EOF
+        // when dropped, which would reach the agent's input.
+        let fd = nix::unistd::dup(master_fd).context("duplicating the PTY descriptor")?;
+        // SAFETY: `dup` returned a new descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let reader = file.try_clone().context("duplicating the PTY descriptor")?;
+        let child = pair
+            .slave
+            .spawn_command(cmd)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("starting the agent `{program}`"))?;
+        drop(pair.slave);
+        let pid = child.process_id().context("the agent has no process id")? as i32;
+        // The reaper owns waiting; the Child handle is dropped without wait().
+        drop(child);
+        let exit = reaper().watch(pid);
+        crate::memory::set_oom_score_adj(pid, 500).ok();
+
+        let stop_pump = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = oneshot::channel();
+        let stop = stop_pump.clone();
+        std::thread::Builder::new()
+            .name(format!("pty-{pid}"))
+            .spawn(move || {
+                let r = pump(reader, &stop, &mut *sink);
+                // An empty slice tells the sink the stream has ended.
+                sink(&[]);
+                let _ = done_tx.send(r);
+            })
+            .context("starting the output thread")?;
+        Ok(Agent {
+            handle: AgentHandle { pid, master: Arc::new(Mutex::new(pair.master)), input: Arc::new(file) },
+            exit: Some(exit),
+            stop_pump,
+            pump_done: Some(done_rx),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.handle.pid
+    }
+
+    /// A cheap handle for input, resize and signals, usable while the agent runs.
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+
+    /// Sends a signal to the agent's whole process group.
+    pub fn signal_group(&self, sig: Signal) {
+        signal_group(self.handle.pid, sig);
+    }
+
+    /// Waits for the agent's leader process to exit.
+    pub async fn wait(&mut self) -> Exit {
+        match self.exit.as_mut() {
+            Some(rx) => {
+                let r = rx.await.unwrap_or(Exit::Signal(9));
+                self.exit = None;
+                r
+            }
+            None => Exit::Signal(9),
+        }
+    }
+
+    /// After the leader exited: stops what is left of its group, reads the output that
+    /// is still in the terminal (waiting at most `linger` for the last writers), and
+    /// returns once every byte has reached the sink.
+    pub async fn finish_output(&mut self, linger: Duration) -> io::Result<()> {
+        self.signal_group(Signal::SIGKILL);
+        let Some(mut rx) = self.pump_done.take() else { return Ok(()) };
+        match tokio::time::timeout(linger, &mut rx).await {
+            Ok(r) => r.unwrap_or(Ok(())),
+            Err(_) => {
+                // Something outside the group still holds the terminal open.
+                self.stop_pump.store(true, Ordering::SeqCst);
+                rx.await.unwrap_or(Ok(()))
+            }
+        }
+    }
+}
+
+/// Input, resize and signals for a running agent.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pid: i32,
+    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
+    input: Arc<File>,
+}
+
+impl AgentHandle {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Writes bytes to the agent's terminal (blocking: call from a blocking thread).
+    pub fn write_input(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut w: &File = &self.input;
+        w.write_all(bytes)?;
+        w.flush()
+    }
+
+    /// Changes the terminal size (the agent gets SIGWINCH).
+    pub fn resize(&self, cols: u16, rows: u16) -> anyhow::Result<()> {
+        let m = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        m.resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("resizing the terminal")
+    }
+
+    /// Sends a signal to the agent's whole process group.
+    pub fn signal_group(&self, sig: Signal) {
+        signal_group(self.pid, sig);
+    }
+}
+
+/// Sends `sig` to process group `pgid`; a group already gone is not an error.
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), sig);
+    }
+}
+
+/// Reads the terminal until EOF (EIO once every writer has closed it) or until asked
+/// to stop, in which case it drains what is readable now and returns.
+fn pump(mut reader: File, stop: &AtomicBool, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let ready = {
+            let fd = reader.as_fd();
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            let timeout = if stopping { PollTimeout::ZERO } else { PollTimeout::from(200u16) };
+            match poll(&mut fds, timeout) {
+                Ok(n) => n > 0,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        };
+        if !ready {
+            if stopping {
+                return Ok(());
+            }
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sink(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Linux reports EIO on the master once the last slave descriptor closes.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}

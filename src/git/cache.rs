@@ -1,0 +1,304 @@
+//! The repository cache on the data dir: `<data>/git/cache/<key>/`, one bare, shallow
+//! (depth 1) repository per remote URL, shared by every task on that repository.
+//!
+//! Everything here runs under the cache's lock. A fetch is bracketed by a marker file
+//! written before and removed after, so a cache whose fetch was killed halfway is
+//! recognized on the next use and rebuilt from scratch rather than trusted; so is one
+//! that cannot be opened or whose refs point at missing objects.
+
+use std::path::{Path, PathBuf};
+
+use git2::{AutotagOption, Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+
+use super::error::GitError;
+use super::lock::CacheLock;
+use super::progress::{Phase, Progress, Throttle};
+use super::remote_url::{cache_key, RemoteUrl};
+use super::{transport, GitConfig};
+
+/// Present while a fetch into the cache is under way.
+const MARKER: &str = "outpost-fetch-in-progress";
+
+/// What a task needs from the cache to build its worktree.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The cache repository (its `objects` directory becomes the task's alternate).
+    pub cache_dir: PathBuf,
+    /// The commit the task starts from.
+    pub commit: Oid,
+    /// The remote ref it came from (`refs/heads/main`), or the hex id when fetched by id.
+    pub remote_ref: String,
+    /// The cache's `shallow` file at the time of the fetch, if it has one.
+    pub shallow: Option<Vec<u8>>,
+}
+
+/// Where the cache for `remote` lives, and its lock file.
+fn paths(cfg: &GitConfig, remote: &RemoteUrl) -> (PathBuf, PathBuf) {
+    let root = cfg.data_dir.join("git").join("cache");
+    let key = cache_key(remote);
+    (root.join(&key), root.join(format!("{key}.lock")))
+}
+
+/// Brings the cache for `remote` up to date with `git_ref` (default: the remote HEAD's
+/// branch), fetching shallowly only when the commit is not there yet.
+pub(crate) fn fetch(
+    cfg: &GitConfig,
+    remote: &RemoteUrl,
+    git_ref: Option<&str>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fetched, GitError> {
+    let (dir, lock_path) = paths(cfg, remote);
+    let _lock = CacheLock::acquire(&lock_path, cfg.lock_timeout)?;
+    let repo = open_healthy(&dir, remote)?;
+    let token = cfg.token.as_deref();
+
+    let session = transport::begin(cfg, remote)?;
+    let mut origin = repo
+        .remote_anonymous(&remote.url)
+        .map_err(|e| GitError::git(format!("setting up the remote {}", remote.url), &e, token))?;
+    let mut conn = origin
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| session.map_err("connecting to", &e))?;
+    let target = {
+        let heads = conn
+            .list()
+            .map_err(|e| session.map_err("listing the refs of", &e))?;
+        let heads: Vec<(String, Oid)> = heads.iter().map(|h| (h.name().to_string(), h.oid())).collect();
+        let default = conn
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().map(str::to_string));
+        resolve(&heads, default.as_deref(), git_ref, remote)?
+    };
+
+    if peel_commit(&repo, target.oid).is_none() {
+        let marker = dir.join(MARKER);
+        std::fs::write(&marker, b"")
+            .map_err(|e| GitError::io(format!("writing {}", marker.display()), e))?;
+        let mut throttle = Throttle::new();
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.transfer_progress(|s| {
+            let p = Progress {
+                phase: Phase::Clone,
+                received_objects: s.received_objects(),
+                total_objects: s.total_objects(),
+                bytes: s.received_bytes(),
+            };
+            if throttle.admit(&p) {
+                progress(p);
+            }
+            true
+        });
+        let mut opts = FetchOptions::new();
+        opts.depth(1)
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false)
+            .remote_callbacks(callbacks);
+        let refspec = format!("+{}:{}", target.remote_ref, target.local_ref);
+        let fetched = conn
+            .remote()
+            .fetch(&[refspec.as_str()], Some(&mut opts), Some("outpost: fetch"));
+        // An error return (not a kill) leaves libgit2's state consistent: clear the marker.
+        let cleared = std::fs::remove_file(&marker);
+        fetched.map_err(|e| session.map_err(&format!("fetching {} from", target.shown), &e))?;
+        cleared.map_err(|e| GitError::io(format!("removing {}", marker.display()), e))?;
+    } else {
+        repo.reference(&target.local_ref, target.oid, true, "outpost: up to date")
+            .map_err(|e| GitError::git(format!("updating {} in the cache", target.local_ref), &e, token))?;
+    }
+    drop(conn);
+
+    let commit = peel_commit(&repo, target.oid).ok_or_else(|| GitError::Git {
+        what: format!("fetching {} from {}", target.shown, remote.url),
+        message: "the server did not send the commit".to_string(),
+    })?;
+    let shallow = match std::fs::read(dir.join("shallow")) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(GitError::io(format!("reading {}/shallow", dir.display()), e)),
+    };
+    Ok(Fetched {
+        cache_dir: dir,
+        commit,
+        remote_ref: target.remote_ref,
+        shallow,
+    })
+}
+
+/// Marks the cache for `remote` as broken so that the next [`fetch`] rebuilds it (used
+/// when a checkout finds objects missing).
+pub(crate) fn invalidate(cfg: &GitConfig, remote: &RemoteUrl) -> Result<(), GitError> {
+    let (dir, lock_path) = paths(cfg, remote);
+    let _lock = CacheLock::acquire(&lock_path, cfg.lock_timeout)?;
+    if dir.exists() {
+        let marker = dir.join(MARKER);
+        std::fs::write(&marker, b"")
+            .map_err(|e| GitError::io(format!("writing {}", marker.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The ref to fetch: where it is on the remote, where it goes in the cache, its id.
+#[derive(Debug)]
+struct Target {
+    remote_ref: String,
+    local_ref: String,
+    oid: Oid,
+    /// How to name it in messages.
+    shown: String,
+}
+
+fn resolve(
+    heads: &[(String, Oid)],
+    default_branch: Option<&str>,
+    git_ref: Option<&str>,
+    remote: &RemoteUrl,
+) -> Result<Target, GitError> {
+    let find = |name: &str| heads.iter().find(|(n, _)| n == name).map(|(_, oid)| *oid);
+    let target = |name: &str, oid: Oid| Target {
+        remote_ref: name.to_string(),
+        local_ref: name.to_string(),
+        oid,
+        shown: name.to_string(),
+    };
+    let Some(wanted) = git_ref.map(str::trim).filter(|r| !r.is_empty()) else {
+        if heads.is_empty() {
+            return Err(GitError::EmptyRepository {
+                url: remote.url.clone(),
+            });
+        }
+        if let Some(name) = default_branch {
+            if let Some(oid) = find(name) {
+                return Ok(target(name, oid));
+            }
+        }
+        // No symref advertised: the branch HEAD points at, preferring main/master.
+        let head = find("HEAD").ok_or_else(|| GitError::EmptyRepository {
+            url: remote.url.clone(),
+        })?;
+        let mut branches: Vec<&(String, Oid)> = heads
+            .iter()
+            .filter(|(n, oid)| n.starts_with("refs/heads/") && *oid == head)
+            .collect();
+        branches.sort_by_key(|(n, _)| (n != "refs/heads/main", n != "refs/heads/master", n.clone()));
+        return match branches.first() {
+            Some((name, oid)) => Ok(target(name, *oid)),
+            None => Err(GitError::EmptyRepository {
+                url: remote.url.clone(),
+            }),
+        };
+    };
+    let candidates: Vec<String> = if wanted.starts_with("refs/") {
+        vec![wanted.to_string()]
+    } else {
+        vec![format!("refs/heads/{wanted}"), format!("refs/tags/{wanted}")]
+    };
+    for name in &candidates {
+        if let Some(oid) = find(name) {
+            return Ok(target(name, oid));
+        }
+    }
+    if wanted.len() == 40 && wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Ok(oid) = Oid::from_str(wanted) {
+            return Ok(Target {
+                remote_ref: wanted.to_ascii_lowercase(),
+                local_ref: format!("refs/outpost/commits/{}", wanted.to_ascii_lowercase()),
+                oid,
+                shown: format!("commit {wanted}"),
+            });
+        }
+    }
+    Err(GitError::RefNotFound {
+        url: remote.url.clone(),
+        git_ref: wanted.to_string(),
+    })
+}
+
+/// The commit `oid` names (peeling an annotated tag), if the cache has it.
+fn peel_commit(repo: &Repository, oid: Oid) -> Option<Oid> {
+    let commit = repo.find_object(oid, None).ok()?.peel_to_commit().ok()?;
+    commit.tree().ok()?;
+    Some(commit.id())
+}
+
+/// Opens the cache, rebuilding it when it is missing or not trustworthy.
+fn open_healthy(dir: &Path, remote: &RemoteUrl) -> Result<Repository, GitError> {
+    if dir.exists() {
+        match check(dir) {
+            Ok(repo) => return Ok(repo),
+            Err(reason) => {
+                tracing::warn!(cache = %dir.display(), %reason, "rebuilding the repository cache");
+                std::fs::remove_dir_all(dir).map_err(|e| {
+                    GitError::io(format!("removing the broken cache {}", dir.display()), e)
+                })?;
+            }
+        }
+    }
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.bare(true).mkpath(true).no_reinit(true);
+    let repo = Repository::init_opts(dir, &opts).map_err(|e| {
+        GitError::git(format!("creating the repository cache {}", dir.display()), &e, None)
+    })?;
+    // For people inspecting the data dir; fetches use the URL directly. No token here.
+    if let Ok(mut config) = repo.config() {
+        let _ = config.set_str("outpost.url", &remote.url);
+    }
+    Ok(repo)
+}
+
+/// Why the cache at `dir` cannot be trusted, if it cannot.
+fn check(dir: &Path) -> Result<Repository, String> {
+    if dir.join(MARKER).exists() {
+        return Err("a fetch into it was interrupted".to_string());
+    }
+    let repo = Repository::open_bare(dir).map_err(|e| format!("it does not open: {}", e.message()))?;
+    let refs = repo
+        .references()
+        .map_err(|e| format!("its refs cannot be read: {}", e.message()))?;
+    for reference in refs {
+        let reference = reference.map_err(|e| format!("a ref cannot be read: {}", e.message()))?;
+        let name = reference.name().unwrap_or("?").to_string();
+        let Some(oid) = reference.target() else {
+            continue;
+        };
+        if peel_commit(&repo, oid).is_none() {
+            return Err(format!("{name} points to a missing commit or tree"));
+        }
+    }
+    Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    #[test]
+    fn resolves_default_branch_names_tags_and_ids() {
+        let remote = super::super::remote_url::parse("https://h/o/r", false).unwrap();
+        let heads = vec![
+            ("HEAD".to_string(), oid(1)),
+            ("refs/heads/dev".to_string(), oid(2)),
+            ("refs/heads/main".to_string(), oid(1)),
+            ("refs/tags/v1".to_string(), oid(3)),
+        ];
+        let t = resolve(&heads, Some("refs/heads/main"), None, &remote).unwrap();
+        assert_eq!((t.remote_ref.as_str(), t.oid), ("refs/heads/main", oid(1)));
+        let t = resolve(&heads, None, None, &remote).unwrap();
+        assert_eq!(t.remote_ref, "refs/heads/main");
+        assert_eq!(resolve(&heads, None, Some("dev"), &remote).unwrap().oid, oid(2));
+        assert_eq!(resolve(&heads, None, Some("v1"), &remote).unwrap().remote_ref, "refs/tags/v1");
+        let id = "ab".repeat(20);
+        let t = resolve(&heads, None, Some(&id), &remote).unwrap();
+        assert_eq!(t.local_ref, format!("refs/outpost/commits/{id}"));
+        let err = resolve(&heads, None, Some("nope"), &remote).unwrap_err();
+        assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
+        assert!(matches!(
+            resolve(&[], None, None, &remote),
+            Err(GitError::EmptyRepository { .. })
+        ));
+    }
+}

@@ -1,0 +1,124 @@
+//! The worktree of one task: `<data>/git/worktrees/<task_id>/`, an ordinary (non-bare)
+//! repository whose object store borrows the cache's through `objects/info/alternates`
+//! and whose `shallow` file is a copy of the cache's, checked out on a new branch at the
+//! fetched commit. Tasks share no refs, index or config with each other or with the
+//! cache, so concurrent tasks cannot step on each other; the agent's own `git` works in
+//! it as in any clone. Removing it is removing the directory.
+
+use std::path::{Path, PathBuf};
+
+use git2::build::CheckoutBuilder;
+use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
+
+use super::cache::Fetched;
+use super::error::GitError;
+use super::remote_url::RemoteUrl;
+use super::GitConfig;
+
+/// How creating a worktree failed.
+pub(crate) enum CreateError {
+    /// An object the cache should have is missing: the cache is damaged.
+    MissingObject(GitError),
+    /// Anything else.
+    Other(GitError),
+}
+
+impl From<GitError> for CreateError {
+    fn from(e: GitError) -> Self {
+        CreateError::Other(e)
+    }
+}
+
+/// `<data>/git/worktrees`.
+pub(crate) fn root(cfg: &GitConfig) -> PathBuf {
+    cfg.data_dir.join("git").join("worktrees")
+}
+
+/// Creates the worktree at `path` on `branch` at `fetched.commit` (replacing whatever
+/// was left at `path` by an earlier run of the same task id).
+pub(crate) fn create(
+    cfg: &GitConfig,
+    fetched: &Fetched,
+    remote: &RemoteUrl,
+    branch: &str,
+    path: &Path,
+) -> Result<(), CreateError> {
+    remove_dir(path)?;
+    let shown = path.display().to_string();
+    let git = |what: &str, e: git2::Error| -> CreateError {
+        let err = GitError::git(format!("{what} in the worktree {shown}"), &e, None);
+        if e.class() == ErrorClass::Odb && e.code() == ErrorCode::NotFound {
+            CreateError::MissingObject(err)
+        } else {
+            CreateError::Other(err)
+        }
+    };
+    let branch_ref = format!("refs/heads/{branch}");
+    let mut opts = RepositoryInitOptions::new();
+    opts.no_reinit(true)
+        .mkpath(true)
+        .initial_head(&branch_ref)
+        .origin_url(&remote.url);
+    let repo = Repository::init_opts(path, &opts).map_err(|e| git("creating the repository", e))?;
+    let git_dir = repo.path().to_path_buf();
+    drop(repo);
+
+    let cache_objects = std::fs::canonicalize(fetched.cache_dir.join("objects")).map_err(|e| {
+        GitError::io(
+            format!("resolving {}/objects", fetched.cache_dir.display()),
+            e,
+        )
+    })?;
+    write(
+        &git_dir.join("objects").join("info").join("alternates"),
+        format!("{}\n", cache_objects.display()).as_bytes(),
+    )?;
+    if let Some(shallow) = &fetched.shallow {
+        write(&git_dir.join("shallow"), shallow)?;
+    }
+
+    let repo = Repository::open(path).map_err(|e| git("opening the repository", e))?;
+    {
+        let mut config = repo.config().map_err(|e| git("opening the config", e))?;
+        let settings = [
+            ("user.name", cfg.author_name.as_str()),
+            ("user.email", cfg.author_email.as_str()),
+            (&format!("branch.{branch}.remote"), "origin"),
+            (&format!("branch.{branch}.merge"), branch_ref.as_str()),
+        ];
+        for (key, value) in settings {
+            config
+                .set_str(key, value)
+                .map_err(|e| git(&format!("setting {key}"), e))?;
+        }
+    }
+    let commit = repo
+        .find_commit(fetched.commit)
+        .map_err(|e| git("reading the base commit", e))?;
+    repo.reference(&branch_ref, commit.id(), true, "outpost: task branch")
+        .map_err(|e| git(&format!("creating the branch {branch}"), e))?;
+    repo.set_head(&branch_ref)
+        .map_err(|e| git(&format!("switching to {branch}"), e))?;
+    let mut checkout = CheckoutBuilder::new();
+    checkout.force();
+    repo.checkout_head(Some(&mut checkout))
+        .map_err(|e| git("checking out the files", e))?;
+    Ok(())
+}
+
+/// Deletes a worktree directory; a missing one is fine.
+pub(crate) fn remove_dir(path: &Path) -> Result<(), GitError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GitError::io(format!("removing the worktree {}", path.display()), e)),
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| GitError::io(format!("creating {}", parent.display()), e))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| GitError::io(format!("writing {}", path.display()), e))
+}

@@ -1,0 +1,117 @@
+//! HTTP: the listener (HTTP/1.1 and h2c on one port, TLS with ALPN when configured),
+//! auth, the routes of the contract, and the event streams. Handlers never block the
+//! runtime; every error leaves in the contract's JSON shape.
+
+pub mod errors;
+pub mod health;
+pub mod routes;
+pub mod server;
+pub mod stream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use crate::config::Config;
+use crate::task::Registry;
+use errors::{respond, ApiError, Resp};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub reg: Arc<Registry>,
+    pub metrics: health::Counters,
+}
+
+/// The router: auth, then the route.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    state.metrics.request();
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    let open = matches!(segs.as_slice(), ["hello"] | ["healthz"]);
+    if !open {
+        if let Err(e) = check_auth(&state.cfg, &req) {
+            return respond(Err(e));
+        }
+    }
+    let r = match (segs.as_slice(), &method) {
+        (["hello"], &Method::GET) => Ok(health::hello(&state)),
+        (["healthz"], &Method::GET) => Ok(health::healthz()),
+        (["readyz"], &Method::GET) => health::readyz(&state),
+        (["metrics"], &Method::GET) => Ok(health::metrics(&state)),
+        (["pty", "status"], &Method::GET) => Ok(health::pty_status(&state)),
+        (["work"], &Method::GET) => Ok(routes::list(&state, &req)),
+        (["work"], &Method::POST) => routes::create(&state, req, false).await,
+        (["run"], &Method::POST) => routes::create(&state, req, true).await,
+        (["work", id], &Method::GET) => routes::get(&state, id),
+        (["work", id], &Method::DELETE) => routes::cancel(&state, id),
+        (["work", id, "events"], &Method::GET) => routes::events(&state, id, &req),
+        (["work", id, "log"], &Method::GET) => routes::log(&state, id).await,
+        (["work", id, "input"], &Method::POST) => {
+            let id = id.to_string();
+            routes::input(&state, &id, req).await
+        }
+        (["work", id, "resize"], &Method::POST) => {
+            let id = id.to_string();
+            routes::resize(&state, &id, req).await
+        }
+        (s, _) => Err(not_allowed_or_found(s)),
+    };
+    respond(r)
+}
+
+fn not_allowed_or_found(segs: &[&str]) -> ApiError {
+    match segs {
+        ["hello"] | ["healthz"] | ["readyz"] | ["metrics"] | ["pty", "status"] => ApiError::method_not_allowed("GET"),
+        ["work"] => ApiError::method_not_allowed("GET, POST"),
+        ["run"] => ApiError::method_not_allowed("POST"),
+        ["work", _] => ApiError::method_not_allowed("GET, DELETE"),
+        ["work", _, "events"] | ["work", _, "log"] => ApiError::method_not_allowed("GET"),
+        ["work", _, "input"] | ["work", _, "resize"] => ApiError::method_not_allowed("POST"),
+        _ => ApiError::not_found("route"),
+    }
+}
+
+/// Bearer token check, in constant time.
+fn check_auth(cfg: &Config, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &cfg.token else { return Ok(()) };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or("");
+    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            hyper::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: send Authorization: Bearer <OUTPOST_TOKEN>",
+        ))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix match.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..b.len() {
+        let x = a.get(i).copied().unwrap_or(0);
+        diff |= x ^ b[i];
+    }
+    diff == 0 && a.len() == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(super::constant_time_eq(b"secret", b"secret"));
+        assert!(!super::constant_time_eq(b"secreT", b"secret"));
+        assert!(!super::constant_time_eq(b"secret1", b"secret"));
+        assert!(!super::constant_time_eq(b"", b"secret"));
+    }
+}

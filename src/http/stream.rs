@@ -1,0 +1,144 @@
+//! Event streams: a task's event log sent as SSE (`text/event-stream`) or NDJSON, from
+//! any cursor, then following live. Each subscriber reads at its own cursor (memory
+//! tail first, the file for older records, on a blocking thread); a stalled client
+//! simply stops being polled, so it never slows the agent or other clients. The stream
+//! ends after the `done` event.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use tokio::sync::watch;
+
+use super::errors::{Body, Resp};
+use crate::task::eventlog::{Cursor, Read, Record};
+use crate::task::Task;
+
+/// Wire format of an event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Sse,
+    Ndjson,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Sse => "text/event-stream",
+            Format::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// How many bytes of records one frame carries at most.
+const BATCH: usize = 256 * 1024;
+
+struct Sub {
+    task: Arc<Task>,
+    cursor: Cursor,
+    rx: watch::Receiver<u64>,
+    heartbeat: Duration,
+    format: Format,
+    done: bool,
+}
+
+/// A streaming response of the task's events after `after`.
+pub fn response(task: Arc<Task>, after: u64, format: Format, heartbeat: Duration) -> Resp {
+    let rx = task.log.subscribe();
+    let sub = Sub { task, cursor: Cursor::after(after), rx, heartbeat, format, done: false };
+    let body = StreamBody::new(stream::unfold(sub, next_frame));
+    let mut r = Response::new(Body::new(body.boxed_unsync()));
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+async fn next_frame(mut s: Sub) -> Option<(Result<Frame<Bytes>, Infallible>, Sub)> {
+    // Bounded by the log: every turn either returns a frame or waits for a change.
+    loop {
+        if s.done {
+            return None;
+        }
+        s.rx.borrow_and_update();
+        let read = match s.task.log.read_memory(&mut s.cursor, BATCH) {
+            Some(r) => r,
+            None => {
+                let task = s.task.clone();
+                let mut cursor = s.cursor;
+                let r = tokio::task::spawn_blocking(move || {
+                    let r = task.log.read_file(&mut cursor, BATCH);
+                    (r, cursor)
+                })
+                .await;
+                match r {
+                    Ok((Ok(read), cursor)) => {
+                        s.cursor = cursor;
+                        read
+                    }
+                    Ok((Err(e), _)) => {
+                        tracing::warn!(task_id = %s.task.id(), "reading the event log for a subscriber: {e}");
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        match read {
+            Read::Records(recs) => {
+                s.done = recs.iter().any(Record::is_done);
+                let frame = encode(&recs, s.format);
+                return Some((Ok(Frame::data(frame)), s));
+            }
+            Read::End => return None,
+            Read::Idle => {
+                tokio::select! {
+                    changed = s.rx.changed() => {
+                        if changed.is_err() {
+                            // The log is gone (cannot happen while the task lives); end.
+                            return None;
+                        }
+                    }
+                    _ = tokio::time::sleep(s.heartbeat) => {
+                        if s.format == Format::Sse {
+                            return Some((Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n"))), s));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Frames records: SSE `id:`/`event:`/`data:` blocks, or NDJSON lines as stored.
+pub fn encode(recs: &[Record], format: Format) -> Bytes {
+    let size: usize = recs.iter().map(|r| r.line.len() + 48).sum();
+    let mut out = BytesMut::with_capacity(size);
+    for r in recs {
+        match format {
+            Format::Ndjson => out.put_slice(&r.line),
+            Format::Sse => {
+                out.put_slice(b"id: ");
+                out.put_slice(itoa(r.id).as_bytes());
+                out.put_slice(b"\nevent: ");
+                out.put_slice(&r.event);
+                out.put_slice(b"\ndata: ");
+                out.put_slice(r.json());
+                out.put_slice(b"\n\n");
+            }
+        }
+    }
+    out.freeze()
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}

@@ -1,0 +1,462 @@
+//! `outpost install` / `outpost uninstall`: set a VM up to run the worker as a service,
+//! and take it down again.
+//!
+//! `install` makes the `outpost` user and group, the data dir `/var/lib/outpost`
+//! (0750, outpost), `/etc/outpost/env` (0600, the service's settings), the swap file and
+//! its `/etc/fstab` line, the binary `/usr/local/bin/outpost`, and the service: an
+//! OpenRC script (Alpine) or a systemd unit. With `--root DIR` it writes into another
+//! root (an image being built, a test) and only prints how to enable the service.
+//! Every step compares first, so a second run with the same inputs changes nothing.
+
+mod accounts;
+mod envfile;
+mod fsops;
+mod service;
+mod swap;
+mod system;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use fsops::Change;
+use service::Init;
+
+/// The installed binary, inside the root.
+pub const BINARY: &str = "/usr/local/bin/outpost";
+/// The settings file, inside the root.
+pub const ENV_FILE: &str = "/etc/outpost/env";
+/// The data dir (`OUTPOST_DATA`), inside the root.
+pub const DATA_DIR: &str = accounts::HOME;
+
+const INSTALL_HELP: &str = "\
+Usage: outpost install [options]
+
+Sets this machine (or the root given) up to run `outpost serve` as a service:
+the user outpost, /var/lib/outpost, /etc/outpost/env, a swap file, and an OpenRC
+script or a systemd unit. Running it again changes only what differs.
+
+  --root DIR          write into DIR instead of / (does not enable or start anything)
+  --init KIND         openrc, systemd or auto (default: auto; OpenRC when DIR has
+                      /sbin/openrc-run or /etc/alpine-release)
+  --binary PATH       the outpost binary to install (default: this one)
+  --swap SIZE         swap file size, e.g. 1G; 0 for none (default: 1G when the
+                      machine has under 2 GiB of memory, else 0)
+  --token TOKEN       OUTPOST_TOKEN: bearer token for the API
+  --agent CMD         OUTPOST_AGENT: agent command line
+  --idle-shutdown D   OUTPOST_IDLE_SHUTDOWN: power off after D without a task (30m);
+                      needs doas or sudo in the root for the outpost user's poweroff
+  --env KEY=VALUE     any other setting of `outpost serve --help` (repeatable;
+                      KEY= removes it)
+  --no-start          enable the service but do not start it now (image builds)
+";
+
+const UNINSTALL_HELP: &str = "\
+Usage: outpost uninstall [--root DIR] [--purge]
+
+Stops and removes the service, /etc/outpost, the swap file and its fstab line, and
+/usr/local/bin/outpost. --purge also removes /var/lib/outpost (every task's data),
+/var/log/outpost and the outpost user and group.
+";
+
+/// What `outpost install` was asked to do.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub root: PathBuf,
+    pub init: String,
+    pub binary: Option<PathBuf>,
+    pub swap: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub no_start: bool,
+}
+
+/// What `outpost uninstall` was asked to do.
+#[derive(Debug, Clone)]
+pub struct UninstallOptions {
+    pub root: PathBuf,
+    pub purge: bool,
+}
+
+/// Splits `--flag value` / `--flag=value` arguments; `flags_with_value` take one.
+fn parse_flags(args: &[String], with_value: &[&str], plain: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if with_value.contains(&name.as_str()) {
+            let value = match inline {
+                Some(v) => v,
+                None => it.next().with_context(|| format!("{name} needs a value (see --help)"))?.clone(),
+            };
+            out.push((name, value));
+        } else if plain.contains(&name.as_str()) && inline.is_none() {
+            out.push((name, String::new()));
+        } else {
+            bail!("unknown argument {arg:?} (see --help)");
+        }
+    }
+    Ok(out)
+}
+
+impl InstallOptions {
+    /// Reads the command line of `outpost install`; `None` for --help.
+    pub fn parse(args: &[String]) -> Result<Option<InstallOptions>> {
+        let flags = parse_flags(
+            args,
+            &["--root", "--init", "--binary", "--swap", "--token", "--agent", "--idle-shutdown", "--env"],
+            &["--no-start", "--help", "-h"],
+        )?;
+        let mut o = InstallOptions {
+            root: PathBuf::from("/"),
+            init: "auto".into(),
+            binary: None,
+            swap: None,
+            env: Vec::new(),
+            no_start: false,
+        };
+        for (name, value) in flags {
+            match name.as_str() {
+                "--help" | "-h" => return Ok(None),
+                "--root" => o.root = PathBuf::from(value),
+                "--init" => o.init = value,
+                "--binary" => o.binary = Some(PathBuf::from(value)),
+                "--swap" => o.swap = Some(value),
+                "--token" => o.env.push(("OUTPOST_TOKEN".into(), value)),
+                "--agent" => o.env.push(("OUTPOST_AGENT".into(), value)),
+                "--idle-shutdown" => o.env.push(("OUTPOST_IDLE_SHUTDOWN".into(), value)),
+                "--no-start" => o.no_start = true,
+                _ => {
+                    let (k, v) = value
+                        .split_once('=')
+                        .with_context(|| format!("--env {value:?}: expected KEY=VALUE"))?;
+                    o.env.push((k.to_string(), v.to_string()));
+                }
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
+impl UninstallOptions {
+    /// Reads the command line of `outpost uninstall`; `None` for --help.
+    pub fn parse(args: &[String]) -> Result<Option<UninstallOptions>> {
+        let flags = parse_flags(args, &["--root"], &["--purge", "--help", "-h"])?;
+        let mut o = UninstallOptions { root: PathBuf::from("/"), purge: false };
+        for (name, value) in flags {
+            match name.as_str() {
+                "--help" | "-h" => return Ok(None),
+                "--root" => o.root = PathBuf::from(value),
+                _ => o.purge = true,
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
+/// The target root, and whether it is the running system.
+struct Target {
+    root: PathBuf,
+    live: bool,
+    /// Install does not list paths it found absent and left absent.
+    installing: bool,
+    changed: usize,
+    unchanged: usize,
+}
+
+impl Target {
+    fn new(root: &Path, installing: bool) -> Result<Target> {
+        let canonical = root
+            .canonicalize()
+            .with_context(|| format!("--root {}: no such directory", root.display()))?;
+        if !canonical.is_dir() {
+            bail!("--root {}: not a directory", root.display());
+        }
+        let live = canonical == Path::new("/");
+        if live && !nix::unistd::geteuid().is_root() {
+            bail!("outpost install changes /etc and creates a user: run it as root (sudo or doas)");
+        }
+        Ok(Target { root: canonical, live, installing, changed: 0, unchanged: 0 })
+    }
+
+    /// The host path of `abs`, a path inside the target root.
+    fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    fn note(&mut self, change: Change, path: &Path) {
+        if change == Change::Absent && self.installing {
+            return;
+        }
+        if change.changed() {
+            self.changed += 1;
+        } else {
+            self.unchanged += 1;
+        }
+        println!("{:<9} {}", change.word(), path.display());
+    }
+}
+
+/// MemTotal of this machine, in bytes.
+fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The swap size asked for, or the default: 1G under 2 GiB of memory, else none.
+fn swap_size(flag: Option<&str>) -> Result<u64> {
+    let size = match flag {
+        Some(v) => crate::config::parse_size(v).map_err(|e| anyhow::anyhow!("invalid --swap {v:?}: {e}"))?,
+        None if mem_total().is_some_and(|m| m < 2 << 30) => 1 << 30,
+        None => 0,
+    };
+    if size != 0 && size < swap::MIN_SIZE {
+        bail!("invalid --swap: {size} bytes is too small; use 0 for none or at least 1M");
+    }
+    Ok(swap::rounded(size))
+}
+
+/// The env file's entries: what is there now, then our defaults, then the flags.
+fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, String)>> {
+    let path = target.path(ENV_FILE);
+    let mut entries = match fsops::read_optional(&path)? {
+        Some(text) => envfile::parse(&text, &path.display().to_string())?,
+        None => Vec::new(),
+    };
+    for (k, v) in &opts.env {
+        envfile::check_key(k)?;
+        envfile::check_value(k, v)?;
+        if k == "OUTPOST_SWAP" && !v.is_empty() && v != "0" {
+            bail!(
+                "OUTPOST_SWAP cannot be set in /etc/outpost/env: the service runs as the user \
+                 outpost, which may not turn swap on; use --swap {v} and install sets the swap file up"
+            );
+        }
+    }
+    let mut merged = vec![
+        ("OUTPOST_DATA".to_string(), DATA_DIR.to_string()),
+        ("OUTPOST_SWAP".to_string(), "0".to_string()),
+    ];
+    for (k, v) in entries.drain(..) {
+        envfile::set(&mut merged, &k, &v);
+    }
+    envfile::set(&mut merged, "OUTPOST_SWAP", "0");
+    for (k, v) in &opts.env {
+        envfile::set(&mut merged, k, v);
+    }
+    if let Some(v) = envfile::get(&merged, "OUTPOST_GRACE_S") {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("invalid OUTPOST_GRACE_S={v:?}: expected whole seconds"))?;
+    }
+    if let Some(v) = envfile::get(&merged, "OUTPOST_IDLE_SHUTDOWN") {
+        crate::config::parse_duration(v).map_err(|e| anyhow::anyhow!("invalid OUTPOST_IDLE_SHUTDOWN={v:?}: {e}"))?;
+    }
+    Ok(merged)
+}
+
+/// The doas or sudo rule that lets the service user power the machine off when idle.
+fn poweroff_rule(target: &Target) -> Result<(&'static str, String, u32, String)> {
+    let has = |p: &str| target.path(p).exists();
+    if has("/usr/bin/doas") || has("/bin/doas") {
+        let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
+                    permit nopass outpost as root cmd /sbin/poweroff\n";
+        return Ok(("/etc/doas.d/outpost.conf", rule.into(), 0o600, "doas -n /sbin/poweroff".into()));
+    }
+    if has("/usr/bin/sudo") || has("/bin/sudo") {
+        let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
+                    outpost ALL=(root) NOPASSWD: /sbin/poweroff\n";
+        return Ok(("/etc/sudoers.d/outpost", rule.into(), 0o440, "sudo -n /sbin/poweroff".into()));
+    }
+    bail!(
+        "OUTPOST_IDLE_SHUTDOWN needs doas or sudo in {} so the user outpost may power off: \
+         install one (Alpine: apk add doas; Debian/Ubuntu: apt-get install sudo) and run again",
+        target.root.display()
+    )
+}
+
+const POWEROFF_RULES: [&str; 2] = ["/etc/doas.d/outpost.conf", "/etc/sudoers.d/outpost"];
+
+/// Runs `outpost install` with parsed options.
+pub fn install(opts: &InstallOptions) -> Result<()> {
+    let mut t = Target::new(&opts.root, true)?;
+    let init = Init::choose(&opts.init, &t.root)?;
+    let swap_bytes = swap_size(opts.swap.as_deref())?;
+    let mut env = env_entries(&t, opts)?;
+    let root_owner = fsops::root_owner();
+
+    let rule = if envfile::get(&env, "OUTPOST_IDLE_SHUTDOWN").is_some() {
+        let (path, text, mode, cmd) = poweroff_rule(&t)?;
+        if envfile::get(&env, "OUTPOST_IDLE_SHUTDOWN_CMD").is_none() {
+            envfile::set(&mut env, "OUTPOST_IDLE_SHUTDOWN_CMD", &cmd);
+        }
+        Some((path, text, mode))
+    } else {
+        None
+    };
+
+    let acct = accounts::ensure(&t.root.clone(), t.live, &mut |c, p| t.note(c, p))?;
+    let outpost_owner = Some((acct.uid, acct.gid));
+
+    let binary = match &opts.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("cannot find this binary: pass --binary PATH")?,
+    };
+    let dst = t.path(BINARY);
+    let c = fsops::copy_file(&binary, &dst, 0o755, root_owner)?;
+    t.note(c, &dst);
+
+    for (dir, mode, owner) in [
+        (DATA_DIR, 0o750, outpost_owner),
+        (service::LOG_DIR, 0o750, outpost_owner),
+        ("/etc/outpost", 0o755, root_owner),
+    ] {
+        if dir == service::LOG_DIR && init != Init::OpenRc {
+            continue;
+        }
+        let p = t.path(dir);
+        let c = fsops::ensure_dir(&p, mode, owner)?;
+        t.note(c, &p);
+    }
+
+    let swap_note = if swap_bytes > 0 {
+        format!(
+            "Swap ({}) is the system's: {} in /etc/fstab, made by outpost install; \
+             the service runs as outpost, which cannot turn swap on, so OUTPOST_SWAP stays 0.",
+            human(swap_bytes),
+            swap::SWAP_FILE
+        )
+    } else {
+        "No swap file (outpost install --swap 0). The service runs as outpost, so OUTPOST_SWAP stays 0."
+            .to_string()
+    };
+    let p = t.path(ENV_FILE);
+    let c = fsops::write_file(&p, envfile::render(&env, &[swap_note]).as_bytes(), 0o600, root_owner)?;
+    t.note(c, &p);
+
+    let swap_path = t.path(swap::SWAP_FILE);
+    let c = if swap_bytes > 0 {
+        swap::ensure_file(&swap_path, swap_bytes, t.live)?
+    } else {
+        swap::remove_file(&swap_path, t.live)?
+    };
+    t.note(c, &swap_path);
+    let c = swap::ensure_fstab(&t.root, swap_bytes > 0)?;
+    t.note(c, &t.path("/etc/fstab"));
+
+    for path in POWEROFF_RULES {
+        let p = t.path(path);
+        let c = match &rule {
+            Some((want, text, mode)) if *want == path => fsops::write_file(&p, text.as_bytes(), *mode, root_owner)?,
+            _ => fsops::remove_file(&p)?,
+        };
+        t.note(c, &p);
+    }
+
+    let grace: u64 = envfile::get(&env, "OUTPOST_GRACE_S").and_then(|v| v.trim().parse().ok()).unwrap_or(8);
+    let (def, mode) = init.definition();
+    let p = t.path(def);
+    let c = fsops::write_file(&p, init.render(service::stop_timeout(grace)).as_bytes(), mode, root_owner)?;
+    t.note(c, &p);
+
+    let mut advice = Vec::new();
+    if t.live && swap_bytes > 0 && !swap::is_active(&swap_path) {
+        if let Err(e) = swap::swapon(&swap_path) {
+            advice.push(format!("{e:#}; the boot turns it on through /etc/fstab"));
+        } else {
+            println!("swap on   {}", swap_path.display());
+        }
+    }
+    if t.live {
+        advice.extend(service::activate(init, t.changed > 0, opts.no_start, swap_bytes > 0)?);
+    } else {
+        advice.push(format!("{} was not enabled (--root is not /); in the image run:", init.name()));
+        advice.extend(service::manual_steps(init, &t.root, swap_bytes > 0).into_iter().map(|s| format!("  {s}")));
+    }
+    println!("outpost install: {} changed, {} unchanged ({} service)", t.changed, t.unchanged, init.name());
+    for line in advice {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Runs `outpost uninstall` with parsed options.
+pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
+    let mut t = Target::new(&opts.root, false)?;
+    for init in [Init::OpenRc, Init::Systemd] {
+        let (def, _) = init.definition();
+        let p = t.path(def);
+        if t.live && p.exists() {
+            service::deactivate(init)?;
+        }
+        let c = fsops::remove_file(&p)?;
+        t.note(c, &p);
+        if t.live && c == Change::Removed && init == Init::Systemd && Path::new("/run/systemd/system").is_dir() {
+            if let Some(systemctl) = system::which("systemctl") {
+                system::run(std::process::Command::new(systemctl).arg("daemon-reload"))?;
+            }
+        }
+    }
+    let swap_path = t.path(swap::SWAP_FILE);
+    let c = swap::remove_file(&swap_path, t.live)?;
+    t.note(c, &swap_path);
+    let c = swap::ensure_fstab(&t.root, false)?;
+    t.note(c, &t.path("/etc/fstab"));
+    let mut paths: Vec<&str> = POWEROFF_RULES.to_vec();
+    paths.extend([ENV_FILE, BINARY]);
+    for path in paths {
+        let p = t.path(path);
+        let c = fsops::remove_file(&p)?;
+        t.note(c, &p);
+    }
+    let p = t.path("/etc/outpost");
+    let c = fsops::remove_dir_if_empty(&p)?;
+    t.note(c, &p);
+    if opts.purge {
+        for dir in [DATA_DIR, service::LOG_DIR] {
+            let p = t.path(dir);
+            let c = fsops::remove_tree(&p)?;
+            t.note(c, &p);
+        }
+        accounts::remove(&t.root.clone(), t.live, &mut |c, p| t.note(c, p))?;
+    }
+    println!("outpost uninstall: {} changed, {} already gone or kept", t.changed, t.unchanged);
+    if !opts.purge {
+        println!("kept {DATA_DIR} and the user outpost (--purge removes them)");
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Entry point of `outpost install`.
+pub fn install_cli(args: &[String]) -> Result<()> {
+    match InstallOptions::parse(args)? {
+        None => {
+            print!("{INSTALL_HELP}");
+            Ok(())
+        }
+        Some(opts) => install(&opts),
+    }
+}
+
+/// Entry point of `outpost uninstall`.
+pub fn uninstall_cli(args: &[String]) -> Result<()> {
+    match UninstallOptions::parse(args)? {
+        None => {
+            print!("{UNINSTALL_HELP}");
+            Ok(())
+        }
+        Some(opts) => uninstall(&opts),
+    }
+}

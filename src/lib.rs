@@ -1,0 +1,20 @@
+//! outpost: a worker runtime that runs AI coding agents in a PTY on remote compute,
+//! streams every byte of their output over SSE (HTTP/1.1 and HTTP/2), and pushes
+//! their branch when they are done.
+//!
+//! The data path of one task: `http` admits a request, `task` owns its lifecycle and
+//! its event log, `git` prepares and pushes the worktree, `agent` runs the program in
+//! a PTY; `supervise` owns signals and reaping, `memory` owns limits and pressure.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod git;
+pub mod http;
+pub mod install;
+pub mod logging;
+pub mod memory;
+pub mod supervise;
+pub mod task;
+pub mod timefmt;
+pub mod validate;

@@ -1,0 +1,107 @@
+//! The memory watch: once a second it reads the memory view (on a blocking thread),
+//! keeps the latest snapshot for `/hello` and `/metrics`, turns the registry's pressure
+//! flag on and off, and when memory is critical stops the agent using the most memory
+//! before the kernel has to pick. It also tells the runner whether an agent's SIGKILL
+//! was the kernel's OOM killer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::memory::{Level, MemoryView, Policy, Snapshot};
+use crate::task::{Registry, StopReason};
+
+/// The process-wide watch.
+pub struct MemWatch {
+    view: MemoryView,
+    latest: Mutex<Option<(Snapshot, Level)>>,
+    oom_kills: AtomicU64,
+}
+
+/// The memory watch of this process.
+pub fn watch() -> &'static MemWatch {
+    static W: OnceLock<MemWatch> = OnceLock::new();
+    W.get_or_init(|| {
+        let view = MemoryView::detect();
+        let kills = view.oom_kills().unwrap_or(0);
+        MemWatch { view, latest: Mutex::new(None), oom_kills: AtomicU64::new(kills) }
+    })
+}
+
+impl MemWatch {
+    /// The latest snapshot and its level, if one was taken.
+    pub fn latest(&self) -> Option<(Snapshot, Level)> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_latest(&self, s: Snapshot, l: Level) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, l));
+    }
+
+    /// Whether the kernel OOM-killed something since the last call, or memory is at its
+    /// limit now. Reads the cgroup's counters (small files): call off the runtime or
+    /// accept a few microseconds.
+    pub fn oom_suspected(&self) -> bool {
+        let now = self.view.oom_kills().unwrap_or(0);
+        let before = self.oom_kills.swap(now, Ordering::SeqCst);
+        if now > before {
+            return true;
+        }
+        matches!(self.latest(), Some((_, Level::Critical)))
+    }
+}
+
+/// Starts the watch loop.
+pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tick.tick().await;
+            let snap = tokio::task::spawn_blocking(|| watch().view.snapshot()).await;
+            let snap = match snap {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    if !warned {
+                        tracing::warn!("reading memory figures failed: {e}; pressure checks are off until it works");
+                        warned = true;
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let level = Policy::for_snapshot(&snap, min_available).level(&snap);
+            watch().set_latest(snap, level);
+            reg.set_pressure(level >= Level::Pressure);
+            if level == Level::Critical {
+                stop_largest(&reg).await;
+            }
+        }
+    });
+}
+
+/// Stops the live agent whose process group holds the most memory.
+async fn stop_largest(reg: &Arc<Registry>) {
+    let live: Vec<_> = reg
+        .live()
+        .into_iter()
+        .filter(|t| t.stop_reason().is_none())
+        .filter_map(|t| t.agent().map(|a| (t, a.pid())))
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let pgids: Vec<i32> = live.iter().map(|(_, p)| *p).collect();
+    let largest = tokio::task::spawn_blocking(move || crate::memory::largest_group(&pgids)).await;
+    if let Ok(Some((pgid, rss))) = largest {
+        if let Some((task, _)) = live.iter().find(|(_, p)| *p == pgid) {
+            tracing::warn!(
+                task_id = %task.id(),
+                rss_mib = rss >> 20,
+                "memory is critical: stopping the agent that uses the most"
+            );
+            task.request_stop(StopReason::Memory);
+        }
+    }
+}

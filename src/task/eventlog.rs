@@ -1,0 +1,519 @@
+//! The event log of one task: the single source of truth for what happened.
+//!
+//! Every event (status, output, progress, done) is appended to `events.ndjson` in the
+//! task's directory, one JSON object a line (`{"id":N,"event":"...",...}`), *before*
+//! any client can see it. Ids start at 1 and strictly increase. Readers keep their own
+//! cursor: recent records are served from a bounded in-memory tail shared by every
+//! reader (zero-copy `Bytes`), older ones are read back from the file, found by binary
+//! search on the ids. Output bytes are also appended raw to `output.raw` for `/log`.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// The file of records.
+pub const EVENTS_FILE: &str = "events.ndjson";
+/// The raw output bytes.
+pub const OUTPUT_FILE: &str = "output.raw";
+
+/// The in-memory tail is trimmed back to `TAIL_KEEP` bytes when it passes `TAIL_MAX`.
+const TAIL_MAX: usize = 512 * 1024;
+const TAIL_KEEP: usize = 256 * 1024;
+/// What is kept in memory once the log is closed.
+const TAIL_CLOSED: usize = 64 * 1024;
+
+/// One record of the log, as stored (a JSON line ending in `\n`).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: u64,
+    pub event: Bytes,
+    pub offset: u64,
+    pub line: Bytes,
+}
+
+impl Record {
+    /// The JSON object without its trailing newline.
+    pub fn json(&self) -> &[u8] {
+        self.line.strip_suffix(b"\n").unwrap_or(&self.line)
+    }
+
+    pub fn is_done(&self) -> bool {
+        &self.event[..] == b"done"
+    }
+
+    fn end(&self) -> u64 {
+        self.offset + self.line.len() as u64
+    }
+}
+
+/// Where a reader is: the last id it has, and (once known) the byte offset after it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cursor {
+    pub after: u64,
+    pub offset: Option<u64>,
+}
+
+impl Cursor {
+    pub fn after(id: u64) -> Self {
+        Cursor { after: id, offset: if id == 0 { Some(0) } else { None } }
+    }
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Read {
+    /// Records after the cursor (the cursor has moved past them).
+    Records(Vec<Record>),
+    /// Nothing new yet; the log is still open.
+    Idle,
+    /// Nothing new and the log is closed: the reader has seen everything.
+    End,
+}
+
+struct Inner {
+    events: Option<File>,
+    raw: Option<File>,
+    next_id: u64,
+    len: u64,
+    output_bytes: u64,
+    tail: VecDeque<Record>,
+    tail_bytes: usize,
+    closed: bool,
+}
+
+/// The log of one task. Appends come from one writer at a time (the lock orders them);
+/// reads may come from any number of subscribers.
+pub struct EventLog {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    tx: watch::Sender<u64>,
+}
+
+impl EventLog {
+    /// Creates a new, empty log in `dir` (which must exist).
+    pub fn create(dir: &Path) -> io::Result<EventLog> {
+        let open = |name: &str| OpenOptions::new().create_new(true).append(true).open(dir.join(name));
+        let events = open(EVENTS_FILE)?;
+        let raw = open(OUTPUT_FILE)?;
+        Ok(Self::from_parts(dir, Some(events), Some(raw), 1, 0, 0, false))
+    }
+
+    /// Opens the log of a task from an earlier run. A torn last line (the process died
+    /// mid-write) is cut off. Returns the log (open for appends) and its last record.
+    pub fn reopen(dir: &Path) -> io::Result<(EventLog, Option<Record>)> {
+        let path = dir.join(EVENTS_FILE);
+        let events = OpenOptions::new().read(true).append(true).open(&path)?;
+        let mut len = events.metadata()?.len();
+        let last = last_record(&events, len)?;
+        let good_end = last.as_ref().map(|r| r.end()).unwrap_or(0);
+        if good_end < len {
+            events.set_len(good_end)?;
+            len = good_end;
+        }
+        let raw = OpenOptions::new().create(true).append(true).open(dir.join(OUTPUT_FILE))?;
+        let output_bytes = raw.metadata()?.len();
+        let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
+        let closed = last.as_ref().is_some_and(|r| r.is_done());
+        let log = Self::from_parts(dir, Some(events), Some(raw), next_id, len, output_bytes, false);
+        if closed {
+            log.close();
+        }
+        Ok((log, last))
+    }
+
+    fn from_parts(
+        dir: &Path,
+        events: Option<File>,
+        raw: Option<File>,
+        next_id: u64,
+        len: u64,
+        output_bytes: u64,
+        closed: bool,
+    ) -> EventLog {
+        let (tx, _) = watch::channel(len);
+        EventLog {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                events,
+                raw,
+                next_id,
+                len,
+                output_bytes,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
+                closed,
+            }),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (appends are whole).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one event; `payload` is a JSON object (`{...}`) or empty. Returns its id.
+    pub fn append(&self, event: &str, payload: &str) -> io::Result<u64> {
+        self.append_with_output(event, payload, &[])
+    }
+
+    /// Appends an `output` event for `raw` bytes whose JSON payload is `payload`.
+    pub fn append_output(&self, payload: &str, raw: &[u8]) -> io::Result<u64> {
+        self.append_with_output("output", payload, raw)
+    }
+
+    fn append_with_output(&self, event: &str, payload: &str, raw: &[u8]) -> io::Result<u64> {
+        let mut g = self.lock();
+        if g.closed {
+            return Err(io::Error::other("the task's event log is closed: it already ended"));
+        }
+        let id = g.next_id;
+        let mut line = Vec::with_capacity(payload.len() + event.len() + 32);
+        line.extend_from_slice(format!("{{\"id\":{id},\"event\":\"{event}\"").as_bytes());
+        let body = payload.trim();
+        let inner = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or("").trim();
+        if !inner.is_empty() {
+            line.push(b',');
+            line.extend_from_slice(inner.as_bytes());
+        }
+        line.extend_from_slice(b"}\n");
+        if !raw.is_empty() {
+            let f = g.raw.as_mut().ok_or_else(|| io::Error::other("output file is not open"))?;
+            f.write_all(raw)?;
+        }
+        let f = g.events.as_mut().ok_or_else(|| io::Error::other("event log is not open"))?;
+        f.write_all(&line)?;
+        let offset = g.len;
+        g.len += line.len() as u64;
+        g.output_bytes += raw.len() as u64;
+        g.next_id += 1;
+        let rec = Record { id, event: Bytes::copy_from_slice(event.as_bytes()), offset, line: Bytes::from(line) };
+        g.tail_bytes += rec.line.len();
+        g.tail.push_back(rec);
+        if g.tail_bytes > TAIL_MAX {
+            trim_tail(&mut g, TAIL_KEEP);
+        }
+        let len = g.len;
+        if event == "done" {
+            g.closed = true;
+            g.events = None;
+            g.raw = None;
+            trim_tail(&mut g, TAIL_CLOSED);
+        }
+        drop(g);
+        self.tx.send_replace(len);
+        Ok(id)
+    }
+
+    /// Marks the log closed without a new record (used when reopening a finished log).
+    fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        g.events = None;
+        g.raw = None;
+    }
+
+    /// Flushes appended records to stable storage.
+    pub fn sync(&self) -> io::Result<()> {
+        let g = self.lock();
+        if let Some(f) = g.events.as_ref() {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.lock().next_id - 1
+    }
+
+    pub fn output_bytes(&self) -> u64 {
+        self.lock().output_bytes
+    }
+
+    /// A receiver that changes whenever a record is appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+
+    /// Readers following this log right now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Reads what is after `cursor` from memory, if the memory tail covers it; `None`
+    /// means the caller must call [`EventLog::read_file`] (off the async runtime).
+    pub fn read_memory(&self, cursor: &mut Cursor, max_bytes: usize) -> Option<Read> {
+        let g = self.lock();
+        let front = g.tail.front();
+        let covered = match (cursor.offset, front) {
+            (Some(off), _) if off >= g.len => true,
+            (Some(off), Some(f)) => off >= f.offset,
+            (None, Some(f)) => cursor.after + 1 >= f.id,
+            (None, None) => cursor.after + 1 >= g.next_id,
+            (Some(_), None) => false,
+        };
+        if !covered {
+            return None;
+        }
+        let start = g.tail.partition_point(|r| r.id <= cursor.after);
+        let mut out = Vec::new();
+        let mut size = 0;
+        for r in g.tail.iter().skip(start) {
+            if size > 0 && size + r.line.len() > max_bytes {
+                break;
+            }
+            size += r.line.len();
+            out.push(r.clone());
+        }
+        Some(finish_read(cursor, out, g.closed, g.len))
+    }
+
+    /// Reads what is after `cursor` from the file (blocking: call from a blocking thread).
+    pub fn read_file(&self, cursor: &mut Cursor, max_bytes: usize) -> io::Result<Read> {
+        let (len, closed) = {
+            let g = self.lock();
+            (g.len, g.closed)
+        };
+        let file = File::open(self.dir.join(EVENTS_FILE))?;
+        let mut offset = match cursor.offset {
+            Some(o) => o,
+            None => seek(&file, len, cursor.after)?,
+        };
+        let mut out = Vec::new();
+        let mut size = 0;
+        while offset < len && size < max_bytes {
+            let Some(rec) = read_line_at(&file, offset, len)? else { break };
+            offset = rec.end();
+            if rec.id > cursor.after {
+                size += rec.line.len();
+                out.push(rec);
+            }
+        }
+        if out.is_empty() {
+            cursor.offset = Some(offset);
+        }
+        Ok(finish_read(cursor, out, closed, len))
+    }
+}
+
+fn trim_tail(g: &mut Inner, keep: usize) {
+    while g.tail_bytes > keep && g.tail.len() > 1 {
+        if let Some(r) = g.tail.pop_front() {
+            g.tail_bytes -= r.line.len();
+        }
+    }
+}
+
+fn finish_read(cursor: &mut Cursor, out: Vec<Record>, closed: bool, len: u64) -> Read {
+    if let Some(last) = out.last() {
+        cursor.after = last.id;
+        cursor.offset = Some(last.end());
+        return Read::Records(out);
+    }
+    let at_end = cursor.offset.is_some_and(|o| o >= len);
+    if closed && at_end {
+        Read::End
+    } else {
+        Read::Idle
+    }
+}
+
+/// Parses `{"id":N,"event":"T"` at the start of a line.
+fn parse_head(line: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = line.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"event\":\"")?;
+    let end = rest.iter().position(|&c| c == b'"')?;
+    Some((id, &rest[..end]))
+}
+
+/// Reads the whole line that starts at `offset`.
+fn read_line_at(file: &File, offset: u64, len: u64) -> io::Result<Option<Record>> {
+    let mut want = 8192usize;
+    loop {
+        let avail = (len - offset) as usize;
+        let n = want.min(avail);
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, offset)?;
+        if let Some(nl) = buf.iter().position(|&c| c == b'\n') {
+            buf.truncate(nl + 1);
+            let (id, event) = parse_head(&buf).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("event log damaged at byte {offset}"))
+            })?;
+            let event = Bytes::copy_from_slice(event);
+            return Ok(Some(Record { id, event, offset, line: Bytes::from(buf) }));
+        }
+        if n == avail {
+            return Ok(None);
+        }
+        want = want.saturating_mul(4);
+    }
+}
+
+/// Finds the offset of the first record whose id is greater than `after`, by binary
+/// search over line starts (ids increase along the file).
+fn seek(file: &File, len: u64, after: u64) -> io::Result<u64> {
+    let (mut lo, mut hi) = (0u64, len);
+    // Invariant: the answer lies in [lo, hi] and lo is a line start.
+    for _ in 0..64 {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let start = next_line_start(file, mid, len)?;
+        if start >= hi {
+            // No line start in (mid, hi): scan linearly from lo.
+            break;
+        }
+        match read_line_at(file, start, len)? {
+            Some(r) if r.id <= after => lo = r.end(),
+            Some(_) => hi = start,
+            None => hi = start,
+        }
+    }
+    let mut off = lo;
+    while off < len {
+        match read_line_at(file, off, len)? {
+            Some(r) if r.id <= after => off = r.end(),
+            _ => break,
+        }
+    }
+    Ok(off)
+}
+
+/// The start of the first line that begins after `pos` (or at 0).
+fn next_line_start(file: &File, pos: u64, len: u64) -> io::Result<u64> {
+    if pos == 0 {
+        return Ok(0);
+    }
+    let mut off = pos - 1;
+    let mut buf = [0u8; 4096];
+    while off < len {
+        let n = buf.len().min((len - off) as usize);
+        file.read_exact_at(&mut buf[..n], off)?;
+        if let Some(i) = buf[..n].iter().position(|&c| c == b'\n') {
+            return Ok(off + i as u64 + 1);
+        }
+        off += n as u64;
+    }
+    Ok(len)
+}
+
+/// The last complete record of a file, reading backwards from its end.
+fn last_record(file: &File, len: u64) -> io::Result<Option<Record>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0u8; (len - start) as usize];
+        file.read_exact_at(&mut buf, start)?;
+        // The last '\n' ends the last complete line; find where that line starts.
+        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
+            if start == 0 {
+                return Ok(None);
+            }
+            window *= 4;
+            continue;
+        };
+        match buf[..end].iter().rposition(|&c| c == b'\n') {
+            Some(prev) => return read_line_at(file, start + prev as u64 + 1, len),
+            None if start == 0 => return read_line_at(file, 0, len),
+            None => window *= 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(r: Read) -> Vec<u64> {
+        match r {
+            Read::Records(v) => v.iter().map(|r| r.id).collect(),
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn append_read_seek_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::create(dir.path()).unwrap();
+        assert_eq!(log.append("status", r#"{"status":"working"}"#).unwrap(), 1);
+        for i in 0..2000 {
+            let payload = format!("{{\"data\":\"line {i} {}\"}}", "x".repeat(i % 300));
+            log.append_output(&payload, b"x").unwrap();
+        }
+        // From memory: only the newest records are there.
+        let mut c = Cursor::after(1995);
+        assert_eq!(ids(log.read_memory(&mut c, 1 << 20).unwrap()), vec![1996, 1997, 1998, 1999, 2000, 2001]);
+        assert!(matches!(log.read_memory(&mut c, 1 << 20).unwrap(), Read::Idle));
+        // Old records are not in memory; the file has them, found by binary search.
+        let mut c = Cursor::after(10);
+        assert!(log.read_memory(&mut c, 1 << 20).is_none());
+        for after in [0u64, 1, 2, 10, 999, 1500, 2000, 2001] {
+            let mut c = Cursor::after(after);
+            match log.read_file(&mut c, 1 << 16).unwrap() {
+                Read::Records(v) => assert_eq!(v[0].id, after + 1),
+                Read::Idle => assert_eq!(after, 2001),
+                Read::End => panic!("not closed"),
+            }
+        }
+        log.append("done", r#"{"status":"done"}"#).unwrap();
+        assert!(log.append("output", "{}").is_err());
+        let mut c = Cursor::after(2001);
+        let recs = ids(log.read_memory(&mut c, 1 << 20).unwrap());
+        assert_eq!(recs, vec![2002]);
+        assert!(matches!(log.read_memory(&mut c, 1 << 20).unwrap(), Read::End));
+        drop(log);
+
+        let (log, last) = EventLog::reopen(dir.path()).unwrap();
+        assert!(last.unwrap().is_done());
+        assert!(log.is_closed());
+        assert_eq!(log.last_id(), 2002);
+        assert_eq!(log.output_bytes(), 2000);
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::create(dir.path()).unwrap();
+        log.append("status", r#"{"status":"queued"}"#).unwrap();
+        log.append("status", r#"{"status":"working"}"#).unwrap();
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(EVENTS_FILE)).unwrap();
+        f.write_all(b"{\"id\":3,\"event\":\"out").unwrap();
+        let (log, last) = EventLog::reopen(dir.path()).unwrap();
+        assert_eq!(last.unwrap().id, 2);
+        assert_eq!(log.append("status", r#"{"status":"interrupted"}"#).unwrap(), 3);
+        let mut c = Cursor::after(0);
+        assert_eq!(ids(log.read_file(&mut c, 1 << 20).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn empty_payload_makes_valid_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::create(dir.path()).unwrap();
+        log.append("ping", "").unwrap();
+        let mut c = Cursor::after(0);
+        let Read::Records(v) = log.read_memory(&mut c, 100).unwrap() else { panic!() };
+        let parsed: serde_json::Value = serde_json::from_slice(v[0].json()).unwrap();
+        assert_eq!(parsed["event"], "ping");
+    }
+}

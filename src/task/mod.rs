@@ -1,0 +1,179 @@
+//! Tasks: one unit of work from `POST /work` to its `done` event. A `Task` owns its
+//! event log (the source of truth), the state derived from it, and the handles of its
+//! running agent; the registry owns the set of tasks; the runner drives one task.
+
+pub mod eventlog;
+pub mod model;
+pub mod registry;
+pub mod runner;
+pub mod workspace;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::agent::pty::AgentHandle;
+use eventlog::EventLog;
+use model::{DoneEvent, Status, TaskMeta, TaskState, TaskView};
+
+pub use registry::{Refusal, Registry};
+
+/// Why a running task is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `DELETE /work/<id>`.
+    Cancel,
+    /// The task's `timeout_s` passed.
+    Timeout,
+    /// The worker is draining (SIGTERM).
+    Shutdown,
+    /// Memory is critical and this agent uses the most.
+    Memory,
+}
+
+/// One task.
+pub struct Task {
+    pub meta: TaskMeta,
+    pub log: EventLog,
+    dir: PathBuf,
+    state: Mutex<TaskState>,
+    agent: Mutex<Option<AgentHandle>>,
+    stop: watch::Sender<Option<StopReason>>,
+}
+
+impl Task {
+    fn new(meta: TaskMeta, dir: PathBuf, log: EventLog, state: TaskState) -> Task {
+        let (stop, _) = watch::channel(None);
+        Task { meta, log, dir, state: Mutex::new(state), agent: Mutex::new(None), stop }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state(&self) -> MutexGuard<'_, TaskState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.state().status
+    }
+
+    /// The task object of the contract.
+    pub fn view(&self) -> TaskView {
+        let s = self.state().clone();
+        TaskView {
+            id: self.meta.id.clone(),
+            issue_id: self.meta.request.issue_id.clone(),
+            status: s.status,
+            created_at: self.meta.created_at.clone(),
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            branch: self.meta.branch.clone(),
+            commit: s.commit,
+            pr_url: s.pr_url,
+            error: s.error,
+            output_bytes: self.log.output_bytes(),
+            last_event_id: self.log.last_id(),
+        }
+    }
+
+    /// Moves the task forward to `status` (never backward, never out of a terminal
+    /// state): the event is logged first, then the state follows.
+    pub fn set_status(&self, status: Status) -> io::Result<()> {
+        let mut st = self.state();
+        if st.status.is_terminal() || status.rank() <= st.status.rank() || status.is_terminal() {
+            return Ok(());
+        }
+        self.log.append("status", &json!({ "status": status }).to_string())?;
+        st.status = status;
+        if st.started_at.is_none() && status != Status::Queued {
+            st.started_at = Some(crate::timefmt::now_rfc3339());
+        }
+        self.persist(&st)
+    }
+
+    /// Appends a non-status event (progress, notes).
+    pub fn emit(&self, event: &str, payload: serde_json::Value) -> io::Result<u64> {
+        self.log.append(event, &payload.to_string())
+    }
+
+    /// Ends the task: a final `status` event, then `done`, which closes the log.
+    pub fn finish(&self, status: Status, exit_code: Option<i32>, commit: Option<String>, error: Option<String>) -> io::Result<()> {
+        let mut st = self.state();
+        if st.status.is_terminal() {
+            return Ok(());
+        }
+        let now = crate::timefmt::now_unix_ms();
+        let done = DoneEvent {
+            status,
+            exit_code,
+            branch: self.meta.branch.clone(),
+            commit: commit.clone(),
+            pr_url: st.pr_url.clone(),
+            error: error.clone(),
+            duration_ms: now.saturating_sub(self.meta.created_unix_ms),
+        };
+        self.log.append("status", &json!({ "status": status }).to_string())?;
+        let payload = serde_json::to_string(&done).map_err(io::Error::other)?;
+        self.log.append("done", &payload)?;
+        st.status = status;
+        st.exit_code = exit_code;
+        st.commit = commit;
+        st.error = error;
+        st.finished_at = Some(crate::timefmt::rfc3339_ms(now));
+        let r = self.persist(&st);
+        drop(st);
+        self.log.sync().ok();
+        r
+    }
+
+    fn persist(&self, st: &TaskState) -> io::Result<()> {
+        write_json_atomic(&self.dir.join("task.json"), st)
+    }
+
+    /// Asks the runner to stop the agent; the first reason wins.
+    pub fn request_stop(&self, reason: StopReason) -> bool {
+        self.stop.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *self.stop.borrow()
+    }
+
+    fn stop_watch(&self) -> watch::Receiver<Option<StopReason>> {
+        self.stop.subscribe()
+    }
+
+    /// The running agent's handle, if any.
+    pub fn agent(&self) -> Option<AgentHandle> {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_agent(&self, h: Option<AgentHandle>) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+}
+
+/// Writes JSON to `path` through a temporary file and a rename.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,299 @@
+//! The registry: the one place that admits work. It owns the set of tasks (live and
+//! finished), the capacity limit, the live `issue_id`s, the drain and pressure flags,
+//! and the counters `/hello` reports. At start it recovers the tasks of an earlier run
+//! from the data dir: every task that was live then ends `interrupted`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use super::eventlog::EventLog;
+use super::model::{Status, TaskMeta, TaskState, WorkRequest};
+use super::{write_json_atomic, StopReason, Task};
+use crate::config::Config;
+
+/// Why new work was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A task with this `issue_id` is live: its id.
+    Duplicate(String),
+    /// `OUTPOST_MAX_TASKS` tasks are live.
+    Full,
+    /// The worker is shutting down.
+    Draining,
+    /// Memory is short.
+    Pressure,
+    /// The data dir could not take the task.
+    Storage(String),
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Task>>,
+    /// Ids in creation order (oldest first).
+    order: Vec<String>,
+    live_issues: HashMap<String, String>,
+    live: usize,
+}
+
+/// The set of tasks.
+pub struct Registry {
+    pub cfg: Arc<Config>,
+    tasks_dir: PathBuf,
+    inner: Mutex<Inner>,
+    total_executed: AtomicU64,
+    draining: AtomicBool,
+    pressure: AtomicBool,
+    started: Instant,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+    seq: AtomicU64,
+}
+
+impl Registry {
+    /// Opens the registry on the data dir, recovering earlier tasks.
+    pub fn open(cfg: Arc<Config>) -> anyhow::Result<Arc<Registry>> {
+        let tasks_dir = cfg.data_dir.join("tasks");
+        std::fs::create_dir_all(&tasks_dir)
+            .with_context(|| format!("creating {} (is OUTPOST_DATA writable?)", tasks_dir.display()))?;
+        let reg = Arc::new(Registry {
+            cfg,
+            tasks_dir,
+            inner: Mutex::new(Inner::default()),
+            total_executed: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            pressure: AtomicBool::new(false),
+            started: Instant::now(),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+            seq: AtomicU64::new(0),
+        });
+        reg.recover()?;
+        Ok(reg)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recover(&self) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        let rd = std::fs::read_dir(&self.tasks_dir)
+            .with_context(|| format!("reading {}", self.tasks_dir.display()))?;
+        for entry in rd.flatten() {
+            let dir = entry.path();
+            match recover_one(&dir) {
+                Ok(Some(task)) => found.push(task),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), "skipping a task that cannot be read back: {e:#}"),
+            }
+        }
+        found.sort_by(|a, b| a.meta.created_unix_ms.cmp(&b.meta.created_unix_ms).then(a.meta.id.cmp(&b.meta.id)));
+        let mut g = self.lock();
+        for t in found {
+            if t.status().is_terminal() {
+                self.total_executed.fetch_add(1, Ordering::Relaxed);
+            }
+            g.order.push(t.meta.id.clone());
+            g.by_id.insert(t.meta.id.clone(), Arc::new(t));
+        }
+        Ok(())
+    }
+
+    /// Admits a task, or says why not. Creates its directory and its log, with the
+    /// `queued` status as event 1.
+    pub fn admit(&self, req: WorkRequest) -> Result<Arc<Task>, Refusal> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining);
+        }
+        if self.pressure.load(Ordering::SeqCst) {
+            return Err(Refusal::Pressure);
+        }
+        let mut g = self.lock();
+        if let Some(issue) = &req.issue_id {
+            if let Some(id) = g.live_issues.get(issue) {
+                return Err(Refusal::Duplicate(id.clone()));
+            }
+        }
+        if g.live >= self.cfg.max_tasks {
+            return Err(Refusal::Full);
+        }
+        let now = crate::timefmt::now_unix_ms();
+        let id = self.new_id(now);
+        let branch = req
+            .branch
+            .clone()
+            .unwrap_or_else(|| format!("polecat/{}", req.issue_id.as_deref().unwrap_or(&id)));
+        let meta = TaskMeta { id: id.clone(), created_at: crate::timefmt::rfc3339_ms(now), created_unix_ms: now, branch, request: req };
+        let dir = self.tasks_dir.join(&id);
+        let task = create_task(meta, dir).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
+        let task = Arc::new(task);
+        if let Some(issue) = &task.meta.request.issue_id {
+            g.live_issues.insert(issue.clone(), id.clone());
+        }
+        g.live += 1;
+        g.order.push(id.clone());
+        g.by_id.insert(id, task.clone());
+        drop(g);
+        self.changed.notify_waiters();
+        Ok(task)
+    }
+
+    /// Called by the runner once a task has reached a terminal state.
+    pub fn release(&self, task: &Task) {
+        let mut g = self.lock();
+        if let Some(issue) = &task.meta.request.issue_id {
+            if g.live_issues.get(issue).map(String::as_str) == Some(task.id()) {
+                g.live_issues.remove(issue);
+            }
+        }
+        g.live = g.live.saturating_sub(1);
+        if g.live == 0 {
+            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        drop(g);
+        self.total_executed.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    fn new_id(&self, now_ms: u64) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let salt = std::process::id() as u64 ^ (Instant::now().elapsed().subsec_nanos() as u64) ^ random_u64();
+        format!("t-{now_ms:011x}{:06x}", (salt.wrapping_add(seq.wrapping_mul(0x9E37_79B9))) & 0xff_ffff)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+        self.lock().by_id.get(id).cloned()
+    }
+
+    /// Tasks, newest first, at most `limit`.
+    pub fn list(&self, limit: usize) -> Vec<Arc<Task>> {
+        let g = self.lock();
+        g.order.iter().rev().take(limit).filter_map(|id| g.by_id.get(id).cloned()).collect()
+    }
+
+    /// Live tasks (not yet terminal).
+    pub fn live(&self) -> Vec<Arc<Task>> {
+        let g = self.lock();
+        g.by_id.values().filter(|t| !t.status().is_terminal()).cloned().collect()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.lock().live
+    }
+
+    pub fn total_executed(&self) -> u64 {
+        self.total_executed.load(Ordering::Relaxed)
+    }
+
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.live_count() > 0 {
+            return None;
+        }
+        Some(self.idle_since.lock().unwrap_or_else(|e| e.into_inner()).elapsed())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::SeqCst)
+    }
+
+    pub fn set_pressure(&self, on: bool) {
+        if self.pressure.swap(on, Ordering::SeqCst) != on {
+            if on {
+                tracing::warn!("memory pressure: refusing new work until it clears");
+            } else {
+                tracing::info!("memory pressure cleared: taking work again");
+            }
+        }
+    }
+
+    /// Stops taking work and asks every live task to stop for shutdown.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for t in self.live() {
+            t.request_stop(StopReason::Shutdown);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until no task is live (or `deadline` passes).
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            if self.live_count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.live_count() == 0;
+            }
+        }
+    }
+}
+
+fn create_task(meta: TaskMeta, dir: PathBuf) -> anyhow::Result<Task> {
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_json_atomic(&dir.join("meta.json"), &meta).with_context(|| format!("writing {}/meta.json", dir.display()))?;
+    let log = EventLog::create(&dir).with_context(|| format!("creating the event log in {}", dir.display()))?;
+    let state = TaskState::new();
+    write_json_atomic(&dir.join("task.json"), &state).context("writing task.json")?;
+    log.append("status", r#"{"status":"queued"}"#).context("writing the first event")?;
+    Ok(Task::new(meta, dir, log, state))
+}
+
+/// Reads one task back; a task that was live ends `interrupted` now.
+fn recover_one(dir: &std::path::Path) -> anyhow::Result<Option<Task>> {
+    let meta_path = dir.join("meta.json");
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let meta: TaskMeta = serde_json::from_slice(&std::fs::read(&meta_path)?).context("meta.json")?;
+    let mut state: TaskState = std::fs::read(dir.join("task.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (log, last) = EventLog::reopen(dir).context("reopening the event log")?;
+    if let Some(done) = last.filter(|r| r.is_done()) {
+        // The log is the truth: take the outcome from its done event.
+        let v: serde_json::Value = serde_json::from_slice(done.json()).unwrap_or_default();
+        if let Some(s) = v.get("status").and_then(|s| serde_json::from_value::<Status>(s.clone()).ok()) {
+            state.status = s;
+            state.exit_code = v.get("exit_code").and_then(|c| c.as_i64()).map(|c| c as i32);
+            state.commit = v.get("commit").and_then(|c| c.as_str()).map(String::from);
+            state.error = v.get("error").and_then(|c| c.as_str()).map(String::from);
+        }
+        return Ok(Some(Task::new(meta, dir.to_path_buf(), log, state)));
+    }
+    if state.status.is_terminal() {
+        // task.json ran ahead of a log whose done line was torn: make it non-terminal so
+        // `finish` can write the ending again.
+        state.status = Status::Pushing;
+    }
+    let task = Task::new(meta, dir.to_path_buf(), log, state);
+    task.finish(
+        Status::Interrupted,
+        None,
+        None,
+        Some("the worker stopped while this task was running (restart, crash or kill -9)".into()),
+    )?;
+    Ok(Some(task))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::timefmt::now_unix_ms());
+    h.finish()
+}
