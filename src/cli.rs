@@ -101,8 +101,12 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
     let mode = supervise::adopt_orphans();
     let oom = crate::memory::protect_self();
     supervise::reaper::spawn_reaper().context("installing the SIGCHLD handler")?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating the data dir {} (set OUTPOST_DATA to a writable path)", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "creating the data dir {} (set OUTPOST_DATA to a writable path)",
+            cfg.data_dir.display()
+        )
+    })?;
     if cfg.swap > 0 {
         ensure_swap(&cfg).await;
     }
@@ -119,7 +123,9 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr} (is the port in use? set PORT or --port)"))?;
-    let local = listener.local_addr().context("reading the listen address")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
     if !cfg.bind.is_loopback() && cfg.token.is_none() {
         tracing::warn!(
             "SERVING WITHOUT AUTH on {local}: OUTPOST_INSECURE_NO_AUTH=1 and no OUTPOST_TOKEN; anything that reaches this port can run commands"
@@ -136,13 +142,29 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
         "outpost {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    let state = Arc::new(AppState { cfg: cfg.clone(), reg: reg.clone(), metrics: Default::default() });
+    let state = Arc::new(AppState {
+        cfg: cfg.clone(),
+        reg: reg.clone(),
+        metrics: Default::default(),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(http::server::serve(state, listener, tls, stop_rx, Duration::from_millis(500)));
+    let server = tokio::spawn(http::server::serve(
+        state,
+        listener,
+        tls,
+        stop_rx,
+        Duration::from_millis(500),
+    ));
 
-    let sig = supervise::wait_for_stop(reg.clone()).await.context("installing signal handlers")?;
+    let sig = supervise::wait_for_stop(reg.clone())
+        .await
+        .context("installing signal handlers")?;
     let live = reg.live_count();
-    tracing::info!(signal = sig, live_tasks = live, "draining: no new work; stopping agents");
+    tracing::info!(
+        signal = sig,
+        live_tasks = live,
+        "draining: no new work; stopping agents"
+    );
     supervise::spawn_second_signal_killer(reg.clone());
     reg.drain();
     let deadline = tokio::time::Instant::now() + cfg.grace + Duration::from_millis(1200);
@@ -159,10 +181,13 @@ async fn ensure_swap(cfg: &Config) {
     let path = cfg.data_dir.join("swapfile");
     let (size, swappiness) = (cfg.swap, cfg.swappiness);
     let p = path.clone();
-    let r = tokio::task::spawn_blocking(move || crate::memory::swap::ensure(&p, size, swappiness)).await;
+    let r = tokio::task::spawn_blocking(move || crate::memory::swap::ensure(&p, size, swappiness))
+        .await;
     match r {
         Ok(Ok(outcome)) => tracing::info!(path = %path.display(), "swap: {outcome:?}"),
-        Ok(Err(e)) => tracing::warn!(path = %path.display(), "swap could not be set up: {e}; running without it"),
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), "swap could not be set up: {e}; running without it")
+        }
         Err(e) => tracing::warn!("swap setup did not finish: {e}"),
     }
 }

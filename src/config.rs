@@ -119,11 +119,17 @@ impl Source {
 
     fn err(&self, var: &str, allowed: &str) -> ConfigError {
         let (value, origin) = self.get(var).unwrap_or(("", var));
-        ConfigError { name: origin.to_string(), value: value.to_string(), allowed: allowed.to_string() }
+        ConfigError {
+            name: origin.to_string(),
+            value: value.to_string(),
+            allowed: allowed.to_string(),
+        }
     }
 
     fn string(&self, var: &str) -> Option<String> {
-        self.get(var).map(|(v, _)| v.trim().to_string()).filter(|v| !v.is_empty())
+        self.get(var)
+            .map(|(v, _)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     fn flag(&self, var: &str) -> Result<bool, ConfigError> {
@@ -174,7 +180,10 @@ impl Config {
             }
         }
         let has = |k: &str| env.iter().any(|(key, v)| key == k && !v.is_empty());
-        let gh_token = env.iter().find(|(k, _)| k == "GH_TOKEN").map(|(_, v)| v.clone());
+        let gh_token = env
+            .iter()
+            .find(|(k, _)| k == "GH_TOKEN")
+            .map(|(_, v)| v.clone());
         parse_flags(args, &mut values)?;
         let src = Source { values };
         let on_cloud_run = has("K_SERVICE");
@@ -186,9 +195,16 @@ impl Config {
             Some(v) => v
                 .trim_matches(|c| c == '[' || c == ']')
                 .parse()
-                .map_err(|_| src.err("OUTPOST_BIND", "expected an IP address such as 127.0.0.1 or 0.0.0.0"))?,
+                .map_err(|_| {
+                    src.err(
+                        "OUTPOST_BIND",
+                        "expected an IP address such as 127.0.0.1 or 0.0.0.0",
+                    )
+                })?,
         };
-        let data_dir = src.path("OUTPOST_DATA").unwrap_or_else(|| PathBuf::from("./.outpost"));
+        let data_dir = src
+            .path("OUTPOST_DATA")
+            .unwrap_or_else(|| PathBuf::from("./.outpost"));
         let token = src.string("OUTPOST_TOKEN");
         let insecure_no_auth = src.flag("OUTPOST_INSECURE_NO_AUTH")?;
         let agent = match src.string("OUTPOST_AGENT") {
@@ -207,7 +223,9 @@ impl Config {
             })
             .unwrap_or_default();
         let allow_http = src.flag("OUTPOST_ALLOW_HTTP")?;
-        let git_token = src.string("OUTPOST_GIT_TOKEN").or(gh_token.filter(|t| !t.is_empty()));
+        let git_token = src
+            .string("OUTPOST_GIT_TOKEN")
+            .or(gh_token.filter(|t| !t.is_empty()));
         let (git_author_name, git_author_email) = match src.string("OUTPOST_GIT_AUTHOR") {
             None => ("outpost".to_string(), "outpost@localhost".to_string()),
             Some(v) => parse_author(&v)
@@ -217,7 +235,11 @@ impl Config {
         let tls_cert = src.path("OUTPOST_TLS_CERT");
         let tls_key = src.path("OUTPOST_TLS_KEY");
         if tls_cert.is_some() != tls_key.is_some() {
-            let var = if tls_cert.is_some() { "OUTPOST_TLS_KEY" } else { "OUTPOST_TLS_CERT" };
+            let var = if tls_cert.is_some() {
+                "OUTPOST_TLS_KEY"
+            } else {
+                "OUTPOST_TLS_CERT"
+            };
             return Err(ConfigError {
                 name: var.into(),
                 value: String::new(),
@@ -233,8 +255,12 @@ impl Config {
             Some(_) => Some(src.number::<u32>("OUTPOST_SWAPPINESS", 60, 0, 200)?),
         };
         let grace = Duration::from_secs(src.number::<u64>("OUTPOST_GRACE_S", 8, 0, 3600)?);
-        let heartbeat = Duration::from_secs(src.number::<u64>("OUTPOST_HEARTBEAT_S", 15, 1, 3600)?);
-        let log_format = match src.string("OUTPOST_LOG_FORMAT").map(|v| v.to_ascii_lowercase()) {
+        let heartbeat =
+            Duration::from_secs(src.number::<u64>("OUTPOST_HEARTBEAT_S", 15, 1, 3600)?);
+        let log_format = match src
+            .string("OUTPOST_LOG_FORMAT")
+            .map(|v| v.to_ascii_lowercase())
+        {
             None if on_cloud_run => LogFormat::Json,
             None => LogFormat::Text,
             Some(v) if v == "json" => LogFormat::Json,
@@ -247,12 +273,16 @@ impl Config {
         };
         let idle_shutdown = match src.string("OUTPOST_IDLE_SHUTDOWN") {
             None => None,
-            Some(v) => match parse_duration(&v).map_err(|e| src.err("OUTPOST_IDLE_SHUTDOWN", &e))? {
-                d if d.is_zero() => None,
-                d => Some(d),
-            },
+            Some(v) => {
+                match parse_duration(&v).map_err(|e| src.err("OUTPOST_IDLE_SHUTDOWN", &e))? {
+                    d if d.is_zero() => None,
+                    d => Some(d),
+                }
+            }
         };
-        let idle_shutdown_cmd = src.string("OUTPOST_IDLE_SHUTDOWN_CMD").unwrap_or_else(|| "poweroff".into());
+        let idle_shutdown_cmd = src
+            .string("OUTPOST_IDLE_SHUTDOWN_CMD")
+            .unwrap_or_else(|| "poweroff".into());
 
         Ok(Config {
             port,
@@ -297,7 +327,10 @@ impl Config {
 }
 
 /// Collects `--flag value` and `--flag=value` pairs; boolean flags may stand alone.
-fn parse_flags(args: &[String], values: &mut Vec<(&'static str, String, String)>) -> Result<(), ConfigError> {
+fn parse_flags(
+    args: &[String],
+    values: &mut Vec<(&'static str, String, String)>,
+) -> Result<(), ConfigError> {
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -312,10 +345,15 @@ fn parse_flags(args: &[String], values: &mut Vec<(&'static str, String, String)>
                 allowed: "unknown flag; see `outpost serve --help`".into(),
             });
         };
-        let boolean = matches!(st.var, "OUTPOST_INSECURE_NO_AUTH" | "OUTPOST_ALLOW_HTTP" | "OUTPOST_PUSH_ON_FAILURE");
+        let boolean = matches!(
+            st.var,
+            "OUTPOST_INSECURE_NO_AUTH" | "OUTPOST_ALLOW_HTTP" | "OUTPOST_PUSH_ON_FAILURE"
+        );
         let value = match inline {
             Some(v) => v,
-            None if boolean && args.get(i + 1).is_none_or(|n| n.starts_with("--")) => "1".to_string(),
+            None if boolean && args.get(i + 1).is_none_or(|n| n.starts_with("--")) => {
+                "1".to_string()
+            }
             None => {
                 i += 1;
                 args.get(i).cloned().ok_or_else(|| ConfigError {
@@ -343,7 +381,9 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a size such as 512M, 1G or 0".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a size such as 512M, 1G or 0".to_string())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -352,7 +392,8 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return Err("expected a size such as 512M, 1G or 0 (units: K, M, G, T)".into()),
     };
-    n.checked_mul(mult).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
 }
 
 /// Parses a duration such as `30m`, `90s`, `2h`, `45` (seconds).
@@ -360,7 +401,9 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a duration such as 30m, 90s or 2h".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 30m, 90s or 2h".to_string())?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
@@ -383,7 +426,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -409,10 +455,17 @@ mod tests {
 
     #[test]
     fn flag_wins_and_bad_values_name_the_variable() {
-        let c = Config::from_parts(&env(&[("OUTPOST_MAX_TASKS", "3")]), &["--max-tasks".into(), "5".into()]).unwrap();
+        let c = Config::from_parts(
+            &env(&[("OUTPOST_MAX_TASKS", "3")]),
+            &["--max-tasks".into(), "5".into()],
+        )
+        .unwrap();
         assert_eq!(c.max_tasks, 5);
         let e = Config::from_parts(&env(&[("OUTPOST_MAX_TASKS", "lots")]), &[]).unwrap_err();
-        assert_eq!(e.to_string(), "invalid OUTPOST_MAX_TASKS=\"lots\": expected a whole number from 1 to 1024");
+        assert_eq!(
+            e.to_string(),
+            "invalid OUTPOST_MAX_TASKS=\"lots\": expected a whole number from 1 to 1024"
+        );
         let e = Config::from_parts(&[], &["--port=0".into()]).unwrap_err();
         assert!(e.to_string().starts_with("invalid --port=\"0\""));
         let e = Config::from_parts(&env(&[("OUTPOST_SWAP", "1X")]), &[]).unwrap_err();

@@ -15,7 +15,9 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call once; later calls do nothing.
 pub fn init(format: LogFormat) {
-    let builder = tracing_subscriber::fmt().with_max_level(Level::INFO).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(Level::INFO)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.event_format(CloudJson).try_init(),
         LogFormat::Text => builder.with_target(false).with_ansi(false).try_init(),
@@ -29,10 +31,14 @@ struct Fields(Map<String, Value>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_string(), Value::String(format!("{value:?}")));
+        self.0.insert(
+            field.name().to_string(),
+            Value::String(format!("{value:?}")),
+        );
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), Value::String(value.to_string()));
+        self.0
+            .insert(field.name().to_string(), Value::String(value.to_string()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().to_string(), Value::from(value));
@@ -50,7 +56,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
         let mut obj = Map::new();
@@ -61,7 +72,10 @@ where
             _ => "DEBUG",
         };
         obj.insert("severity".into(), Value::from(severity));
-        obj.insert("message".into(), fields.0.remove("message").unwrap_or(Value::from("")));
+        obj.insert(
+            "message".into(),
+            fields.0.remove("message").unwrap_or(Value::from("")),
+        );
         obj.insert("time".into(), Value::from(crate::timefmt::now_rfc3339()));
         obj.insert("target".into(), Value::from(event.metadata().target()));
         for (k, v) in fields.0 {

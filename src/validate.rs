@@ -19,7 +19,10 @@ pub struct FieldError {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError { field, message: message.into() }
+    FieldError {
+        field,
+        message: message.into(),
+    }
 }
 
 /// The URL policy of the worker.
@@ -36,7 +39,9 @@ const MAX_PROMPT: usize = 512 * 1024;
 /// Turns a JSON body into a request, checking every field's type and shape (but not
 /// URLs' hosts, which needs DNS: see [`check_url`]).
 pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
-    let obj = body.as_object().ok_or_else(|| bad("body", "expected a JSON object"))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("body", "expected a JSON object"))?;
     let string = |field: &'static str| -> Result<Option<String>, FieldError> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -58,7 +63,12 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n) if (1..=7 * 86_400).contains(&n) => Some(n),
-            _ => return Err(bad("timeout_s", "expected a whole number of seconds from 1 to 604800")),
+            _ => {
+                return Err(bad(
+                    "timeout_s",
+                    "expected a whole number of seconds from 1 to 604800",
+                ))
+            }
         },
     };
     if req.prompt.as_deref().is_none_or(str::is_empty) && req.issue_id.is_none() {
@@ -86,7 +96,12 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
 
 /// Git's rules for ref names (git-check-ref-format), plus a length cap and no leading
 /// `-`. `slashes` allows `a/b` hierarchies.
-pub fn check_ref_part(field: &'static str, s: &str, max: usize, slashes: bool) -> Result<(), FieldError> {
+pub fn check_ref_part(
+    field: &'static str,
+    s: &str,
+    max: usize,
+    slashes: bool,
+) -> Result<(), FieldError> {
     if s.is_empty() {
         return Err(bad(field, "must not be empty"));
     }
@@ -96,7 +111,10 @@ pub fn check_ref_part(field: &'static str, s: &str, max: usize, slashes: bool) -
     if s.starts_with('-') {
         return Err(bad(field, "must not start with '-'"));
     }
-    if let Some(c) = s.chars().find(|c| c.is_control() || " ~^:?*[\\".contains(*c)) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || " ~^:?*[\\".contains(*c))
+    {
         return Err(bad(field, format!("must not contain {c:?}")));
     }
     if !slashes && s.contains('/') {
@@ -108,8 +126,13 @@ pub fn check_ref_part(field: &'static str, s: &str, max: usize, slashes: bool) -
     if s.ends_with('/') || s.ends_with('.') || s.starts_with('/') {
         return Err(bad(field, "must not start or end with '/' or end with '.'"));
     }
-    if s.split('/').any(|part| part.starts_with('.') || part.ends_with(".lock")) {
-        return Err(bad(field, "no component may start with '.' or end with '.lock'"));
+    if s.split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
+        return Err(bad(
+            field,
+            "no component may start with '.' or end with '.lock'",
+        ));
     }
     Ok(())
 }
@@ -117,15 +140,26 @@ pub fn check_ref_part(field: &'static str, s: &str, max: usize, slashes: bool) -
 /// What can be checked of a URL without the network.
 fn check_url_shape(field: &'static str, s: &str) -> Result<url::Url, FieldError> {
     if s.starts_with("ext::") || s.contains("::") {
-        return Err(bad(field, "transport helpers (ext::, fd::) are not allowed"));
+        return Err(bad(
+            field,
+            "transport helpers (ext::, fd::) are not allowed",
+        ));
     }
     let u = url::Url::parse(s).map_err(|e| bad(field, format!("not a URL ({e})")))?;
     match u.scheme() {
         "https" | "http" => {}
-        other => return Err(bad(field, format!("{other}:// is not allowed: use https://"))),
+        other => {
+            return Err(bad(
+                field,
+                format!("{other}:// is not allowed: use https://"),
+            ))
+        }
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(bad(field, "credentials in the URL are not allowed: set OUTPOST_GIT_TOKEN instead"));
+        return Err(bad(
+            field,
+            "credentials in the URL are not allowed: set OUTPOST_GIT_TOKEN instead",
+        ));
     }
     if u.host_str().is_none_or(str::is_empty) {
         return Err(bad(field, "the URL has no host"));
@@ -137,14 +171,27 @@ fn check_url_shape(field: &'static str, s: &str) -> Result<url::Url, FieldError>
 pub async fn check_url(field: &'static str, s: &str, policy: &UrlPolicy) -> Result<(), FieldError> {
     let u = check_url_shape(field, s)?;
     if u.scheme() == "http" && !policy.allow_http {
-        return Err(bad(field, "http:// is not allowed: use https:// (or set OUTPOST_ALLOW_HTTP=1)"));
+        return Err(bad(
+            field,
+            "http:// is not allowed: use https:// (or set OUTPOST_ALLOW_HTTP=1)",
+        ));
     }
-    let host = u.host_str().unwrap_or("").trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase();
+    let host = u
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_ascii_lowercase();
     let port = u.port_or_known_default().unwrap_or(443);
     let with_port = format!("{host}:{port}");
-    let listed = policy.allowed_hosts.iter().any(|h| *h == host || *h == with_port);
+    let listed = policy
+        .allowed_hosts
+        .iter()
+        .any(|h| *h == host || *h == with_port);
     if !policy.allowed_hosts.is_empty() && !listed {
-        return Err(bad(field, format!("host {host} is not in OUTPOST_ALLOWED_HOSTS")));
+        return Err(bad(
+            field,
+            format!("host {host} is not in OUTPOST_ALLOWED_HOSTS"),
+        ));
     }
     if host == "metadata.google.internal" || host == "metadata" {
         return Err(bad(field, "the cloud metadata server is never a git host"));
@@ -155,8 +202,15 @@ pub async fn check_url(field: &'static str, s: &str, policy: &UrlPolicy) -> Resu
             let lookup = tokio::net::lookup_host((host.as_str(), port));
             match tokio::time::timeout(Duration::from_secs(5), lookup).await {
                 Ok(Ok(it)) => it.map(|a| a.ip()).collect(),
-                Ok(Err(e)) => return Err(bad(field, format!("host {host} does not resolve ({e})"))),
-                Err(_) => return Err(bad(field, format!("host {host} did not resolve within 5 s"))),
+                Ok(Err(e)) => {
+                    return Err(bad(field, format!("host {host} does not resolve ({e})")))
+                }
+                Err(_) => {
+                    return Err(bad(
+                        field,
+                        format!("host {host} did not resolve within 5 s"),
+                    ))
+                }
             }
         }
     };
@@ -165,7 +219,10 @@ pub async fn check_url(field: &'static str, s: &str, policy: &UrlPolicy) -> Resu
     }
     for ip in addrs {
         if is_metadata_or_link_local(ip) {
-            return Err(bad(field, format!("host {host} resolves to {ip}, a link-local or metadata address")));
+            return Err(bad(
+                field,
+                format!("host {host} resolves to {ip}, a link-local or metadata address"),
+            ));
         }
         if is_internal(ip) && !listed {
             return Err(bad(
@@ -217,19 +274,35 @@ mod tests {
         assert_eq!(parse_request(&json!({})).unwrap_err().field, "prompt");
         assert!(parse_request(&json!({"prompt": "echo hi"})).is_ok());
         assert!(parse_request(&json!({"issue_id": "gt-1"})).is_ok());
-        assert_eq!(parse_request(&json!({"prompt": 5})).unwrap_err().field, "prompt");
-        assert_eq!(parse_request(&json!({"prompt": "x", "timeout_s": -1})).unwrap_err().field, "timeout_s");
+        assert_eq!(
+            parse_request(&json!({"prompt": 5})).unwrap_err().field,
+            "prompt"
+        );
+        assert_eq!(
+            parse_request(&json!({"prompt": "x", "timeout_s": -1}))
+                .unwrap_err()
+                .field,
+            "timeout_s"
+        );
         assert_eq!(parse_request(&json!([1])).unwrap_err().field, "body");
     }
 
     #[test]
     fn refs_follow_git_rules() {
-        for bad_id in ["-x", "a..b", "a b", "a~1", "a:b", "x.lock", ".hidden", "a/b", "", "a@{1}"] {
-            assert!(check_ref_part("issue_id", bad_id, 128, false).is_err(), "{bad_id}");
+        for bad_id in [
+            "-x", "a..b", "a b", "a~1", "a:b", "x.lock", ".hidden", "a/b", "", "a@{1}",
+        ] {
+            assert!(
+                check_ref_part("issue_id", bad_id, 128, false).is_err(),
+                "{bad_id}"
+            );
         }
         assert!(check_ref_part("issue_id", &"a".repeat(129), 128, false).is_err());
         for good in ["gt-abc123", "ISSUE_42", "v1.2"] {
-            assert!(check_ref_part("issue_id", good, 128, false).is_ok(), "{good}");
+            assert!(
+                check_ref_part("issue_id", good, 128, false).is_ok(),
+                "{good}"
+            );
         }
         assert!(check_ref_part("branch", "polecat/gt-abc123", 200, true).is_ok());
         assert!(check_ref_part("branch", "polecat//x", 200, true).is_err());
@@ -243,17 +316,45 @@ mod tests {
         assert!(e("ext::sh -c touch% /tmp/pwned").is_err());
         assert!(e("https://user:pw@github.com/o/r").is_err());
         assert!(e("ssh://github.com/o/r").is_err());
-        assert!(check_url("rig_url", "http://1.1.1.1/o/r", &p).await.is_err());
-        assert!(check_url("rig_url", "https://169.254.169.254/x", &p).await.is_err());
-        assert!(check_url("rig_url", "https://[fd00:ec2::254]/x", &p).await.is_err());
-        assert!(check_url("rig_url", "https://metadata.google.internal/x", &p).await.is_err());
-        assert!(check_url("rig_url", "https://127.0.0.1/x", &p).await.is_err());
-        assert!(check_url("rig_url", "https://10.1.2.3/x", &p).await.is_err());
-        assert!(check_url("rig_url", "https://1.1.1.1/o/r", &p).await.is_ok());
-        let listed = UrlPolicy { allow_http: true, allowed_hosts: vec!["127.0.0.1".into()] };
-        assert!(check_url("rig_url", "http://127.0.0.1:9/x", &listed).await.is_ok());
-        assert!(check_url("rig_url", "https://1.1.1.1/o/r", &listed).await.is_err());
-        let meta = UrlPolicy { allow_http: false, allowed_hosts: vec!["169.254.169.254".into()] };
-        assert!(check_url("rig_url", "https://169.254.169.254/x", &meta).await.is_err());
+        assert!(check_url("rig_url", "http://1.1.1.1/o/r", &p)
+            .await
+            .is_err());
+        assert!(check_url("rig_url", "https://169.254.169.254/x", &p)
+            .await
+            .is_err());
+        assert!(check_url("rig_url", "https://[fd00:ec2::254]/x", &p)
+            .await
+            .is_err());
+        assert!(
+            check_url("rig_url", "https://metadata.google.internal/x", &p)
+                .await
+                .is_err()
+        );
+        assert!(check_url("rig_url", "https://127.0.0.1/x", &p)
+            .await
+            .is_err());
+        assert!(check_url("rig_url", "https://10.1.2.3/x", &p)
+            .await
+            .is_err());
+        assert!(check_url("rig_url", "https://1.1.1.1/o/r", &p)
+            .await
+            .is_ok());
+        let listed = UrlPolicy {
+            allow_http: true,
+            allowed_hosts: vec!["127.0.0.1".into()],
+        };
+        assert!(check_url("rig_url", "http://127.0.0.1:9/x", &listed)
+            .await
+            .is_ok());
+        assert!(check_url("rig_url", "https://1.1.1.1/o/r", &listed)
+            .await
+            .is_err());
+        let meta = UrlPolicy {
+            allow_http: false,
+            allowed_hosts: vec!["169.254.169.254".into()],
+        };
+        assert!(check_url("rig_url", "https://169.254.169.254/x", &meta)
+            .await
+            .is_err());
     }
 }

@@ -188,3 +188,55 @@ fn the_swap_command_turns_it_on_and_off() {
     let err = swap::swap_cli(&args(&format!("ensure 4K --path {p}"))).unwrap_err();
     assert!(format!("{err:#}").contains("at least"), "{err:#}");
 }
+
+/// Drops CAP_SYS_ADMIN from the calling thread's effective set (capabilities are per
+/// thread, so the rest of the test process keeps it).
+fn drop_cap_sys_admin_in_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI wants.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << 21);
+        assert_eq!(libc::syscall(libc::SYS_capset, &header, data.as_ptr()), 0);
+    }
+}
+
+#[test]
+fn without_cap_sys_admin_it_is_not_permitted_and_touches_nothing() {
+    let guard = SwapDir::new("nocap");
+    let path = guard.file();
+    let p = path.clone();
+    let outcome = std::thread::spawn(move || {
+        drop_cap_sys_admin_in_this_thread();
+        swap::ensure(&p, 16 * MIB, None)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    match outcome {
+        SwapOutcome::NotPermitted { reason } => {
+            assert!(reason.contains("CAP_SYS_ADMIN"), "{reason}")
+        }
+        other => panic!("without CAP_SYS_ADMIN ensure gave {other:?}"),
+    }
+    assert!(!path.exists(), "no file is made when swap is not permitted");
+}

@@ -145,6 +145,8 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
         ctx.progress.say(&format!("[{}/{total}] {name}", i + 1));
         rows.extend(scenarios::run(name, &ctx).await);
     }
+    // Shown in the scenarios' own order, whatever order they ran in.
+    rows.sort_by_key(|r| cli::SCENARIOS.iter().position(|s| *s == r.scenario));
     let mut target = ctx.target;
     // Stopping waits for the worker to exit: keep that off the runtime's threads.
     tokio::task::spawn_blocking(move || target.stop())

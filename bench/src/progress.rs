@@ -79,7 +79,7 @@ fn render(label: &str, count: u64, unit: &str, started: Instant, budget: Duratio
         0
     };
     format!(
-        "  [{}{}] {t:5.1}s/{b:.0}s  {label}: {count} {unit}",
+        "  [{}{}] {t:5.1}s/{b:.1}s  {label}: {count} {unit}",
         "#".repeat(filled),
         ".".repeat(width - filled)
     )
@@ -111,7 +111,11 @@ impl Phase {
         if self.tty {
             eprint!("\r\x1b[2K");
         }
-        eprintln!("  {}: {n} {} in {secs:.1}s", self.label, self.unit);
+        if self.unit.is_empty() {
+            eprintln!("  {}: done in {secs:.1}s", self.label);
+        } else {
+            eprintln!("  {}: {n} {} in {secs:.1}s", self.label, self.unit);
+        }
     }
 }
 

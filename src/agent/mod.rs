@@ -34,7 +34,10 @@ impl AgentCommand {
         match self {
             AgentCommand::Shell => vec!["sh".into(), "-c".into(), prompt.to_string()],
             AgentCommand::Argv(words) => {
-                let mut out: Vec<String> = words.iter().map(|w| w.replace("{prompt}", prompt)).collect();
+                let mut out: Vec<String> = words
+                    .iter()
+                    .map(|w| w.replace("{prompt}", prompt))
+                    .collect();
                 if !words.iter().any(|w| w.contains("{prompt}")) {
                     out.push(prompt.to_string());
                 }
@@ -114,10 +117,16 @@ mod tests {
         assert_eq!(AgentCommand::parse("").unwrap(), AgentCommand::Shell);
         assert_eq!(AgentCommand::parse("shell").unwrap(), AgentCommand::Shell);
         let c = AgentCommand::parse("claude -p --dangerously-skip-permissions").unwrap();
-        assert_eq!(c.argv("fix it"), vec!["claude", "-p", "--dangerously-skip-permissions", "fix it"]);
+        assert_eq!(
+            c.argv("fix it"),
+            vec!["claude", "-p", "--dangerously-skip-permissions", "fix it"]
+        );
         let c = AgentCommand::parse(r#"opencode run --msg "{prompt}" 'a b'"#).unwrap();
         assert_eq!(c.argv("go"), vec!["opencode", "run", "--msg", "go", "a b"]);
         assert!(AgentCommand::parse("x 'open").is_err());
-        assert_eq!(AgentCommand::Shell.argv("echo hi"), vec!["sh", "-c", "echo hi"]);
+        assert_eq!(
+            AgentCommand::Shell.argv("echo hi"),
+            vec!["sh", "-c", "echo hi"]
+        );
     }
 }

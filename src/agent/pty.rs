@@ -20,7 +20,12 @@ use tokio::sync::oneshot;
 use crate::supervise::reaper::{reaper, Exit};
 
 /// Environment variables that never reach an agent.
-const SECRET_ENV: &[&str] = &["OUTPOST_TOKEN", "OUTPOST_GIT_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"];
+const SECRET_ENV: &[&str] = &[
+    "OUTPOST_TOKEN",
+    "OUTPOST_GIT_TOKEN",
+    "GH_TOKEN",
+    "GITHUB_TOKEN",
+];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,9 +52,20 @@ impl Agent {
     /// Spawns the agent; `sink` receives every byte it writes to its terminal, in order,
     /// on the pump thread, and then one empty slice when the output has ended.
     pub fn spawn(spec: AgentSpec, mut sink: Box<dyn FnMut(&[u8]) + Send>) -> anyhow::Result<Agent> {
-        let program = spec.argv.first().context("the agent command line is empty")?;
-        let size = PtySize { rows: spec.rows, cols: spec.cols, pixel_width: 0, pixel_height: 0 };
-        let pair = native_pty_system().openpty(size).map_err(|e| anyhow::anyhow!("{e}")).context("opening a PTY")?;
+        let program = spec
+            .argv
+            .first()
+            .context("the agent command line is empty")?;
+        let size = PtySize {
+            rows: spec.rows,
+            cols: spec.cols,
+            pixel_width: 0,
+            pixel_height: 0,
+        };
+        let pair = native_pty_system()
+            .openpty(size)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("opening a PTY")?;
         let mut cmd = CommandBuilder::new(program);
         cmd.args(&spec.argv[1..]);
         cmd.cwd(&spec.cwd);
@@ -60,7 +76,10 @@ impl Agent {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        let master_fd = pair.master.as_raw_fd().context("the PTY has no file descriptor")?;
+        let master_fd = pair
+            .master
+            .as_raw_fd()
+            .context("the PTY has no file descriptor")?;
         // Our own handle on the master: portable-pty's writer injects a newline and EOF
         // when dropped, which would reach the agent's input.
         let fd = nix::unistd::dup(master_fd).context("duplicating the PTY descriptor")?;
@@ -92,7 +111,11 @@ impl Agent {
             })
             .context("starting the output thread")?;
         Ok(Agent {
-            handle: AgentHandle { pid, master: Arc::new(Mutex::new(pair.master)), input: Arc::new(file) },
+            handle: AgentHandle {
+                pid,
+                master: Arc::new(Mutex::new(pair.master)),
+                input: Arc::new(file),
+            },
             exit: Some(exit),
             stop_pump,
             pump_done: Some(done_rx),
@@ -130,7 +153,9 @@ impl Agent {
     /// returns once every byte has reached the sink.
     pub async fn finish_output(&mut self, linger: Duration) -> io::Result<()> {
         self.signal_group(Signal::SIGKILL);
-        let Some(mut rx) = self.pump_done.take() else { return Ok(()) };
+        let Some(mut rx) = self.pump_done.take() else {
+            return Ok(());
+        };
         match tokio::time::timeout(linger, &mut rx).await {
             Ok(r) => r.unwrap_or(Ok(())),
             Err(_) => {
@@ -165,9 +190,14 @@ impl AgentHandle {
     /// Changes the terminal size (the agent gets SIGWINCH).
     pub fn resize(&self, cols: u16, rows: u16) -> anyhow::Result<()> {
         let m = self.master.lock().unwrap_or_else(|e| e.into_inner());
-        m.resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("resizing the terminal")
+        m.resize(PtySize {
+            rows,
+            cols,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("resizing the terminal")
     }
 
     /// Sends a signal to the agent's whole process group.
@@ -192,7 +222,11 @@ fn pump(mut reader: File, stop: &AtomicBool, sink: &mut dyn FnMut(&[u8])) -> io:
         let ready = {
             let fd = reader.as_fd();
             let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            let timeout = if stopping { PollTimeout::ZERO } else { PollTimeout::from(200u16) };
+            let timeout = if stopping {
+                PollTimeout::ZERO
+            } else {
+                PollTimeout::from(200u16)
+            };
             match poll(&mut fds, timeout) {
                 Ok(n) => n > 0,
                 Err(nix::errno::Errno::EINTR) => continue,

@@ -84,7 +84,12 @@ fn split(s: &[u8], out: &mut dyn FnMut(Piece<'_>)) -> usize {
     finish_pending(s, pending, s.len(), out)
 }
 
-fn finish_pending(s: &[u8], pending: Option<usize>, end: usize, out: &mut dyn FnMut(Piece<'_>)) -> usize {
+fn finish_pending(
+    s: &[u8],
+    pending: Option<usize>,
+    end: usize,
+    out: &mut dyn FnMut(Piece<'_>),
+) -> usize {
     if let Some(start) = pending {
         if start < end {
             out(Piece::Bytes(&s[start..end]));
@@ -143,7 +148,9 @@ mod tests {
 
     #[test]
     fn binary_is_lossless_and_not_shredded() {
-        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let mut count = 0;
         let mut out = Vec::new();
         let mut sp = Utf8Splitter::new();

@@ -63,7 +63,10 @@ pub(crate) fn fetch(
         let heads = conn
             .list()
             .map_err(|e| session.map_err("listing the refs of", &e))?;
-        let heads: Vec<(String, Oid)> = heads.iter().map(|h| (h.name().to_string(), h.oid())).collect();
+        let heads: Vec<(String, Oid)> = heads
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
         let default = conn
             .default_branch()
             .ok()
@@ -95,16 +98,22 @@ pub(crate) fn fetch(
             .update_fetchhead(false)
             .remote_callbacks(callbacks);
         let refspec = format!("+{}:{}", target.remote_ref, target.local_ref);
-        let fetched = conn
-            .remote()
-            .fetch(&[refspec.as_str()], Some(&mut opts), Some("outpost: fetch"));
+        let fetched =
+            conn.remote()
+                .fetch(&[refspec.as_str()], Some(&mut opts), Some("outpost: fetch"));
         // An error return (not a kill) leaves libgit2's state consistent: clear the marker.
         let cleared = std::fs::remove_file(&marker);
         fetched.map_err(|e| session.map_err(&format!("fetching {} from", target.shown), &e))?;
         cleared.map_err(|e| GitError::io(format!("removing {}", marker.display()), e))?;
     } else {
         repo.reference(&target.local_ref, target.oid, true, "outpost: up to date")
-            .map_err(|e| GitError::git(format!("updating {} in the cache", target.local_ref), &e, token))?;
+            .map_err(|e| {
+                GitError::git(
+                    format!("updating {} in the cache", target.local_ref),
+                    &e,
+                    token,
+                )
+            })?;
     }
     drop(conn);
 
@@ -115,7 +124,12 @@ pub(crate) fn fetch(
     let shallow = match std::fs::read(dir.join("shallow")) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(GitError::io(format!("reading {}/shallow", dir.display()), e)),
+        Err(e) => {
+            return Err(GitError::io(
+                format!("reading {}/shallow", dir.display()),
+                e,
+            ))
+        }
     };
     Ok(Fetched {
         cache_dir: dir,
@@ -180,7 +194,8 @@ fn resolve(
             .iter()
             .filter(|(n, oid)| n.starts_with("refs/heads/") && *oid == head)
             .collect();
-        branches.sort_by_key(|(n, _)| (n != "refs/heads/main", n != "refs/heads/master", n.clone()));
+        branches
+            .sort_by_key(|(n, _)| (n != "refs/heads/main", n != "refs/heads/master", n.clone()));
         return match branches.first() {
             Some((name, oid)) => Ok(target(name, *oid)),
             None => Err(GitError::EmptyRepository {
@@ -191,7 +206,10 @@ fn resolve(
     let candidates: Vec<String> = if wanted.starts_with("refs/") {
         vec![wanted.to_string()]
     } else {
-        vec![format!("refs/heads/{wanted}"), format!("refs/tags/{wanted}")]
+        vec![
+            format!("refs/heads/{wanted}"),
+            format!("refs/tags/{wanted}"),
+        ]
     };
     for name in &candidates {
         if let Some(oid) = find(name) {
@@ -221,6 +239,28 @@ fn peel_commit(repo: &Repository, oid: Oid) -> Option<Oid> {
     Some(commit.id())
 }
 
+/// Whether `oid` is there, and for a commit its tree, for a tag what it points to.
+fn object_complete(repo: &Repository, oid: Oid) -> bool {
+    let mut oid = oid;
+    // Tags of tags are rare; a few levels is plenty.
+    for _ in 0..8 {
+        let Ok(object) = repo.find_object(oid, None) else {
+            return false;
+        };
+        match object.kind() {
+            Some(git2::ObjectType::Commit) => {
+                return object.as_commit().is_some_and(|c| c.tree().is_ok());
+            }
+            Some(git2::ObjectType::Tag) => match object.as_tag() {
+                Some(tag) => oid = tag.target_id(),
+                None => return false,
+            },
+            _ => return true,
+        }
+    }
+    false
+}
+
 /// Opens the cache, rebuilding it when it is missing or not trustworthy.
 fn open_healthy(dir: &Path, remote: &RemoteUrl) -> Result<Repository, GitError> {
     if dir.exists() {
@@ -235,9 +275,16 @@ fn open_healthy(dir: &Path, remote: &RemoteUrl) -> Result<Repository, GitError> 
         }
     }
     let mut opts = git2::RepositoryInitOptions::new();
-    opts.bare(true).mkpath(true).no_reinit(true);
+    opts.bare(true)
+        .mkpath(true)
+        .no_reinit(true)
+        .external_template(false);
     let repo = Repository::init_opts(dir, &opts).map_err(|e| {
-        GitError::git(format!("creating the repository cache {}", dir.display()), &e, None)
+        GitError::git(
+            format!("creating the repository cache {}", dir.display()),
+            &e,
+            None,
+        )
     })?;
     // For people inspecting the data dir; fetches use the URL directly. No token here.
     if let Ok(mut config) = repo.config() {
@@ -251,7 +298,8 @@ fn check(dir: &Path) -> Result<Repository, String> {
     if dir.join(MARKER).exists() {
         return Err("a fetch into it was interrupted".to_string());
     }
-    let repo = Repository::open_bare(dir).map_err(|e| format!("it does not open: {}", e.message()))?;
+    let repo =
+        Repository::open_bare(dir).map_err(|e| format!("it does not open: {}", e.message()))?;
     let refs = repo
         .references()
         .map_err(|e| format!("its refs cannot be read: {}", e.message()))?;
@@ -261,8 +309,8 @@ fn check(dir: &Path) -> Result<Repository, String> {
         let Some(oid) = reference.target() else {
             continue;
         };
-        if peel_commit(&repo, oid).is_none() {
-            return Err(format!("{name} points to a missing commit or tree"));
+        if !object_complete(&repo, oid) {
+            return Err(format!("{name} points to a missing object"));
         }
     }
     Ok(repo)
@@ -289,8 +337,16 @@ mod tests {
         assert_eq!((t.remote_ref.as_str(), t.oid), ("refs/heads/main", oid(1)));
         let t = resolve(&heads, None, None, &remote).unwrap();
         assert_eq!(t.remote_ref, "refs/heads/main");
-        assert_eq!(resolve(&heads, None, Some("dev"), &remote).unwrap().oid, oid(2));
-        assert_eq!(resolve(&heads, None, Some("v1"), &remote).unwrap().remote_ref, "refs/tags/v1");
+        assert_eq!(
+            resolve(&heads, None, Some("dev"), &remote).unwrap().oid,
+            oid(2)
+        );
+        assert_eq!(
+            resolve(&heads, None, Some("v1"), &remote)
+                .unwrap()
+                .remote_ref,
+            "refs/tags/v1"
+        );
         let id = "ab".repeat(20);
         let t = resolve(&heads, None, Some(&id), &remote).unwrap();
         assert_eq!(t.local_ref, format!("refs/outpost/commits/{id}"));

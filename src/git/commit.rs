@@ -42,9 +42,15 @@ pub(crate) fn commit_all(
     if head.tree_id() == tree_id {
         return Ok(None);
     }
-    let tree = repo.find_tree(tree_id).map_err(|e| git("reading the tree", e))?;
-    let sig = Signature::now(&cfg.author_name, &cfg.author_email)
-        .map_err(|e| git("making the author signature (check the author name and email)", e))?;
+    let tree = repo
+        .find_tree(tree_id)
+        .map_err(|e| git("reading the tree", e))?;
+    let sig = Signature::now(&cfg.author_name, &cfg.author_email).map_err(|e| {
+        git(
+            "making the author signature (check the author name and email)",
+            e,
+        )
+    })?;
     let oid = repo
         .commit(Some("HEAD"), &sig, &sig, message, &tree, &[&head])
         .map_err(|e| git("committing", e))?;
@@ -112,7 +118,9 @@ pub(crate) fn push(
         Err(e) => Err(session.map_err("pushing to", &e)),
         Ok(()) => match rejected.into_inner() {
             None => Ok(()),
-            Some(status) if status.contains("non-fast-forward") || status.contains("fetch first") => {
+            Some(status)
+                if status.contains("non-fast-forward") || status.contains("fetch first") =>
+            {
                 Err(GitError::NonFastForward {
                     url: remote.url.clone(),
                     branch: branch.to_string(),
@@ -172,7 +180,11 @@ pub(crate) fn reapply_on_remote_tip(
             .remote_callbacks(callbacks);
         let refspec = format!("+refs/heads/{branch}:{tracking}");
         origin
-            .fetch(&[refspec.as_str()], Some(&mut opts), Some("outpost: fetch new tip"))
+            .fetch(
+                &[refspec.as_str()],
+                Some(&mut opts),
+                Some("outpost: fetch new tip"),
+            )
             .map_err(|e| session.map_err(&format!("fetching {branch} from"), &e))?;
     }
     let tip = repo
@@ -183,7 +195,9 @@ pub(crate) fn reapply_on_remote_tip(
         .head()
         .and_then(|h| h.peel_to_commit())
         .map_err(|e| git("reading HEAD", e))?;
-    let mut walk = repo.revwalk().map_err(|e| git("listing the task's commits", e))?;
+    let mut walk = repo
+        .revwalk()
+        .map_err(|e| git("listing the task's commits", e))?;
     walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)
         .and_then(|_| walk.push(head.id()))
         .and_then(|_| walk.hide(base))
@@ -242,9 +256,14 @@ pub(crate) fn reapply_on_remote_tip(
             .map_err(|e| git("reading a re-applied commit", e))?;
     }
     let branch_ref = format!("refs/heads/{branch}");
-    repo.reference(&branch_ref, onto.id(), true, "outpost: re-applied on the new tip")
-        .and_then(|_| repo.set_head(&branch_ref))
-        .map_err(|e| git(&format!("moving {branch} to the re-applied commits"), e))?;
+    repo.reference(
+        &branch_ref,
+        onto.id(),
+        true,
+        "outpost: re-applied on the new tip",
+    )
+    .and_then(|_| repo.set_head(&branch_ref))
+    .map_err(|e| git(&format!("moving {branch} to the re-applied commits"), e))?;
     let mut checkout = CheckoutBuilder::new();
     checkout.force();
     repo.checkout_head(Some(&mut checkout))

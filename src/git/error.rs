@@ -36,11 +36,15 @@ pub enum GitError {
     NotFound { url: String, hint: &'static str },
 
     /// Any other HTTP status that ended the operation (5xx after the retries, 4xx).
-    #[error("the git server answered HTTP {status} for {url} after {tries} tries")]
-    Http { url: String, status: u16, tries: u32 },
+    #[error("the git server answered HTTP {status} for {url}{}", after(*tries))]
+    Http {
+        url: String,
+        status: u16,
+        tries: u32,
+    },
 
     /// Connection refused/reset, DNS, timeouts: after the bounded retries.
-    #[error("network: {detail} talking to {url} after {tries} tries")]
+    #[error("network: {detail} talking to {url}{}", after(*tries))]
     Network {
         url: String,
         detail: String,
@@ -64,7 +68,9 @@ pub enum GitError {
     RefNotFound { url: String, git_ref: String },
 
     /// The repository has no commits at all.
-    #[error("the repository at {url} is empty (it has no default branch): push an initial commit first")]
+    #[error(
+        "the repository at {url} is empty (it has no default branch): push an initial commit first"
+    )]
     EmptyRepository { url: String },
 
     /// The remote branch has commits the local one does not contain.
@@ -134,6 +140,15 @@ impl GitError {
             self,
             GitError::Network { .. } | GitError::Http { .. } | GitError::LockTimeout { .. }
         )
+    }
+}
+
+/// " after N tries" when the request was retried.
+fn after(tries: u32) -> String {
+    if tries > 1 {
+        format!(" after {tries} tries")
+    } else {
+        String::new()
     }
 }
 

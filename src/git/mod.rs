@@ -32,7 +32,8 @@ pub use progress::{Phase, Progress};
 pub use transport::install_transport;
 
 /// Settings for the git module (the lead builds it from the process configuration).
-#[derive(Debug, Clone)]
+/// Its `Debug` output hides the token.
+#[derive(Clone)]
 pub struct GitConfig {
     /// The data dir: the cache goes in `<data_dir>/git/cache`, worktrees in
     /// `<data_dir>/git/worktrees`.
@@ -53,6 +54,22 @@ pub struct GitConfig {
     /// A PEM file of extra trusted CAs, on top of the webpki roots and the system's (or
     /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, which are always honored).
     pub extra_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitConfig")
+            .field("data_dir", &self.data_dir)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("allow_http", &self.allow_http)
+            .field("author_name", &self.author_name)
+            .field("author_email", &self.author_email)
+            .field("push_on_failure", &self.push_on_failure)
+            .field("network_timeout", &self.network_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("extra_ca_file", &self.extra_ca_file)
+            .finish()
+    }
 }
 
 impl GitConfig {
@@ -76,7 +93,10 @@ impl GitConfig {
     /// and the agent's working directory should be one too).
     fn absolute(&self) -> Result<GitConfig, GitError> {
         let data_dir = std::path::absolute(&self.data_dir).map_err(|e| {
-            GitError::io(format!("resolving the data dir {}", self.data_dir.display()), e)
+            GitError::io(
+                format!("resolving the data dir {}", self.data_dir.display()),
+                e,
+            )
         })?;
         Ok(GitConfig {
             data_dir,
@@ -85,8 +105,9 @@ impl GitConfig {
     }
 }
 
-/// A task's worktree: where the agent works, and what to push.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A task's worktree: where the agent works, and what to push. Serializable, so a task
+/// journal can keep it across a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workspace {
     /// The worktree directory (absolute): the agent's working directory.
     pub path: PathBuf,
@@ -184,6 +205,7 @@ fn prepare_inner(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Workspace, GitError> {
     check_task_id(dir_name)?;
+    install_transport();
     let cfg = cfg.absolute()?;
     let remote = remote_url::parse(url, cfg.allow_http)?;
     let path = worktree::root(&cfg).join(dir_name);
@@ -225,6 +247,7 @@ fn finish_inner(
     progress: &mut dyn FnMut(Progress),
     reapply_on_reject: bool,
 ) -> Result<Option<String>, GitError> {
+    install_transport();
     let remote = remote_url::parse(&ws.url, cfg.allow_http)?;
     let shown = ws.path.display().to_string();
     let git = |what: &str, e: git2::Error| GitError::git(format!("{what} in {shown}"), &e, None);

@@ -20,7 +20,12 @@ pub(crate) fn parse(url: &str, allow_http: bool) -> Result<RemoteUrl, GitError> 
         url: display_safe(trimmed),
         reason: reason.to_string(),
     };
-    let parsed = url::Url::parse(trimmed).map_err(|e| invalid(&e.to_string()))?;
+    let parsed = url::Url::parse(trimmed).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => {
+            invalid("it is not an https:// URL (SSH and local paths are not supported)")
+        }
+        other => invalid(&other.to_string()),
+    })?;
     match parsed.scheme() {
         "https" => {}
         "http" if allow_http => {}
@@ -45,7 +50,9 @@ pub(crate) fn parse(url: &str, allow_http: bool) -> Result<RemoteUrl, GitError> 
         .ok_or_else(|| invalid("it has no host"))?
         .to_ascii_lowercase();
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(invalid("git URLs cannot carry a query string or a fragment"));
+        return Err(invalid(
+            "git URLs cannot carry a query string or a fragment",
+        ));
     }
     let origin = match parsed.port() {
         Some(port) => format!("{host}:{port}"),
@@ -122,15 +129,23 @@ mod tests {
 
     #[test]
     fn accepts_https_and_rejects_others() {
-        assert_eq!(parse("https://GitHub.com/o/r", false).unwrap().origin, "github.com");
+        assert_eq!(
+            parse("https://GitHub.com/o/r", false).unwrap().origin,
+            "github.com"
+        );
         assert!(matches!(
             parse("http://h/o/r", false),
             Err(GitError::HttpNotAllowed { .. })
         ));
-        assert_eq!(parse("http://h:8080/o/r/", true).unwrap().url, "http://h:8080/o/r");
+        assert_eq!(
+            parse("http://h:8080/o/r/", true).unwrap().url,
+            "http://h:8080/o/r"
+        );
         assert!(parse("ssh://git@h/o/r", true).is_err());
         assert!(parse("git@github.com:o/r", true).is_err());
-        let err = parse("https://user:pw@h/o/r", false).unwrap_err().to_string();
+        let err = parse("https://user:pw@h/o/r", false)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("pw"), "{err}");
     }
 

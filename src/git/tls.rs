@@ -76,12 +76,7 @@ fn build(extra_ca_file: Option<&Path>, env_set: bool) -> Result<rustls::ClientCo
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| {
-            GitError::io(
-                "setting up TLS",
-                std::io::Error::new(std::io::ErrorKind::Other, e),
-            )
-        })?
+        .map_err(|e| GitError::io("setting up TLS", std::io::Error::other(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(cfg)

@@ -22,6 +22,8 @@ use super::{tls, GitConfig};
 
 /// Attempts per HTTP request (the first try included).
 pub(crate) const TRIES: u32 = 3;
+/// Most pack data libgit2 keeps mapped at once.
+const MAPPED_LIMIT: usize = 256 * 1024 * 1024;
 /// Pause before the second try; doubled before each later one.
 const BACKOFF: Duration = Duration::from_millis(250);
 
@@ -43,7 +45,7 @@ impl Session {
                 *slot = Some(err);
             }
         }
-        io::Error::new(io::ErrorKind::Other, text)
+        io::Error::other(text)
     }
 }
 
@@ -108,10 +110,18 @@ pub(crate) fn begin(cfg: &GitConfig, remote: &RemoteUrl) -> Result<SessionGuard,
     Ok(SessionGuard { session, previous })
 }
 
-/// Registers this transport with libgit2 for `http` and `https`, once per process.
+/// Registers this transport with libgit2 for `http` and `https`, and sets libgit2's
+/// process-wide options, once per process.
 pub fn install_transport() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // SAFETY: libgit2 options are set once, before any repository is opened by us.
+        unsafe {
+            // The data dir is ours; a volume created by another uid must not lock us out.
+            let _ = git2::opts::set_verify_owner_validation(false);
+            // Keep mapped pack windows modest on small (0.6 GB) machines.
+            let _ = git2::opts::set_mwindow_mapped_limit(MAPPED_LIMIT);
+        }
         for scheme in ["https", "http"] {
             // SAFETY: registration runs once, inside call_once, before any transport of
             // ours is created (every caller goes through this function first).
@@ -200,7 +210,7 @@ impl Read for HttpStream {
             let detail = io_detail(&e, self.session.network_timeout);
             let err = GitError::Network {
                 url: self.session.display_url.clone(),
-                detail: format!("{detail} while receiving"),
+                detail: format!("{detail} while receiving data"),
                 tries: 1,
             };
             self.session.record(err)
@@ -299,7 +309,8 @@ impl HttpStream {
         url: &str,
         expected: &str,
     ) -> io::Result<Box<dyn Read + Send + Sync>> {
-        let content_type = resp.content_type().to_string();
+        // `content_type()` is the media type alone (parameters such as charset dropped).
+        let content_type = resp.content_type().trim().to_ascii_lowercase();
         if content_type != expected {
             let err = GitError::NotSmartHttp {
                 url: self.session.display_url.clone(),
@@ -373,7 +384,10 @@ fn transport_detail(t: &ureq::Transport, timeout: Duration) -> (String, bool) {
             (io_detail(e, timeout), retryable)
         }
         (kind, None) => {
-            let retryable = matches!(kind, ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io);
+            let retryable = matches!(
+                kind,
+                ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io
+            );
             let detail = match t.message() {
                 Some(m) => format!("{kind}: {m}"),
                 None => kind.to_string(),
@@ -389,7 +403,7 @@ fn io_detail(e: &io::Error, timeout: Duration) -> String {
         io::ErrorKind::ConnectionReset => "connection reset".to_string(),
         io::ErrorKind::ConnectionAborted => "connection aborted".to_string(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            format!("no answer within {}s (timed out)", timeout.as_secs_f32())
+            format!("timed out (nothing for {}s)", timeout.as_secs_f32())
         }
         io::ErrorKind::UnexpectedEof => "the connection closed unexpectedly".to_string(),
         _ => e.to_string(),
@@ -403,7 +417,10 @@ fn tls_detail(t: &ureq::Transport) -> Option<String> {
             return Some(tls.to_string());
         }
         if let Some(io_err) = e.downcast_ref::<io::Error>() {
-            if let Some(tls) = io_err.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            if let Some(tls) = io_err
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+            {
                 return Some(tls.to_string());
             }
         }

@@ -57,6 +57,7 @@ pub(crate) fn create(
     let mut opts = RepositoryInitOptions::new();
     opts.no_reinit(true)
         .mkpath(true)
+        .external_template(false)
         .initial_head(&branch_ref)
         .origin_url(&remote.url);
     let repo = Repository::init_opts(path, &opts).map_err(|e| git("creating the repository", e))?;
@@ -111,7 +112,10 @@ pub(crate) fn remove_dir(path: &Path) -> Result<(), GitError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(GitError::io(format!("removing the worktree {}", path.display()), e)),
+        Err(e) => Err(GitError::io(
+            format!("removing the worktree {}", path.display()),
+            e,
+        )),
     }
 }
 

@@ -65,7 +65,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
 
 fn not_allowed_or_found(segs: &[&str]) -> ApiError {
     match segs {
-        ["hello"] | ["healthz"] | ["readyz"] | ["metrics"] | ["pty", "status"] => ApiError::method_not_allowed("GET"),
+        ["hello"] | ["healthz"] | ["readyz"] | ["metrics"] | ["pty", "status"] => {
+            ApiError::method_not_allowed("GET")
+        }
         ["work"] => ApiError::method_not_allowed("GET, POST"),
         ["run"] => ApiError::method_not_allowed("POST"),
         ["work", _] => ApiError::method_not_allowed("GET, DELETE"),
@@ -77,12 +79,17 @@ fn not_allowed_or_found(segs: &[&str]) -> ApiError {
 
 /// Bearer token check, in constant time.
 fn check_auth(cfg: &Config, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(token) = &cfg.token else { return Ok(()) };
+    let Some(token) = &cfg.token else {
+        return Ok(());
+    };
     let given = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .unwrap_or("");
     if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
         Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::{Request, Response, StatusCode};
@@ -21,28 +21,67 @@ use crate::validate::{self, UrlPolicy};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
+/// How much of an oversized body is read and dropped before answering 413.
+const DRAIN_MAX: usize = 8 << 20;
 
-/// Reads a body of at most 1 MiB.
+/// Reads a body of at most 1 MiB. A larger one is read on (up to a bound) and dropped
+/// before the 413, so the client is not cut off mid-upload with a reset.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {MAX_BODY} bytes"))
-    };
-    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > MAX_BODY as u64 {
-            return Err(too_large());
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request("bad_body", format!("reading the body failed: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen <= MAX_BODY {
+                    buf.extend_from_slice(&data);
+                } else if seen > DRAIN_MAX {
+                    break;
+                }
+            }
         }
+        Ok::<(), ApiError>(())
+    })
+    .await;
+    match drained {
+        Ok(Err(e)) => return Err(e),
+        Err(_) if seen <= MAX_BODY => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "the body did not arrive within 5 s",
+            ))
+        }
+        _ => {}
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request("bad_body", format!("reading the body failed: {e}"))),
+    if seen > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        ));
     }
+    Ok(buf.freeze())
 }
 
 /// JSON bodies: no content type, JSON, or what `curl -d` sends by default.
 fn check_json_type(req: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return Ok(()) };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let ok = mime.is_empty()
         || mime == "application/json"
         || mime.ends_with("+json")
@@ -62,7 +101,8 @@ fn check_json_type(req: &Request<Incoming>) -> Result<(), ApiError> {
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     check_json_type(&req)?;
     let body = read_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
 }
 
 /// What the client asked to get back.
@@ -72,7 +112,12 @@ enum Reply {
 }
 
 fn reply_kind(req: &Request<Incoming>) -> Reply {
-    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let accept = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     for part in accept.split(',') {
         match part.split(';').next().unwrap_or("").trim() {
             "application/json" => return Reply::Json,
@@ -85,7 +130,11 @@ fn reply_kind(req: &Request<Incoming>) -> Reply {
 }
 
 /// `POST /work` and `POST /run`.
-pub async fn create(state: &Arc<AppState>, req: Request<Incoming>, run_compat: bool) -> Result<Resp, ApiError> {
+pub async fn create(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    run_compat: bool,
+) -> Result<Resp, ApiError> {
     let reply = reply_kind(&req);
     let body = read_json(req).await?;
     let request = if run_compat {
@@ -94,14 +143,20 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>, run_compat: b
     } else {
         validate::parse_request(&body)?
     };
-    let policy = UrlPolicy { allow_http: state.cfg.allow_http, allowed_hosts: state.cfg.allowed_hosts.clone() };
-    for (field, url) in [("rig_url", &request.rig_url), ("beads_url", &request.beads_url)] {
+    let policy = UrlPolicy {
+        allow_http: state.cfg.allow_http,
+        allowed_hosts: state.cfg.allowed_hosts.clone(),
+    };
+    for (field, url) in [
+        ("rig_url", &request.rig_url),
+        ("beads_url", &request.beads_url),
+    ] {
         if let Some(u) = url {
             validate::check_url(field, u, &policy).await?;
         }
     }
     let task = state.reg.admit(request).map_err(refusal)?;
-    tracing::info!(task_id = %task.id(), issue_id = ?task.meta.request.issue_id, "task admitted");
+    tracing::info!(task_id = %task.id(), issue_id = task.meta.request.issue_id.as_deref().unwrap_or(""), "task admitted");
     runner::spawn(state.reg.clone(), task.clone());
     Ok(match reply {
         Reply::Json => {
@@ -111,7 +166,10 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>, run_compat: b
             }
             r
         }
-        Reply::Stream(f) => with_task_headers(events_stream::response(task.clone(), 0, f, state.cfg.heartbeat), &task),
+        Reply::Stream(f) => with_task_headers(
+            events_stream::response(task.clone(), 0, f, state.cfg.heartbeat),
+            &task,
+        ),
     })
 }
 
@@ -130,7 +188,9 @@ fn refusal(r: Refusal) -> ApiError {
         Refusal::Duplicate(id) => ApiError::new(
             StatusCode::CONFLICT,
             "duplicate_issue",
-            format!("a task for this issue_id is already running: {id}; attach to /work/{id}/events"),
+            format!(
+                "a task for this issue_id is already running: {id}; attach to /work/{id}/events"
+            ),
         )
         .with("id", json!(id)),
         Refusal::Full => ApiError::new(
@@ -139,29 +199,38 @@ fn refusal(r: Refusal) -> ApiError {
             "every task slot is busy (OUTPOST_MAX_TASKS); retry later",
         )
         .retry_after(5),
-        Refusal::Draining => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the worker is shutting down; send the task elsewhere")
-                .retry_after(10)
-        }
+        Refusal::Draining => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the worker is shutting down; send the task elsewhere",
+        )
+        .retry_after(10),
         Refusal::Pressure => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "memory_pressure",
             "memory is short on this worker; retry later or elsewhere",
         )
         .retry_after(30),
-        Refusal::Storage(e) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", format!("the data dir could not take the task: {e}"))
-        }
+        Refusal::Storage(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            format!("the data dir could not take the task: {e}"),
+        ),
     }
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {
-    state.reg.get(id).ok_or_else(|| ApiError::not_found(&format!("task {id}")))
+    state
+        .reg
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(&format!("task {id}")))
 }
 
 /// `GET /work`: newest first; `?limit=N` (default 100).
 pub fn list(state: &AppState, req: &Request<Incoming>) -> Resp {
-    let limit = query_param(req, "limit").and_then(|v| v.parse().ok()).unwrap_or(100usize);
+    let limit = query_param(req, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100usize);
     let tasks: Vec<_> = state.reg.list(limit).iter().map(|t| t.view()).collect();
     json_resp(StatusCode::OK, &tasks)
 }
@@ -174,7 +243,11 @@ pub fn get(state: &AppState, id: &str) -> Result<Resp, ApiError> {
 pub fn cancel(state: &AppState, id: &str) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
     if task.status().is_terminal() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("task {id} already ended ({})", task.status().as_str())));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("task {id} already ended ({})", task.status().as_str()),
+        ));
     }
     task.request_stop(StopReason::Cancel);
     Ok(json_resp(StatusCode::ACCEPTED, &task.view()))
@@ -183,19 +256,31 @@ pub fn cancel(state: &AppState, id: &str) -> Result<Resp, ApiError> {
 /// `GET /work/<id>/events`: from `Last-Event-ID` or `?after=N`.
 pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let after = match header.or_else(|| query_param(req, "after")) {
         None => 0,
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request("invalid_field", "after / Last-Event-ID must be an event id (a whole number)").with("field", json!("after")))?,
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_field",
+                "after / Last-Event-ID must be an event id (a whole number)",
+            )
+            .with("field", json!("after"))
+        })?,
     };
     let format = match reply_kind(req) {
         Reply::Stream(f) => f,
         Reply::Json => Format::Ndjson,
     };
-    Ok(events_stream::response(task, after, format, state.cfg.heartbeat))
+    Ok(events_stream::response(
+        task,
+        after,
+        format,
+        state.cfg.heartbeat,
+    ))
 }
 
 /// `GET /work/<id>/log`: the raw output bytes so far.
@@ -203,9 +288,13 @@ pub async fn log(state: &AppState, id: &str) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
     let path = task.dir().join(crate::task::eventlog::OUTPUT_FILE);
     let len = task.log.output_bytes();
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", format!("opening the output: {e}")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            format!("opening the output: {e}"),
+        )
+    })?;
     let body = stream::unfold((file, len), |(mut f, left)| async move {
         if left == 0 {
             return None;
@@ -215,13 +304,20 @@ pub async fn log(state: &AppState, id: &str) -> Result<Resp, ApiError> {
             Ok(0) | Err(_) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(buf))), (f, left - n as u64)))
+                Some((
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(buf))),
+                    (f, left - n as u64),
+                ))
             }
         }
     });
     let mut r = Response::new(Body::new(StreamBody::new(body).boxed_unsync()));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
     Ok(r)
 }
 
@@ -229,7 +325,11 @@ fn not_running(task: &Task) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "not_running",
-        format!("task {} has no running agent (status {})", task.id(), task.status().as_str()),
+        format!(
+            "task {} has no running agent (status {})",
+            task.id(),
+            task.status().as_str()
+        ),
     )
 }
 
@@ -242,7 +342,11 @@ pub async fn input(state: &AppState, id: &str, req: Request<Incoming>) -> Result
     let write = tokio::task::spawn_blocking(move || agent.write_input(&body));
     match tokio::time::timeout(Duration::from_secs(10), write).await {
         Ok(Ok(Ok(()))) => Ok(json_resp(StatusCode::OK, &json!({ "written": n }))),
-        Ok(Ok(Err(e))) => Err(ApiError::new(StatusCode::CONFLICT, "input_failed", format!("writing to the terminal failed: {e}"))),
+        Ok(Ok(Err(e))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "input_failed",
+            format!("writing to the terminal failed: {e}"),
+        )),
         Ok(Err(_)) | Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "input_blocked",
@@ -261,14 +365,23 @@ pub async fn resize(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
             .and_then(Value::as_u64)
             .filter(|n| (1..=1000).contains(n))
             .map(|n| n as u16)
-            .ok_or_else(|| ApiError::bad_request("invalid_field", format!("{field}: expected a whole number from 1 to 1000")).with("field", json!(field)))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("{field}: expected a whole number from 1 to 1000"),
+                )
+                .with("field", json!(field))
+            })
     };
     let (cols, rows) = (dim("cols")?, dim("rows")?);
     let agent = task.agent().ok_or_else(|| not_running(&task))?;
     agent
         .resize(cols, rows)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "resize_failed", format!("{e:#}")))?;
-    Ok(json_resp(StatusCode::OK, &json!({ "cols": cols, "rows": rows })))
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({ "cols": cols, "rows": rows }),
+    ))
 }
 
 fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {

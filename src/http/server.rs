@@ -29,7 +29,8 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     if certs.is_empty() {
         anyhow::bail!("OUTPOST_TLS_CERT {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the private key OUTPOST_TLS_KEY {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key OUTPOST_TLS_KEY {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -43,7 +44,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().keep_alive(true).max_buf_size(64 * 1024).timer(TokioTimer::new());
+    b.http1()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .timer(TokioTimer::new());
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024)
@@ -84,7 +88,9 @@ pub async fn serve(
         let svc = service_fn(move |req| handle(st.clone(), req));
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
@@ -97,15 +103,20 @@ pub async fn serve(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
@@ -114,7 +125,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(linger, graceful.shutdown()).await.is_err() {
-        tracing::info!("closing connections still open after {} ms", linger.as_millis());
+    if tokio::time::timeout(linger, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "closing connections still open after {} ms",
+            linger.as_millis()
+        );
     }
 }

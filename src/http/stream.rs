@@ -51,12 +51,22 @@ struct Sub {
 /// A streaming response of the task's events after `after`.
 pub fn response(task: Arc<Task>, after: u64, format: Format, heartbeat: Duration) -> Resp {
     let rx = task.log.subscribe();
-    let sub = Sub { task, cursor: Cursor::after(after), rx, heartbeat, format, done: false };
+    let sub = Sub {
+        task,
+        cursor: Cursor::after(after),
+        rx,
+        heartbeat,
+        format,
+        done: false,
+    };
     let body = StreamBody::new(stream::unfold(sub, next_frame));
     let mut r = Response::new(Body::new(body.boxed_unsync()));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r

@@ -54,11 +54,19 @@ pub fn lookup(root: &Path) -> Result<Option<Account>> {
     Ok(records(&passwd)
         .into_iter()
         .find(|(n, _, _)| n == NAME)
-        .and_then(|(_, uid, gid)| Some(Account { uid: uid?, gid: gid? })))
+        .and_then(|(_, uid, gid)| {
+            Some(Account {
+                uid: uid?,
+                gid: gid?,
+            })
+        }))
 }
 
 fn group_gid(group: &str) -> Option<u32> {
-    records(group).into_iter().find(|(n, _, _)| n == NAME).and_then(|(_, gid, _)| gid)
+    records(group)
+        .into_iter()
+        .find(|(n, _, _)| n == NAME)
+        .and_then(|(_, gid, _)| gid)
 }
 
 /// The login shell that refuses logins, as the target system spells it.
@@ -123,9 +131,19 @@ pub fn ensure(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) ->
 fn make_with_tool(root: &Path) -> Result<bool> {
     let shell = nologin(root);
     if let Some(useradd) = system::which("useradd") {
-        let group_exists = read(root, "etc/group")?.as_deref().and_then(group_gid).is_some();
+        let group_exists = read(root, "etc/group")?
+            .as_deref()
+            .and_then(group_gid)
+            .is_some();
         let mut cmd = Command::new(useradd);
-        cmd.args(["--system", "--home-dir", HOME, "--no-create-home", "--shell", shell]);
+        cmd.args([
+            "--system",
+            "--home-dir",
+            HOME,
+            "--no-create-home",
+            "--shell",
+            shell,
+        ]);
         cmd.args(["--comment", "outpost worker"]);
         if group_exists {
             cmd.args(["--gid", NAME]);
@@ -137,13 +155,30 @@ fn make_with_tool(root: &Path) -> Result<bool> {
     }
     if let Some(adduser) = system::which("adduser") {
         // busybox (Alpine): adduser -S system, -D no password, -H no home dir.
-        if read(root, "etc/group")?.as_deref().and_then(group_gid).is_none() {
-            let addgroup = system::which("addgroup")
-                .context("adduser exists but addgroup does not: create the group outpost by hand")?;
+        if read(root, "etc/group")?
+            .as_deref()
+            .and_then(group_gid)
+            .is_none()
+        {
+            let addgroup = system::which("addgroup").context(
+                "adduser exists but addgroup does not: create the group outpost by hand",
+            )?;
             system::run(Command::new(addgroup).args(["-S", NAME]))?;
         }
         let mut cmd = Command::new(adduser);
-        cmd.args(["-S", "-D", "-H", "-h", HOME, "-s", shell, "-G", NAME, "-g", "outpost worker"]);
+        cmd.args([
+            "-S",
+            "-D",
+            "-H",
+            "-h",
+            HOME,
+            "-s",
+            shell,
+            "-G",
+            NAME,
+            "-g",
+            "outpost worker",
+        ]);
         system::run(cmd.arg(NAME))?;
         return Ok(true);
     }
@@ -173,17 +208,26 @@ fn edit_files(root: &Path, report: &mut dyn FnMut(Change, &Path)) -> Result<()> 
     let shell = nologin(root);
     let line = format!("{NAME}:x:{uid}:{gid}:outpost worker:{HOME}:{shell}");
     let path = root.join("etc/passwd");
-    report(fsops::rewrite_text(&path, &with_line(&passwd, &line), 0o644)?, &path);
+    report(
+        fsops::rewrite_text(&path, &with_line(&passwd, &line), 0o644)?,
+        &path,
+    );
     if group_gid(&group).is_none() {
         let path = root.join("etc/group");
         let text = with_line(&group, &format!("{NAME}:x:{gid}:"));
         report(fsops::rewrite_text(&path, &text, 0o644)?, &path);
     }
-    for (rel, line) in [("etc/shadow", format!("{NAME}:!::0:99999:7:::")), ("etc/gshadow", format!("{NAME}:!::"))] {
+    for (rel, line) in [
+        ("etc/shadow", format!("{NAME}:!::0:99999:7:::")),
+        ("etc/gshadow", format!("{NAME}:!::")),
+    ] {
         if let Some(text) = read(root, rel)? {
             if !text.lines().any(|l| l.starts_with(&format!("{NAME}:"))) {
                 let path = root.join(rel);
-                report(fsops::rewrite_text(&path, &with_line(&text, &line), 0o640)?, &path);
+                report(
+                    fsops::rewrite_text(&path, &with_line(&text, &line), 0o640)?,
+                    &path,
+                );
             }
         }
     }
@@ -194,7 +238,10 @@ fn edit_files(root: &Path, report: &mut dyn FnMut(Change, &Path)) -> Result<()> 
 pub fn remove(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) -> Result<()> {
     let passwd_path = root.join("etc/passwd");
     let has_user = lookup(root)?.is_some();
-    let has_group = read(root, "etc/group")?.as_deref().and_then(group_gid).is_some();
+    let has_group = read(root, "etc/group")?
+        .as_deref()
+        .and_then(group_gid)
+        .is_some();
     if !has_user && !has_group {
         report(Change::Absent, &passwd_path);
         return Ok(());
@@ -205,9 +252,13 @@ pub fn remove(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) ->
         } else if let Some(deluser) = system::which("deluser").filter(|_| has_user) {
             system::run(Command::new(deluser).arg(NAME))?;
         }
-        let group_left = read(root, "etc/group")?.as_deref().and_then(group_gid).is_some();
+        let group_left = read(root, "etc/group")?
+            .as_deref()
+            .and_then(group_gid)
+            .is_some();
         if group_left {
-            if let Some(groupdel) = system::which("groupdel").or_else(|| system::which("delgroup")) {
+            if let Some(groupdel) = system::which("groupdel").or_else(|| system::which("delgroup"))
+            {
                 system::run(Command::new(groupdel).arg(NAME))?;
             }
         }
@@ -216,7 +267,12 @@ pub fn remove(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) ->
         }
     }
     // Whatever is left (no tools, or another root): edit the files.
-    for (rel, mode) in [("etc/passwd", 0o644), ("etc/group", 0o644), ("etc/shadow", 0o640), ("etc/gshadow", 0o640)] {
+    for (rel, mode) in [
+        ("etc/passwd", 0o644),
+        ("etc/group", 0o644),
+        ("etc/shadow", 0o640),
+        ("etc/gshadow", 0o640),
+    ] {
         if let Some(text) = read(root, rel)? {
             let stripped = without_account(&text);
             if stripped != text {
@@ -234,7 +290,8 @@ mod tests {
 
     #[test]
     fn records_and_removal() {
-        let text = "root:x:0:0:root:/root:/bin/sh\noutpost:x:100:101::/var/lib/outpost:/sbin/nologin\n";
+        let text =
+            "root:x:0:0:root:/root:/bin/sh\noutpost:x:100:101::/var/lib/outpost:/sbin/nologin\n";
         let r = records(text);
         assert_eq!(r[1], ("outpost".to_string(), Some(100), Some(101)));
         assert_eq!(without_account(text), "root:x:0:0:root:/root:/bin/sh\n");

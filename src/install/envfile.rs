@@ -18,7 +18,9 @@ pub fn check_key(key: &str) -> Result<()> {
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
-        bail!("invalid variable name {key:?}: use letters, digits and _, not starting with a digit");
+        bail!(
+            "invalid variable name {key:?}: use letters, digits and _, not starting with a digit"
+        );
     }
     Ok(())
 }
@@ -114,7 +116,10 @@ pub fn set(entries: &mut Vec<(String, String)>, key: &str, value: &str) {
 
 /// The value of `key`, if set.
 pub fn get<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    entries
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -125,7 +130,10 @@ mod tests {
     fn quoting_round_trips_through_parse() {
         let entries = vec![
             ("OUTPOST_DATA".to_string(), "/var/lib/outpost".to_string()),
-            ("OUTPOST_AGENT".to_string(), "claude -p --dangerously-skip-permissions".to_string()),
+            (
+                "OUTPOST_AGENT".to_string(),
+                "claude -p --dangerously-skip-permissions".to_string(),
+            ),
             ("OUTPOST_X".to_string(), "a$b \"c\" `d`".to_string()),
         ];
         let text = render(&entries, &["a note".to_string()]);
@@ -149,6 +157,12 @@ mod tests {
         set(&mut e, "A", "3");
         set(&mut e, "C", "4");
         set(&mut e, "B", "");
-        assert_eq!(e, vec![("A".to_string(), "3".to_string()), ("C".to_string(), "4".to_string())]);
+        assert_eq!(
+            e,
+            vec![
+                ("A".to_string(), "3".to_string()),
+                ("C".to_string(), "4".to_string())
+            ]
+        );
     }
 }

@@ -60,7 +60,7 @@ fn lstat(path: &Path) -> Result<Option<fs::Metadata>> {
 }
 
 fn owner_matches(meta: &fs::Metadata, owner: Owner) -> bool {
-    owner.map_or(true, |(u, g)| meta.uid() == u && meta.gid() == g)
+    owner.is_none_or(|(u, g)| meta.uid() == u && meta.gid() == g)
 }
 
 fn set_owner(path: &Path, owner: Owner) -> Result<()> {
@@ -227,10 +227,17 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
 /// Makes `dst` a copy of the file `src` with `mode` and `owner`. When both name the
 /// same file (the installed binary running `install` on itself) nothing is copied.
 pub fn copy_file(src: &Path, dst: &Path, mode: u32, owner: Owner) -> Result<Change> {
-    let src_meta = fs::metadata(src)
-        .with_context(|| format!("cannot read the binary {}: pass --binary PATH", src.display()))?;
+    let src_meta = fs::metadata(src).with_context(|| {
+        format!(
+            "cannot read the binary {}: pass --binary PATH",
+            src.display()
+        )
+    })?;
     if !src_meta.is_file() {
-        bail!("{} is not a file: pass --binary PATH to the outpost binary", src.display());
+        bail!(
+            "{} is not a file: pass --binary PATH to the outpost binary",
+            src.display()
+        );
     }
     let existing = lstat(dst)?;
     if let Some(meta) = &existing {
@@ -242,8 +249,14 @@ pub fn copy_file(src: &Path, dst: &Path, mode: u32, owner: Owner) -> Result<Chan
     }
     let mut input =
         fs::File::open(src).with_context(|| format!("cannot read the binary {}", src.display()))?;
-    replace_with(dst, mode, owner, &mut |f| std::io::copy(&mut input, f).map(|_| ()))?;
-    Ok(if existing.is_some() { Change::Updated } else { Change::Created })
+    replace_with(dst, mode, owner, &mut |f| {
+        std::io::copy(&mut input, f).map(|_| ())
+    })?;
+    Ok(if existing.is_some() {
+        Change::Updated
+    } else {
+        Change::Created
+    })
 }
 
 /// Removes the file (or symlink) at `path`.
@@ -266,7 +279,8 @@ pub fn remove_tree(path: &Path) -> Result<Change> {
     match lstat(path)? {
         None => Ok(Change::Absent),
         Some(meta) if meta.file_type().is_dir() => {
-            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))?;
+            fs::remove_dir_all(path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
             Ok(Change::Removed)
         }
         Some(_) => remove_file(path),
@@ -308,7 +322,12 @@ pub fn rewrite_text(path: &Path, content: &str, new_mode: u32) -> Result<Change>
         Some(meta) => {
             check_regular(path, &meta)?;
             let mode = meta.mode() & 0o7777;
-            write_file(path, content.as_bytes(), mode, Some((meta.uid(), meta.gid())))
+            write_file(
+                path,
+                content.as_bytes(),
+                mode,
+                Some((meta.uid(), meta.gid())),
+            )
         }
         None => write_file(path, content.as_bytes(), new_mode, root_owner()),
     }

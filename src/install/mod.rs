@@ -2,9 +2,10 @@
 //! and take it down again.
 //!
 //! `install` makes the `outpost` user and group, the data dir `/var/lib/outpost`
-//! (0750, outpost), `/etc/outpost/env` (0600, the service's settings), the swap file and
-//! its `/etc/fstab` line, the binary `/usr/local/bin/outpost`, and the service: an
-//! OpenRC script (Alpine) or a systemd unit. With `--root DIR` it writes into another
+//! (0750, outpost), `/etc/outpost/env` (0600, the service's settings), the binary
+//! `/usr/local/bin/outpost`, and the service: an OpenRC script (Alpine) or a systemd
+//! unit, which runs the worker as `outpost` and, as root just before, turns the swap
+//! file on (see `swap`). With `--root DIR` it writes into another
 //! root (an image being built, a test) and only prints how to enable the service.
 //! Every step compares first, so a second run with the same inputs changes nothing.
 
@@ -40,8 +41,8 @@ script or a systemd unit. Running it again changes only what differs.
   --init KIND         openrc, systemd or auto (default: auto; OpenRC when DIR has
                       /sbin/openrc-run or /etc/alpine-release)
   --binary PATH       the outpost binary to install (default: this one)
-  --swap SIZE         swap file size, e.g. 1G; 0 for none (default: 1G when the
-                      machine has under 2 GiB of memory, else 0)
+  --swap SIZE         swap file size, e.g. 1G; 0 for none (default: what an earlier
+                      install set, else 1G under 2 GiB of memory, else 0)
   --token TOKEN       OUTPOST_TOKEN: bearer token for the API
   --agent CMD         OUTPOST_AGENT: agent command line
   --idle-shutdown D   OUTPOST_IDLE_SHUTDOWN: power off after D without a task (30m);
@@ -54,7 +55,7 @@ script or a systemd unit. Running it again changes only what differs.
 const UNINSTALL_HELP: &str = "\
 Usage: outpost uninstall [--root DIR] [--purge]
 
-Stops and removes the service, /etc/outpost, the swap file and its fstab line, and
+Stops and removes the service, /etc/outpost, the swap file and
 /usr/local/bin/outpost. --purge also removes /var/lib/outpost (every task's data),
 /var/log/outpost and the outpost user and group.
 ";
@@ -78,7 +79,11 @@ pub struct UninstallOptions {
 }
 
 /// Splits `--flag value` / `--flag=value` arguments; `flags_with_value` take one.
-fn parse_flags(args: &[String], with_value: &[&str], plain: &[&str]) -> Result<Vec<(String, String)>> {
+fn parse_flags(
+    args: &[String],
+    with_value: &[&str],
+    plain: &[&str],
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -89,7 +94,10 @@ fn parse_flags(args: &[String], with_value: &[&str], plain: &[&str]) -> Result<V
         if with_value.contains(&name.as_str()) {
             let value = match inline {
                 Some(v) => v,
-                None => it.next().with_context(|| format!("{name} needs a value (see --help)"))?.clone(),
+                None => it
+                    .next()
+                    .with_context(|| format!("{name} needs a value (see --help)"))?
+                    .clone(),
             };
             out.push((name, value));
         } else if plain.contains(&name.as_str()) && inline.is_none() {
@@ -106,7 +114,16 @@ impl InstallOptions {
     pub fn parse(args: &[String]) -> Result<Option<InstallOptions>> {
         let flags = parse_flags(
             args,
-            &["--root", "--init", "--binary", "--swap", "--token", "--agent", "--idle-shutdown", "--env"],
+            &[
+                "--root",
+                "--init",
+                "--binary",
+                "--swap",
+                "--token",
+                "--agent",
+                "--idle-shutdown",
+                "--env",
+            ],
             &["--no-start", "--help", "-h"],
         )?;
         let mut o = InstallOptions {
@@ -144,7 +161,10 @@ impl UninstallOptions {
     /// Reads the command line of `outpost uninstall`; `None` for --help.
     pub fn parse(args: &[String]) -> Result<Option<UninstallOptions>> {
         let flags = parse_flags(args, &["--root"], &["--purge", "--help", "-h"])?;
-        let mut o = UninstallOptions { root: PathBuf::from("/"), purge: false };
+        let mut o = UninstallOptions {
+            root: PathBuf::from("/"),
+            purge: false,
+        };
         for (name, value) in flags {
             match name.as_str() {
                 "--help" | "-h" => return Ok(None),
@@ -178,7 +198,13 @@ impl Target {
         if live && !nix::unistd::geteuid().is_root() {
             bail!("outpost install changes /etc and creates a user: run it as root (sudo or doas)");
         }
-        Ok(Target { root: canonical, live, installing, changed: 0, unchanged: 0 })
+        Ok(Target {
+            root: canonical,
+            live,
+            installing,
+            changed: 0,
+            unchanged: 0,
+        })
     }
 
     /// The host path of `abs`, a path inside the target root.
@@ -207,17 +233,43 @@ fn mem_total() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The swap size asked for, or the default: 1G under 2 GiB of memory, else none.
-fn swap_size(flag: Option<&str>) -> Result<u64> {
+/// The swap size asked for; else what the installed service definition turns on (a
+/// rerun keeps it); else the default: 1G under 2 GiB of memory, none above.
+fn swap_size(flag: Option<&str>, target: &Target) -> Result<u64> {
     let size = match flag {
-        Some(v) => crate::config::parse_size(v).map_err(|e| anyhow::anyhow!("invalid --swap {v:?}: {e}"))?,
-        None if mem_total().is_some_and(|m| m < 2 << 30) => 1 << 30,
-        None => 0,
+        Some(v) => parse_swap(v).map_err(|e| anyhow::anyhow!("invalid --swap {v:?}: {e}"))?,
+        None => match installed_swap(target)? {
+            Some(size) => size,
+            None if mem_total().is_some_and(|m| m < 2 << 30) => 1 << 30,
+            None => 0,
+        },
     };
-    if size != 0 && size < swap::MIN_SIZE {
-        bail!("invalid --swap: {size} bytes is too small; use 0 for none or at least 1M");
+    // Whole pages, as the kernel counts them.
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .unwrap_or(4096)
+        .max(1);
+    Ok(size / page * page)
+}
+
+fn parse_swap(v: &str) -> Result<u64, String> {
+    crate::config::parse_size(v)
+}
+
+/// The swap size in an existing service definition: Some(0) when it has no swap step.
+fn installed_swap(target: &Target) -> Result<Option<u64>> {
+    for init in [Init::OpenRc, Init::Systemd] {
+        let Some(text) = fsops::read_optional(&target.path(init.definition().0))? else {
+            continue;
+        };
+        let size = text
+            .split("swap ensure ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|word| parse_swap(word).ok());
+        return Ok(Some(size.unwrap_or(0)));
     }
-    Ok(swap::rounded(size))
+    Ok(None)
 }
 
 /// The env file's entries: what is there now, then our defaults, then the flags.
@@ -233,7 +285,7 @@ fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, St
         if k == "OUTPOST_SWAP" && !v.is_empty() && v != "0" {
             bail!(
                 "OUTPOST_SWAP cannot be set in /etc/outpost/env: the service runs as the user \
-                 outpost, which may not turn swap on; use --swap {v} and install sets the swap file up"
+                 outpost, which may not turn swap on; use --swap {v} and the service turns it on as root"
             );
         }
     }
@@ -248,13 +300,28 @@ fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, St
     for (k, v) in &opts.env {
         envfile::set(&mut merged, k, v);
     }
+    if let Some(bind) = envfile::get(&merged, "OUTPOST_BIND") {
+        let ip: std::net::IpAddr = bind.trim().parse().map_err(|_| {
+            anyhow::anyhow!("invalid OUTPOST_BIND={bind:?}: expected an IP address")
+        })?;
+        let guarded = envfile::get(&merged, "OUTPOST_TOKEN").is_some()
+            || envfile::get(&merged, "OUTPOST_INSECURE_NO_AUTH") == Some("1");
+        if !ip.is_loopback() && !guarded {
+            bail!(
+                "OUTPOST_BIND={bind} reaches beyond this machine but no token is set: \
+                 add --token TOKEN (or --env OUTPOST_INSECURE_NO_AUTH=1 when a firewall or proxy \
+                 guards the port), or the service would refuse to start"
+            );
+        }
+    }
     if let Some(v) = envfile::get(&merged, "OUTPOST_GRACE_S") {
-        v.trim()
-            .parse::<u64>()
-            .map_err(|_| anyhow::anyhow!("invalid OUTPOST_GRACE_S={v:?}: expected whole seconds"))?;
+        v.trim().parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("invalid OUTPOST_GRACE_S={v:?}: expected whole seconds")
+        })?;
     }
     if let Some(v) = envfile::get(&merged, "OUTPOST_IDLE_SHUTDOWN") {
-        crate::config::parse_duration(v).map_err(|e| anyhow::anyhow!("invalid OUTPOST_IDLE_SHUTDOWN={v:?}: {e}"))?;
+        crate::config::parse_duration(v)
+            .map_err(|e| anyhow::anyhow!("invalid OUTPOST_IDLE_SHUTDOWN={v:?}: {e}"))?;
     }
     Ok(merged)
 }
@@ -265,12 +332,22 @@ fn poweroff_rule(target: &Target) -> Result<(&'static str, String, u32, String)>
     if has("/usr/bin/doas") || has("/bin/doas") {
         let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
                     permit nopass outpost as root cmd /sbin/poweroff\n";
-        return Ok(("/etc/doas.d/outpost.conf", rule.into(), 0o600, "doas -n /sbin/poweroff".into()));
+        return Ok((
+            "/etc/doas.d/outpost.conf",
+            rule.into(),
+            0o600,
+            "doas -n /sbin/poweroff".into(),
+        ));
     }
     if has("/usr/bin/sudo") || has("/bin/sudo") {
         let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
                     outpost ALL=(root) NOPASSWD: /sbin/poweroff\n";
-        return Ok(("/etc/sudoers.d/outpost", rule.into(), 0o440, "sudo -n /sbin/poweroff".into()));
+        return Ok((
+            "/etc/sudoers.d/outpost",
+            rule.into(),
+            0o440,
+            "sudo -n /sbin/poweroff".into(),
+        ));
     }
     bail!(
         "OUTPOST_IDLE_SHUTDOWN needs doas or sudo in {} so the user outpost may power off: \
@@ -285,8 +362,14 @@ const POWEROFF_RULES: [&str; 2] = ["/etc/doas.d/outpost.conf", "/etc/sudoers.d/o
 pub fn install(opts: &InstallOptions) -> Result<()> {
     let mut t = Target::new(&opts.root, true)?;
     let init = Init::choose(&opts.init, &t.root)?;
-    let swap_bytes = swap_size(opts.swap.as_deref())?;
     let mut env = env_entries(&t, opts)?;
+    let swappiness = match envfile::get(&env, "OUTPOST_SWAPPINESS") {
+        Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
+            anyhow::anyhow!("invalid OUTPOST_SWAPPINESS={v:?}: use a whole number from 0 to 200")
+        })?),
+        None => None,
+    };
+    let swap = swap::SwapPlan::new(swap_size(opts.swap.as_deref(), &t)?, swappiness)?;
     let root_owner = fsops::root_owner();
 
     let rule = if envfile::get(&env, "OUTPOST_IDLE_SHUTDOWN").is_some() {
@@ -323,61 +406,80 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
         t.note(c, &p);
     }
 
-    let swap_note = if swap_bytes > 0 {
-        format!(
-            "Swap ({}) is the system's: {} in /etc/fstab, made by outpost install; \
-             the service runs as outpost, which cannot turn swap on, so OUTPOST_SWAP stays 0.",
-            human(swap_bytes),
+    let swap_note = match swap.ensure_args() {
+        Some(_) => format!(
+            "Swap ({}, {}) is turned on as root before each start by the service definition; \
+             the worker runs as outpost and cannot, so OUTPOST_SWAP stays 0.",
+            swap::human(swap.size),
             swap::SWAP_FILE
-        )
-    } else {
-        "No swap file (outpost install --swap 0). The service runs as outpost, so OUTPOST_SWAP stays 0."
-            .to_string()
+        ),
+        None => {
+            "No swap (outpost install --swap 0); OUTPOST_SWAP stays 0: the worker runs as outpost."
+                .into()
+        }
     };
     let p = t.path(ENV_FILE);
-    let c = fsops::write_file(&p, envfile::render(&env, &[swap_note]).as_bytes(), 0o600, root_owner)?;
+    let c = fsops::write_file(
+        &p,
+        envfile::render(&env, &[swap_note]).as_bytes(),
+        0o600,
+        root_owner,
+    )?;
     t.note(c, &p);
 
-    let swap_path = t.path(swap::SWAP_FILE);
-    let c = if swap_bytes > 0 {
-        swap::ensure_file(&swap_path, swap_bytes, t.live)?
-    } else {
-        swap::remove_file(&swap_path, t.live)?
-    };
-    t.note(c, &swap_path);
-    let c = swap::ensure_fstab(&t.root, swap_bytes > 0)?;
-    t.note(c, &t.path("/etc/fstab"));
+    if swap.size == 0 {
+        let c = swap::remove(&t.root, t.live)?;
+        t.note(c, &t.path(swap::SWAP_FILE));
+    }
 
     for path in POWEROFF_RULES {
         let p = t.path(path);
         let c = match &rule {
-            Some((want, text, mode)) if *want == path => fsops::write_file(&p, text.as_bytes(), *mode, root_owner)?,
+            Some((want, text, mode)) if *want == path => {
+                fsops::write_file(&p, text.as_bytes(), *mode, root_owner)?
+            }
             _ => fsops::remove_file(&p)?,
         };
         t.note(c, &p);
     }
 
-    let grace: u64 = envfile::get(&env, "OUTPOST_GRACE_S").and_then(|v| v.trim().parse().ok()).unwrap_or(8);
+    // One service definition: drop the other init system's, left by an earlier run.
+    for other in [Init::OpenRc, Init::Systemd]
+        .into_iter()
+        .filter(|i| *i != init)
+    {
+        let p = t.path(other.definition().0);
+        t.note(fsops::remove_file(&p)?, &p);
+    }
+    let grace: u64 = envfile::get(&env, "OUTPOST_GRACE_S")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(8);
     let (def, mode) = init.definition();
     let p = t.path(def);
-    let c = fsops::write_file(&p, init.render(service::stop_timeout(grace)).as_bytes(), mode, root_owner)?;
+    let text = init.render(service::stop_timeout(grace), swap);
+    let c = fsops::write_file(&p, text.as_bytes(), mode, root_owner)?;
     t.note(c, &p);
 
     let mut advice = Vec::new();
-    if t.live && swap_bytes > 0 && !swap::is_active(&swap_path) {
-        if let Err(e) = swap::swapon(&swap_path) {
-            advice.push(format!("{e:#}; the boot turns it on through /etc/fstab"));
-        } else {
-            println!("swap on   {}", swap_path.display());
-        }
-    }
     if t.live {
-        advice.extend(service::activate(init, t.changed > 0, opts.no_start, swap_bytes > 0)?);
+        advice.extend(service::activate(init, t.changed > 0, opts.no_start)?);
     } else {
-        advice.push(format!("{} was not enabled (--root is not /); in the image run:", init.name()));
-        advice.extend(service::manual_steps(init, &t.root, swap_bytes > 0).into_iter().map(|s| format!("  {s}")));
+        advice.push(format!(
+            "{} was not enabled (--root is not /); in the image run:",
+            init.name()
+        ));
+        advice.extend(
+            service::manual_steps(init, &t.root)
+                .into_iter()
+                .map(|s| format!("  {s}")),
+        );
     }
-    println!("outpost install: {} changed, {} unchanged ({} service)", t.changed, t.unchanged, init.name());
+    println!(
+        "outpost install: {} changed, {} unchanged ({} service)",
+        t.changed,
+        t.unchanged,
+        init.name()
+    );
     for line in advice {
         println!("{line}");
     }
@@ -395,17 +497,18 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
         }
         let c = fsops::remove_file(&p)?;
         t.note(c, &p);
-        if t.live && c == Change::Removed && init == Init::Systemd && Path::new("/run/systemd/system").is_dir() {
+        if t.live
+            && c == Change::Removed
+            && init == Init::Systemd
+            && Path::new("/run/systemd/system").is_dir()
+        {
             if let Some(systemctl) = system::which("systemctl") {
                 system::run(std::process::Command::new(systemctl).arg("daemon-reload"))?;
             }
         }
     }
-    let swap_path = t.path(swap::SWAP_FILE);
-    let c = swap::remove_file(&swap_path, t.live)?;
-    t.note(c, &swap_path);
-    let c = swap::ensure_fstab(&t.root, false)?;
-    t.note(c, &t.path("/etc/fstab"));
+    let c = swap::remove(&t.root, t.live)?;
+    t.note(c, &t.path(swap::SWAP_FILE));
     let mut paths: Vec<&str> = POWEROFF_RULES.to_vec();
     paths.extend([ENV_FILE, BINARY]);
     for path in paths {
@@ -424,19 +527,14 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
         }
         accounts::remove(&t.root.clone(), t.live, &mut |c, p| t.note(c, p))?;
     }
-    println!("outpost uninstall: {} changed, {} already gone or kept", t.changed, t.unchanged);
+    println!(
+        "outpost uninstall: {} changed, {} already gone or kept",
+        t.changed, t.unchanged
+    );
     if !opts.purge {
         println!("kept {DATA_DIR} and the user outpost (--purge removes them)");
     }
     Ok(())
-}
-
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
-        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        b => format!("{b} bytes"),
-    }
 }
 
 /// Entry point of `outpost install`.

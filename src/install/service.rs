@@ -14,7 +14,9 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
+use super::swap::SwapPlan;
 use super::system;
+use super::BINARY;
 
 /// Which init system the target uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +39,8 @@ impl Init {
             "openrc" => Ok(Init::OpenRc),
             "systemd" => Ok(Init::Systemd),
             "auto" => {
-                let openrc = root.join("sbin/openrc-run").exists() || root.join("etc/alpine-release").exists();
+                let openrc = root.join("sbin/openrc-run").exists()
+                    || root.join("etc/alpine-release").exists();
                 Ok(if openrc { Init::OpenRc } else { Init::Systemd })
             }
             other => bail!("invalid --init {other:?}: use openrc, systemd or auto"),
@@ -53,10 +56,10 @@ impl Init {
     }
 
     /// The text of the service definition.
-    pub fn render(self, stop_timeout_s: u64) -> String {
+    pub fn render(self, stop_timeout_s: u64, swap: SwapPlan) -> String {
         match self {
-            Init::OpenRc => openrc_script(stop_timeout_s),
-            Init::Systemd => systemd_unit(stop_timeout_s),
+            Init::OpenRc => openrc_script(stop_timeout_s, swap),
+            Init::Systemd => systemd_unit(stop_timeout_s, swap),
         }
     }
 
@@ -74,7 +77,15 @@ pub fn stop_timeout(grace_s: u64) -> u64 {
     grace_s + 22
 }
 
-fn openrc_script(stop_timeout_s: u64) -> String {
+fn openrc_script(stop_timeout_s: u64, swap: SwapPlan) -> String {
+    let swap_step = match swap.ensure_args() {
+        Some(args) => format!(
+            "\t# Swap, made and turned on with root rights (the worker runs as outpost).\n\
+             \t{BINARY} {args} >/dev/null \\\n\
+             \t\t|| ewarn \"outpost: starting without swap (see the message above)\"\n"
+        ),
+        None => String::new(),
+    };
     format!(
         r#"#!/sbin/openrc-run
 # outpost worker service. Written by `outpost install`; rerun it rather than editing.
@@ -84,9 +95,9 @@ name="outpost"
 description="outpost worker: runs AI coding agents in a PTY and streams their output"
 
 supervisor="supervise-daemon"
-command="/usr/local/bin/outpost"
+command="{BINARY}"
 command_args="serve"
-# Unprivileged: agents run as this user too. Swap is set up by the system (/etc/fstab).
+# Unprivileged: agents run as this user too. Swap: start_pre, as root.
 command_user="outpost:outpost"
 directory="/var/lib/outpost"
 output_log="{LOG_DIR}/outpost.log"
@@ -103,7 +114,7 @@ rc_ulimit="-n 65536"
 depend() {{
 	need net
 	use dns logger
-	after firewall swap
+	after firewall
 }}
 
 start_pre() {{
@@ -114,32 +125,40 @@ start_pre() {{
 	set -a
 	. /etc/outpost/env
 	set +a
-	checkpath --directory --owner outpost:outpost --mode 0750 /var/lib/outpost {LOG_DIR}
+{swap_step}	checkpath --directory --owner outpost:outpost --mode 0750 /var/lib/outpost {LOG_DIR}
 }}
 "#,
         respawn_delay = 2,
     )
 }
 
-fn systemd_unit(stop_timeout_s: u64) -> String {
+fn systemd_unit(stop_timeout_s: u64, swap: SwapPlan) -> String {
+    let swap_step = match swap.ensure_args() {
+        Some(args) => format!(
+            "# Swap, made and turned on with root rights (+) before each start; a failure (-)\n\
+             # only means running without it.\n\
+             ExecStartPre=-+{BINARY} {args}\n"
+        ),
+        None => String::new(),
+    };
     format!(
         r#"# outpost worker service. Written by `outpost install`; rerun it rather than editing.
 # Settings: /etc/outpost/env (KEY=VALUE lines). Output: journalctl -u outpost.
 [Unit]
 Description=outpost worker: runs AI coding agents in a PTY and streams their output
 Wants=network-online.target
-After=network-online.target swap.target
+After=network-online.target
 # Never give up restarting.
 StartLimitIntervalSec=0
 
 [Service]
 Type=simple
-# Unprivileged: agents run as this user too. Swap is set up by the system (/etc/fstab).
+# Unprivileged: agents run as this user too.
 User=outpost
 Group=outpost
 EnvironmentFile=/etc/outpost/env
 WorkingDirectory=/var/lib/outpost
-ExecStart=/usr/local/bin/outpost serve
+{swap_step}ExecStart={BINARY} serve
 Restart=always
 RestartSec=2
 # Stop: SIGTERM to the worker alone, which ends its agents; SIGKILL to all that is
@@ -160,38 +179,34 @@ WantedBy=multi-user.target
 }
 
 /// What to run by hand when the root is not the live system.
-pub fn manual_steps(init: Init, root: &Path, swap: bool) -> Vec<String> {
+pub fn manual_steps(init: Init, root: &Path) -> Vec<String> {
     let r = root.display();
     match init {
-        Init::OpenRc => {
-            let mut v = vec![format!("chroot {r} rc-update add outpost default")];
-            if swap {
-                v.push(format!("chroot {r} rc-update add swap boot   # turns the swap file on at boot"));
-            }
-            v
-        }
+        Init::OpenRc => vec![format!("chroot {r} rc-update add outpost default")],
         Init::Systemd => vec![format!("systemctl --root={r} enable outpost.service")],
     }
 }
 
 /// Enables (and unless `no_start`, starts) the service on the live system. Returns
 /// lines of advice for what it could not or would not do.
-pub fn activate(init: Init, changed: bool, no_start: bool, swap: bool) -> Result<Vec<String>> {
+pub fn activate(init: Init, changed: bool, no_start: bool) -> Result<Vec<String>> {
     match init {
-        Init::OpenRc => activate_openrc(changed, no_start, swap),
+        Init::OpenRc => activate_openrc(changed, no_start),
         Init::Systemd => activate_systemd(changed, no_start),
     }
 }
 
-fn activate_openrc(changed: bool, no_start: bool, swap: bool) -> Result<Vec<String>> {
+fn activate_openrc(changed: bool, no_start: bool) -> Result<Vec<String>> {
     let mut advice = Vec::new();
-    let (Some(rc_update), Some(rc_service)) = (system::which("rc-update"), system::which("rc-service")) else {
-        advice.push("OpenRC tools not found: run `rc-update add outpost default` on the booted system".into());
+    let (Some(rc_update), Some(rc_service)) =
+        (system::which("rc-update"), system::which("rc-service"))
+    else {
+        advice.push(
+            "OpenRC tools not found: run `rc-update add outpost default` on the booted system"
+                .into(),
+        );
         return Ok(advice);
     };
-    if swap && Path::new("/etc/init.d/swap").exists() && !Path::new("/etc/runlevels/boot/swap").exists() {
-        system::run(Command::new(&rc_update).args(["add", "swap", "boot"]))?;
-    }
     if !Path::new("/etc/runlevels/default/outpost").exists() {
         system::run(Command::new(&rc_update).args(["add", "outpost", "default"]))?;
     }
@@ -201,7 +216,9 @@ fn activate_openrc(changed: bool, no_start: bool, swap: bool) -> Result<Vec<Stri
     } else if !running {
         system::run(Command::new(&rc_service).args(["outpost", "start"]))?;
     } else if changed {
-        advice.push("running with the old settings: `rc-service outpost restart` applies them".into());
+        advice.push(
+            "running with the old settings: `rc-service outpost restart` applies them".into(),
+        );
     }
     Ok(advice)
 }
@@ -216,20 +233,29 @@ fn activate_systemd(changed: bool, no_start: bool) -> Result<Vec<String>> {
     if booted && changed {
         system::run(Command::new(&systemctl).arg("daemon-reload"))?;
     }
-    if !system::succeeds(Command::new(&systemctl).args(["is-enabled", "--quiet", "outpost.service"])) {
+    if !system::succeeds(Command::new(&systemctl).args([
+        "is-enabled",
+        "--quiet",
+        "outpost.service",
+    ])) {
         system::run(Command::new(&systemctl).args(["enable", "outpost.service"]))?;
     }
     if !booted {
         advice.push("systemd is not running here: the service starts at the next boot".into());
         return Ok(advice);
     }
-    let running = system::succeeds(Command::new(&systemctl).args(["is-active", "--quiet", "outpost.service"]));
+    let running = system::succeeds(Command::new(&systemctl).args([
+        "is-active",
+        "--quiet",
+        "outpost.service",
+    ]));
     if no_start {
         advice.push("not started (--no-start); it starts at the next boot".into());
     } else if !running {
         system::run(Command::new(&systemctl).args(["start", "outpost.service"]))?;
     } else if changed {
-        advice.push("running with the old settings: `systemctl restart outpost` applies them".into());
+        advice
+            .push("running with the old settings: `systemctl restart outpost` applies them".into());
     }
     Ok(advice)
 }
@@ -251,10 +277,18 @@ pub fn deactivate(init: Init) -> Result<()> {
         }
         Init::Systemd => {
             if let Some(systemctl) = system::which("systemctl") {
-                if system::succeeds(Command::new(&systemctl).args(["is-active", "--quiet", "outpost.service"])) {
+                if system::succeeds(Command::new(&systemctl).args([
+                    "is-active",
+                    "--quiet",
+                    "outpost.service",
+                ])) {
                     system::run(Command::new(&systemctl).args(["stop", "outpost.service"]))?;
                 }
-                if system::succeeds(Command::new(&systemctl).args(["is-enabled", "--quiet", "outpost.service"])) {
+                if system::succeeds(Command::new(&systemctl).args([
+                    "is-enabled",
+                    "--quiet",
+                    "outpost.service",
+                ])) {
                     system::run(Command::new(&systemctl).args(["disable", "outpost.service"]))?;
                 }
             }

@@ -297,9 +297,12 @@ fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
-/// Some(reason) when CapEff in /proc/self/status lacks CAP_SYS_ADMIN (bit 21).
+/// Some(reason) when this thread's CapEff lacks CAP_SYS_ADMIN (bit 21); the kernel
+/// checks the calling thread, so /proc/thread-self first.
 fn lacks_cap_sys_admin() -> Option<String> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let status = fs::read_to_string("/proc/thread-self/status")
+        .or_else(|_| fs::read_to_string("/proc/self/status"))
+        .ok()?;
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))?

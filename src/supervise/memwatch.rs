@@ -24,14 +24,21 @@ pub fn watch() -> &'static MemWatch {
     W.get_or_init(|| {
         let view = MemoryView::detect();
         let kills = view.oom_kills().unwrap_or(0);
-        MemWatch { view, latest: Mutex::new(None), oom_kills: AtomicU64::new(kills) }
+        MemWatch {
+            view,
+            latest: Mutex::new(None),
+            oom_kills: AtomicU64::new(kills),
+        }
     })
 }
 
 impl MemWatch {
     /// The latest snapshot and its level, if one was taken.
     pub fn latest(&self) -> Option<(Snapshot, Level)> {
-        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_latest(&self, s: Snapshot, l: Level) {

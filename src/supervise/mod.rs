@@ -55,7 +55,10 @@ pub async fn wait_for_stop(reg: Arc<Registry>) -> std::io::Result<&'static str> 
 /// During a drain: a second SIGTERM/SIGINT kills every agent group now.
 pub fn spawn_second_signal_killer(reg: Arc<Registry>) {
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -79,7 +82,10 @@ pub fn spawn_idle_shutdown(reg: Arc<Registry>, after: Duration, command: String)
             tick.tick().await;
             if reg.idle_for().is_some_and(|d| d >= after) && !reg.is_draining() {
                 tracing::warn!(command = %command, "idle for {} s: running the idle shutdown command", after.as_secs());
-                let spawned = std::process::Command::new("sh").arg("-c").arg(&command).spawn();
+                let spawned = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&command)
+                    .spawn();
                 match spawned {
                     Ok(child) => {
                         let exit = reaper::reaper().watch(child.id() as i32).await;

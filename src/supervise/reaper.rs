@@ -50,7 +50,9 @@ pub struct Reaper {
 /// The process-wide reaper.
 pub fn reaper() -> &'static Reaper {
     static R: OnceLock<Reaper> = OnceLock::new();
-    R.get_or_init(|| Reaper { table: Mutex::new(Table::default()) })
+    R.get_or_init(|| Reaper {
+        table: Mutex::new(Table::default()),
+    })
 }
 
 impl Reaper {

@@ -61,7 +61,10 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn after(id: u64) -> Self {
-        Cursor { after: id, offset: if id == 0 { Some(0) } else { None } }
+        Cursor {
+            after: id,
+            offset: if id == 0 { Some(0) } else { None },
+        }
     }
 }
 
@@ -98,10 +101,23 @@ pub struct EventLog {
 impl EventLog {
     /// Creates a new, empty log in `dir` (which must exist).
     pub fn create(dir: &Path) -> io::Result<EventLog> {
-        let open = |name: &str| OpenOptions::new().create_new(true).append(true).open(dir.join(name));
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(dir.join(name))
+        };
         let events = open(EVENTS_FILE)?;
         let raw = open(OUTPUT_FILE)?;
-        Ok(Self::from_parts(dir, Some(events), Some(raw), 1, 0, 0, false))
+        Ok(Self::from_parts(
+            dir,
+            Some(events),
+            Some(raw),
+            1,
+            0,
+            0,
+            false,
+        ))
     }
 
     /// Opens the log of a task from an earlier run. A torn last line (the process died
@@ -116,11 +132,22 @@ impl EventLog {
             events.set_len(good_end)?;
             len = good_end;
         }
-        let raw = OpenOptions::new().create(true).append(true).open(dir.join(OUTPUT_FILE))?;
+        let raw = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(OUTPUT_FILE))?;
         let output_bytes = raw.metadata()?.len();
         let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
         let closed = last.as_ref().is_some_and(|r| r.is_done());
-        let log = Self::from_parts(dir, Some(events), Some(raw), next_id, len, output_bytes, false);
+        let log = Self::from_parts(
+            dir,
+            Some(events),
+            Some(raw),
+            next_id,
+            len,
+            output_bytes,
+            false,
+        );
         if closed {
             log.close();
         }
@@ -175,29 +202,46 @@ impl EventLog {
     fn append_with_output(&self, event: &str, payload: &str, raw: &[u8]) -> io::Result<u64> {
         let mut g = self.lock();
         if g.closed {
-            return Err(io::Error::other("the task's event log is closed: it already ended"));
+            return Err(io::Error::other(
+                "the task's event log is closed: it already ended",
+            ));
         }
         let id = g.next_id;
         let mut line = Vec::with_capacity(payload.len() + event.len() + 32);
         line.extend_from_slice(format!("{{\"id\":{id},\"event\":\"{event}\"").as_bytes());
         let body = payload.trim();
-        let inner = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or("").trim();
+        let inner = body
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .unwrap_or("")
+            .trim();
         if !inner.is_empty() {
             line.push(b',');
             line.extend_from_slice(inner.as_bytes());
         }
         line.extend_from_slice(b"}\n");
         if !raw.is_empty() {
-            let f = g.raw.as_mut().ok_or_else(|| io::Error::other("output file is not open"))?;
+            let f = g
+                .raw
+                .as_mut()
+                .ok_or_else(|| io::Error::other("output file is not open"))?;
             f.write_all(raw)?;
         }
-        let f = g.events.as_mut().ok_or_else(|| io::Error::other("event log is not open"))?;
+        let f = g
+            .events
+            .as_mut()
+            .ok_or_else(|| io::Error::other("event log is not open"))?;
         f.write_all(&line)?;
         let offset = g.len;
         g.len += line.len() as u64;
         g.output_bytes += raw.len() as u64;
         g.next_id += 1;
-        let rec = Record { id, event: Bytes::copy_from_slice(event.as_bytes()), offset, line: Bytes::from(line) };
+        let rec = Record {
+            id,
+            event: Bytes::copy_from_slice(event.as_bytes()),
+            offset,
+            line: Bytes::from(line),
+        };
         g.tail_bytes += rec.line.len();
         g.tail.push_back(rec);
         if g.tail_bytes > TAIL_MAX {
@@ -270,6 +314,9 @@ impl EventLog {
             return None;
         }
         let start = g.tail.partition_point(|r| r.id <= cursor.after);
+        if cursor.offset.is_none() {
+            cursor.offset = Some(g.tail.get(start).map(|r| r.offset).unwrap_or(g.len));
+        }
         let mut out = Vec::new();
         let mut size = 0;
         for r in g.tail.iter().skip(start) {
@@ -296,7 +343,9 @@ impl EventLog {
         let mut out = Vec::new();
         let mut size = 0;
         while offset < len && size < max_bytes {
-            let Some(rec) = read_line_at(&file, offset, len)? else { break };
+            let Some(rec) = read_line_at(&file, offset, len)? else {
+                break;
+            };
             offset = rec.end();
             if rec.id > cursor.after {
                 size += rec.line.len();
@@ -353,10 +402,18 @@ fn read_line_at(file: &File, offset: u64, len: u64) -> io::Result<Option<Record>
         if let Some(nl) = buf.iter().position(|&c| c == b'\n') {
             buf.truncate(nl + 1);
             let (id, event) = parse_head(&buf).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("event log damaged at byte {offset}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("event log damaged at byte {offset}"),
+                )
             })?;
             let event = Bytes::copy_from_slice(event);
-            return Ok(Some(Record { id, event, offset, line: Bytes::from(buf) }));
+            return Ok(Some(Record {
+                id,
+                event,
+                offset,
+                line: Bytes::from(buf),
+            }));
         }
         if n == avail {
             return Ok(None);
@@ -462,8 +519,14 @@ mod tests {
         }
         // From memory: only the newest records are there.
         let mut c = Cursor::after(1995);
-        assert_eq!(ids(log.read_memory(&mut c, 1 << 20).unwrap()), vec![1996, 1997, 1998, 1999, 2000, 2001]);
-        assert!(matches!(log.read_memory(&mut c, 1 << 20).unwrap(), Read::Idle));
+        assert_eq!(
+            ids(log.read_memory(&mut c, 1 << 20).unwrap()),
+            vec![1996, 1997, 1998, 1999, 2000, 2001]
+        );
+        assert!(matches!(
+            log.read_memory(&mut c, 1 << 20).unwrap(),
+            Read::Idle
+        ));
         // Old records are not in memory; the file has them, found by binary search.
         let mut c = Cursor::after(10);
         assert!(log.read_memory(&mut c, 1 << 20).is_none());
@@ -480,7 +543,10 @@ mod tests {
         let mut c = Cursor::after(2001);
         let recs = ids(log.read_memory(&mut c, 1 << 20).unwrap());
         assert_eq!(recs, vec![2002]);
-        assert!(matches!(log.read_memory(&mut c, 1 << 20).unwrap(), Read::End));
+        assert!(matches!(
+            log.read_memory(&mut c, 1 << 20).unwrap(),
+            Read::End
+        ));
         drop(log);
 
         let (log, last) = EventLog::reopen(dir.path()).unwrap();
@@ -497,11 +563,17 @@ mod tests {
         log.append("status", r#"{"status":"queued"}"#).unwrap();
         log.append("status", r#"{"status":"working"}"#).unwrap();
         drop(log);
-        let mut f = OpenOptions::new().append(true).open(dir.path().join(EVENTS_FILE)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(EVENTS_FILE))
+            .unwrap();
         f.write_all(b"{\"id\":3,\"event\":\"out").unwrap();
         let (log, last) = EventLog::reopen(dir.path()).unwrap();
         assert_eq!(last.unwrap().id, 2);
-        assert_eq!(log.append("status", r#"{"status":"interrupted"}"#).unwrap(), 3);
+        assert_eq!(
+            log.append("status", r#"{"status":"interrupted"}"#).unwrap(),
+            3
+        );
         let mut c = Cursor::after(0);
         assert_eq!(ids(log.read_file(&mut c, 1 << 20).unwrap()), vec![1, 2, 3]);
     }
@@ -512,7 +584,9 @@ mod tests {
         let log = EventLog::create(dir.path()).unwrap();
         log.append("ping", "").unwrap();
         let mut c = Cursor::after(0);
-        let Read::Records(v) = log.read_memory(&mut c, 100).unwrap() else { panic!() };
+        let Read::Records(v) = log.read_memory(&mut c, 100).unwrap() else {
+            panic!()
+        };
         let parsed: serde_json::Value = serde_json::from_slice(v[0].json()).unwrap();
         assert_eq!(parsed["event"], "ping");
     }

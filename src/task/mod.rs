@@ -47,7 +47,14 @@ pub struct Task {
 impl Task {
     fn new(meta: TaskMeta, dir: PathBuf, log: EventLog, state: TaskState) -> Task {
         let (stop, _) = watch::channel(None);
-        Task { meta, log, dir, state: Mutex::new(state), agent: Mutex::new(None), stop }
+        Task {
+            meta,
+            log,
+            dir,
+            state: Mutex::new(state),
+            agent: Mutex::new(None),
+            stop,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -93,7 +100,8 @@ impl Task {
         if st.status.is_terminal() || status.rank() <= st.status.rank() || status.is_terminal() {
             return Ok(());
         }
-        self.log.append("status", &json!({ "status": status }).to_string())?;
+        self.log
+            .append("status", &json!({ "status": status }).to_string())?;
         st.status = status;
         if st.started_at.is_none() && status != Status::Queued {
             st.started_at = Some(crate::timefmt::now_rfc3339());
@@ -107,7 +115,13 @@ impl Task {
     }
 
     /// Ends the task: a final `status` event, then `done`, which closes the log.
-    pub fn finish(&self, status: Status, exit_code: Option<i32>, commit: Option<String>, error: Option<String>) -> io::Result<()> {
+    pub fn finish(
+        &self,
+        status: Status,
+        exit_code: Option<i32>,
+        commit: Option<String>,
+        error: Option<String>,
+    ) -> io::Result<()> {
         let mut st = self.state();
         if st.status.is_terminal() {
             return Ok(());
@@ -122,7 +136,8 @@ impl Task {
             error: error.clone(),
             duration_ms: now.saturating_sub(self.meta.created_unix_ms),
         };
-        self.log.append("status", &json!({ "status": status }).to_string())?;
+        self.log
+            .append("status", &json!({ "status": status }).to_string())?;
         let payload = serde_json::to_string(&done).map_err(io::Error::other)?;
         self.log.append("done", &payload)?;
         st.status = status;

@@ -59,8 +59,12 @@ impl Registry {
     /// Opens the registry on the data dir, recovering earlier tasks.
     pub fn open(cfg: Arc<Config>) -> anyhow::Result<Arc<Registry>> {
         let tasks_dir = cfg.data_dir.join("tasks");
-        std::fs::create_dir_all(&tasks_dir)
-            .with_context(|| format!("creating {} (is OUTPOST_DATA writable?)", tasks_dir.display()))?;
+        std::fs::create_dir_all(&tasks_dir).with_context(|| {
+            format!(
+                "creating {} (is OUTPOST_DATA writable?)",
+                tasks_dir.display()
+            )
+        })?;
         let reg = Arc::new(Registry {
             cfg,
             tasks_dir,
@@ -90,10 +94,17 @@ impl Registry {
             match recover_one(&dir) {
                 Ok(Some(task)) => found.push(task),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), "skipping a task that cannot be read back: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "skipping a task that cannot be read back: {e:#}")
+                }
             }
         }
-        found.sort_by(|a, b| a.meta.created_unix_ms.cmp(&b.meta.created_unix_ms).then(a.meta.id.cmp(&b.meta.id)));
+        found.sort_by(|a, b| {
+            a.meta
+                .created_unix_ms
+                .cmp(&b.meta.created_unix_ms)
+                .then(a.meta.id.cmp(&b.meta.id))
+        });
         let mut g = self.lock();
         for t in found {
             if t.status().is_terminal() {
@@ -129,7 +140,13 @@ impl Registry {
             .branch
             .clone()
             .unwrap_or_else(|| format!("polecat/{}", req.issue_id.as_deref().unwrap_or(&id)));
-        let meta = TaskMeta { id: id.clone(), created_at: crate::timefmt::rfc3339_ms(now), created_unix_ms: now, branch, request: req };
+        let meta = TaskMeta {
+            id: id.clone(),
+            created_at: crate::timefmt::rfc3339_ms(now),
+            created_unix_ms: now,
+            branch,
+            request: req,
+        };
         let dir = self.tasks_dir.join(&id);
         let task = create_task(meta, dir).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
         let task = Arc::new(task);
@@ -163,8 +180,13 @@ impl Registry {
 
     fn new_id(&self, now_ms: u64) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let salt = std::process::id() as u64 ^ (Instant::now().elapsed().subsec_nanos() as u64) ^ random_u64();
-        format!("t-{now_ms:011x}{:06x}", (salt.wrapping_add(seq.wrapping_mul(0x9E37_79B9))) & 0xff_ffff)
+        let salt = std::process::id() as u64
+            ^ (Instant::now().elapsed().subsec_nanos() as u64)
+            ^ random_u64();
+        format!(
+            "t-{now_ms:011x}{:06x}",
+            (salt.wrapping_add(seq.wrapping_mul(0x9E37_79B9))) & 0xff_ffff
+        )
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Task>> {
@@ -174,13 +196,22 @@ impl Registry {
     /// Tasks, newest first, at most `limit`.
     pub fn list(&self, limit: usize) -> Vec<Arc<Task>> {
         let g = self.lock();
-        g.order.iter().rev().take(limit).filter_map(|id| g.by_id.get(id).cloned()).collect()
+        g.order
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|id| g.by_id.get(id).cloned())
+            .collect()
     }
 
     /// Live tasks (not yet terminal).
     pub fn live(&self) -> Vec<Arc<Task>> {
         let g = self.lock();
-        g.by_id.values().filter(|t| !t.status().is_terminal()).cloned().collect()
+        g.by_id
+            .values()
+            .filter(|t| !t.status().is_terminal())
+            .cloned()
+            .collect()
     }
 
     pub fn live_count(&self) -> usize {
@@ -199,7 +230,12 @@ impl Registry {
         if self.live_count() > 0 {
             return None;
         }
-        Some(self.idle_since.lock().unwrap_or_else(|e| e.into_inner()).elapsed())
+        Some(
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed(),
+        )
     }
 
     pub fn is_draining(&self) -> bool {
@@ -245,11 +281,14 @@ impl Registry {
 
 fn create_task(meta: TaskMeta, dir: PathBuf) -> anyhow::Result<Task> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_json_atomic(&dir.join("meta.json"), &meta).with_context(|| format!("writing {}/meta.json", dir.display()))?;
-    let log = EventLog::create(&dir).with_context(|| format!("creating the event log in {}", dir.display()))?;
+    write_json_atomic(&dir.join("meta.json"), &meta)
+        .with_context(|| format!("writing {}/meta.json", dir.display()))?;
+    let log = EventLog::create(&dir)
+        .with_context(|| format!("creating the event log in {}", dir.display()))?;
     let state = TaskState::new();
     write_json_atomic(&dir.join("task.json"), &state).context("writing task.json")?;
-    log.append("status", r#"{"status":"queued"}"#).context("writing the first event")?;
+    log.append("status", r#"{"status":"queued"}"#)
+        .context("writing the first event")?;
     Ok(Task::new(meta, dir, log, state))
 }
 
@@ -259,7 +298,8 @@ fn recover_one(dir: &std::path::Path) -> anyhow::Result<Option<Task>> {
     if !meta_path.exists() {
         return Ok(None);
     }
-    let meta: TaskMeta = serde_json::from_slice(&std::fs::read(&meta_path)?).context("meta.json")?;
+    let meta: TaskMeta =
+        serde_json::from_slice(&std::fs::read(&meta_path)?).context("meta.json")?;
     let mut state: TaskState = std::fs::read(dir.join("task.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -268,9 +308,15 @@ fn recover_one(dir: &std::path::Path) -> anyhow::Result<Option<Task>> {
     if let Some(done) = last.filter(|r| r.is_done()) {
         // The log is the truth: take the outcome from its done event.
         let v: serde_json::Value = serde_json::from_slice(done.json()).unwrap_or_default();
-        if let Some(s) = v.get("status").and_then(|s| serde_json::from_value::<Status>(s.clone()).ok()) {
+        if let Some(s) = v
+            .get("status")
+            .and_then(|s| serde_json::from_value::<Status>(s.clone()).ok())
+        {
             state.status = s;
-            state.exit_code = v.get("exit_code").and_then(|c| c.as_i64()).map(|c| c as i32);
+            state.exit_code = v
+                .get("exit_code")
+                .and_then(|c| c.as_i64())
+                .map(|c| c as i32);
             state.commit = v.get("commit").and_then(|c| c.as_str()).map(String::from);
             state.error = v.get("error").and_then(|c| c.as_str()).map(String::from);
         }

@@ -31,7 +31,12 @@ pub struct Outcome {
 
 impl Outcome {
     fn failed(error: impl Into<String>) -> Self {
-        Outcome { status: Status::Failed, exit_code: None, commit: None, error: Some(error.into()) }
+        Outcome {
+            status: Status::Failed,
+            exit_code: None,
+            commit: None,
+            error: Some(error.into()),
+        }
     }
 }
 
@@ -107,7 +112,12 @@ async fn supervise_agent(
     ws: &Workspace,
 ) -> (Exit, Option<String>) {
     let mut stop = task.stop_watch();
-    let timeout = task.meta.request.timeout_s.map(Duration::from_secs).unwrap_or(Duration::MAX);
+    let timeout = task
+        .meta
+        .request
+        .timeout_s
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::MAX);
     let deadline = tokio::time::Instant::now().checked_add(timeout);
     let timer = async {
         match deadline {
@@ -148,7 +158,12 @@ async fn supervise_agent(
     (exit, checkpoint)
 }
 
-async fn finish_normally(task: &Arc<Task>, cfg: &crate::config::Config, ws: &Workspace, exit: Exit) -> Outcome {
+async fn finish_normally(
+    task: &Arc<Task>,
+    cfg: &crate::config::Config,
+    ws: &Workspace,
+    exit: Exit,
+) -> Outcome {
     let error = match exit {
         Exit::Code(0) => None,
         Exit::Code(c) => Some(format!("the agent exited with code {c}")),
@@ -157,8 +172,17 @@ async fn finish_normally(task: &Arc<Task>, cfg: &crate::config::Config, ws: &Wor
         ),
         Exit::Signal(s) => Some(format!("the agent was killed by signal {s}")),
     };
-    let status = if error.is_none() { Status::Done } else { Status::Failed };
-    let mut out = Outcome { status, exit_code: Some(exit.code()), commit: None, error };
+    let status = if error.is_none() {
+        Status::Done
+    } else {
+        Status::Failed
+    };
+    let mut out = Outcome {
+        status,
+        exit_code: Some(exit.code()),
+        commit: None,
+        error,
+    };
     if ws.is_git() && (exit.success() || cfg.push_on_failure) {
         task.set_status(Status::Pushing).ok();
         match workspace::finish(cfg, ws, task).await {
@@ -204,25 +228,44 @@ fn stopped_outcome(
             ),
         ),
     };
-    Outcome { status, exit_code, commit: checkpoint, error: Some(error) }
+    Outcome {
+        status,
+        exit_code,
+        commit: checkpoint,
+        error: Some(error),
+    }
 }
 
-fn agent_spec(cfg: &crate::config::Config, task: &Task, ws: &Workspace) -> anyhow::Result<AgentSpec> {
+fn agent_spec(
+    cfg: &crate::config::Config,
+    task: &Task,
+    ws: &Workspace,
+) -> anyhow::Result<AgentSpec> {
     let req = &task.meta.request;
-    let prompt = req.prompt.clone().unwrap_or_else(|| format!("Work on issue {}", req.issue_id.as_deref().unwrap_or("")));
+    let prompt = req
+        .prompt
+        .clone()
+        .unwrap_or_else(|| format!("Work on issue {}", req.issue_id.as_deref().unwrap_or("")));
     let mut env = vec![("OUTPOST_TASK_ID".to_string(), task.id().to_string())];
     if let Some(issue) = &req.issue_id {
         env.push(("OUTPOST_ISSUE_ID".into(), issue.clone()));
     }
     if let Some(ctx) = &req.context {
         let path: PathBuf = task.dir().join("context.json");
-        super::write_json_atomic(&path, ctx).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        super::write_json_atomic(&path, ctx)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         env.push(("OUTPOST_CONTEXT".into(), path.display().to_string()));
     }
     if let Some(beads) = ws.beads_dir() {
         env.push(("BEADS_DIR".into(), beads.display().to_string()));
     }
-    Ok(AgentSpec { argv: cfg.agent.argv(&prompt), cwd: ws.path().to_path_buf(), env, cols: 120, rows: 40 })
+    Ok(AgentSpec {
+        argv: cfg.agent.argv(&prompt),
+        cwd: ws.path().to_path_buf(),
+        env,
+        cols: 120,
+        rows: 40,
+    })
 }
 
 /// The sink the PTY pump writes into: split into text / bytes and append to the log.
@@ -232,10 +275,13 @@ fn output_sink(task: Arc<Task>) -> Box<dyn FnMut(&[u8]) + Send> {
     Box::new(move |bytes: &[u8]| {
         let mut append = |p: Piece<'_>| {
             let r = match p {
-                Piece::Text(t) => task.log.append_output(&json!({ "data": t }).to_string(), t.as_bytes()),
+                Piece::Text(t) => task
+                    .log
+                    .append_output(&json!({ "data": t }).to_string(), t.as_bytes()),
                 Piece::Bytes(b) => {
                     let enc = base64::engine::general_purpose::STANDARD.encode(b);
-                    task.log.append_output(&json!({ "b64": enc }).to_string(), b)
+                    task.log
+                        .append_output(&json!({ "b64": enc }).to_string(), b)
                 }
             };
             if let Err(e) = r {

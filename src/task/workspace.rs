@@ -37,12 +37,17 @@ pub async fn prepare(_cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspac
         anyhow::bail!("git repositories are not supported by this build yet");
     }
     let dir = task.dir().join("work");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating the scratch dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
     Ok(Workspace::Scratch(dir))
 }
 
 /// Commits and pushes after a successful agent; the commit pushed, if any.
-pub async fn finish(_cfg: &Config, _ws: &Workspace, _task: &Arc<Task>) -> anyhow::Result<Option<String>> {
+pub async fn finish(
+    _cfg: &Config,
+    _ws: &Workspace,
+    _task: &Arc<Task>,
+) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 

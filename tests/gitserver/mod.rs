@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -148,15 +147,25 @@ impl GitServer {
 
     /// Adds a commit writing `files` on top of `branch` of repository `name` (creating
     /// the branch from main if it does not exist) with the git CLI; returns its id.
-    pub fn commit(&self, name: &str, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+    pub fn commit(
+        &self,
+        name: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+        message: &str,
+    ) -> String {
         let work = tempfile::tempdir_in(self.dir.path()).unwrap();
         let w = work.path();
         let bare = self.repo_path(name);
         run_git(w, &["init", "-q", "-b", branch]);
-        let fetched = git_output(w, &["fetch", "-q", bare.to_str().unwrap(), branch]);
-        if fetched.status.success() {
-            run_git(w, &["reset", "-q", "--hard", "FETCH_HEAD"]);
-        } else if git_output(w, &["fetch", "-q", bare.to_str().unwrap(), "main"]).status.success() {
+        // Start from the branch if it exists, else from main (nothing: the first commit).
+        let bare_str = bare.to_str().unwrap();
+        let found = [branch, "main"].iter().any(|b| {
+            git_output(w, &["fetch", "-q", bare_str, b])
+                .status
+                .success()
+        });
+        if found {
             run_git(w, &["reset", "-q", "--hard", "FETCH_HEAD"]);
         }
         for (path, content) in files {
@@ -197,7 +206,8 @@ impl GitServer {
         self.state.failures.lock().unwrap().extend(statuses);
     }
 
-    /// While on, upload-pack responses stop after their first half until turned off.
+    /// While on, upload-pack responses that carry a pack stop after their first half until
+    /// turned off.
     pub fn set_stall(&self, on: bool) {
         self.state.stall.store(on, Ordering::SeqCst);
         if !on {
@@ -352,43 +362,19 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         Err(_) => return full(StatusCode::BAD_REQUEST, "bad body\n"),
     };
 
-    let mut cmd = tokio::process::Command::new(http_backend());
-    cmd.env("GIT_PROJECT_ROOT", &state.project_root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("REQUEST_METHOD", &method)
-        .env("PATH_INFO", &path)
-        .env("QUERY_STRING", &query)
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(ct) = content_type {
-        cmd.env("CONTENT_TYPE", ct);
-    }
-    if let Some(enc) = encoding {
-        cmd.env("HTTP_CONTENT_ENCODING", enc);
-    }
-    if let Some(p) = protocol {
-        cmd.env("GIT_PROTOCOL", p);
-    }
-    if let Some(user) = remote_user {
-        cmd.env("REMOTE_USER", user);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let writer = tokio::spawn(async move {
-        let _ = stdin.write_all(&body).await;
-    });
-    let mut out = Vec::new();
-    let _ = stdout.read_to_end(&mut out).await;
-    let _ = writer.await;
-    let _ = child.wait().await;
-
+    let root = state.project_root.clone();
+    let env = CgiEnv {
+        method: method.clone(),
+        path: path.clone(),
+        query,
+        content_type,
+        encoding,
+        protocol,
+        remote_user,
+    };
+    let out = tokio::task::spawn_blocking(move || run_cgi(&root, &env, &body))
+        .await
+        .unwrap();
     let (head, payload) = split_cgi(&out);
     let mut status = StatusCode::OK;
     let mut builder = Response::builder();
@@ -408,7 +394,7 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
     let stall = state.stall.load(Ordering::SeqCst)
         && method == "POST"
         && path.ends_with("/git-upload-pack")
-        && payload.len() > 1;
+        && payload.windows(4).any(|w| w == b"PACK");
     if !stall {
         return builder.body(Full::new(payload).boxed()).unwrap();
     }
@@ -432,6 +418,60 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
     });
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     builder.body(BodyExt::boxed(body)).unwrap()
+}
+
+/// The request facts `git http-backend` gets through its environment.
+struct CgiEnv {
+    method: String,
+    path: String,
+    query: String,
+    content_type: Option<String>,
+    encoding: Option<String>,
+    protocol: Option<String>,
+    remote_user: Option<String>,
+}
+
+/// Runs `git http-backend` for one request; returns its whole output (headers and body).
+fn run_cgi(root: &Path, env: &CgiEnv, body: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut cmd = Command::new(http_backend());
+    cmd.env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("REQUEST_METHOD", &env.method)
+        .env("PATH_INFO", &env.path)
+        .env("QUERY_STRING", &env.query)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(ct) = &env.content_type {
+        cmd.env("CONTENT_TYPE", ct);
+    }
+    if let Some(enc) = &env.encoding {
+        cmd.env("HTTP_CONTENT_ENCODING", enc);
+    }
+    if let Some(p) = &env.protocol {
+        cmd.env("GIT_PROTOCOL", p);
+    }
+    if let Some(user) = &env.remote_user {
+        cmd.env("REMOTE_USER", user);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = stdin.write_all(body);
+        });
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let _ = child.wait();
+    out
 }
 
 /// Splits CGI output into its header block and its body.

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const GOAL: f64 = 0.8;
+/// Measured rounds per side and protocol (the order alternates).
+const ROUNDS: usize = 2;
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let ep = &ctx.target.ep;
@@ -34,25 +36,32 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         } else {
             format!("{conns} conns")
         };
-        let mut out = Vec::new();
-        for (who, target) in [("outpost", ep), ("bare hyper", &bare_ep)] {
-            let label = format!("{} {who}", proto.name());
-            let warm = Duration::from_millis(300).min(ctx.args.duration);
-            load(target, proto, conns, per_conn, warm, None).await?;
-            let phase = ctx.progress.phase(label, "req", ctx.args.duration);
-            let r = load(
-                target,
-                proto,
-                conns,
-                per_conn,
-                ctx.args.duration,
-                Some(phase.counter()),
-            )
-            .await?;
-            drop(phase);
-            out.push(r);
+        let mut o = Load::default();
+        let mut b = Load::default();
+        // Alternate the order between rounds so neither side always goes first.
+        for round in 0..ROUNDS {
+            let mut sides = [("outpost", ep, &mut o), ("bare hyper", &bare_ep, &mut b)];
+            if round % 2 == 1 {
+                sides.reverse();
+            }
+            for (who, target, total) in sides {
+                let label = format!("{} {who} (round {}/{ROUNDS})", proto.name(), round + 1);
+                let warm = Duration::from_millis(300).min(ctx.args.duration);
+                load(target, proto, conns, per_conn, warm, None).await?;
+                let phase = ctx.progress.phase(label, "req", ctx.args.duration);
+                let r = load(
+                    target,
+                    proto,
+                    conns,
+                    per_conn,
+                    ctx.args.duration,
+                    Some(phase.counter()),
+                )
+                .await?;
+                drop(phase);
+                total.add(r);
+            }
         }
-        let (mut o, mut b) = (out.remove(0), out.remove(0));
         let name = proto.name();
         let mut row = Row::new("hello", format!("{name} req/s ({shape})"), "req/s")
             .outpost(rate(o.ok as f64, o.elapsed))
@@ -81,12 +90,25 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+#[derive(Default)]
 struct Load {
     ok: u64,
     errors: u64,
     first_error: Option<String>,
     elapsed: Duration,
     lat: Samples,
+}
+
+impl Load {
+    fn add(&mut self, r: Load) {
+        self.ok += r.ok;
+        self.errors += r.errors;
+        if self.first_error.is_none() {
+            self.first_error = r.first_error;
+        }
+        self.elapsed += r.elapsed;
+        self.lat.extend(r.lat);
+    }
 }
 
 async fn load(
@@ -147,13 +169,7 @@ async fn load(
             }));
         }
     }
-    let mut total = Load {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        lat: Samples::new(),
-    };
+    let mut total = Load::default();
     for h in handles {
         let (ok, errors, first_error, lat) = h.await.context("load task")?;
         total.ok += ok;

@@ -49,6 +49,7 @@ async fn measure(ctx: &Ctx, ep: &Endpoint, id: &str) -> Result<Vec<Row>> {
     let opened = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
+    let newest = Arc::new(AtomicU64::new(last));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let gate = Arc::new(tokio::sync::Semaphore::new(OPENING));
     let path = format!("/work/{id}/events?after={last}");
@@ -60,10 +61,11 @@ async fn measure(ctx: &Ctx, ep: &Endpoint, id: &str) -> Result<Vec<Row>> {
     let mut subs = Vec::with_capacity(n);
     for _ in 0..n {
         let (ep, path, gate) = (ep.clone(), path.clone(), gate.clone());
-        let (opened, failed, events, first_error, counter) = (
+        let (opened, failed, events, newest, first_error, counter) = (
             opened.clone(),
             failed.clone(),
             events.clone(),
+            newest.clone(),
             first_error.clone(),
             counter.clone(),
         );
@@ -93,6 +95,9 @@ async fn measure(ctx: &Ctx, ep: &Endpoint, id: &str) -> Result<Vec<Row>> {
                         if e.event == "output" {
                             events.fetch_add(1, Ordering::Relaxed);
                         }
+                        if let Some(id) = e.id {
+                            newest.fetch_max(id, Ordering::Relaxed);
+                        }
                         Ok(Flow::Continue)
                     })
                     .await;
@@ -119,7 +124,9 @@ async fn measure(ctx: &Ctx, ep: &Endpoint, id: &str) -> Result<Vec<Row>> {
 
     // Does output still flow, to a new subscriber and to the crowd?
     let window_start = events.load(Ordering::Relaxed);
-    let probe_res = probe(ep, id, Some(last), Duration::from_secs(5)).await;
+    // After the newest event the crowd has seen: the probe waits for fresh output.
+    let fresh = newest.load(Ordering::Relaxed);
+    let probe_res = probe(ep, id, Some(fresh), Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(2 * TICK_MS)).await;
     let crowd = events.load(Ordering::Relaxed) - window_start;
     for s in &subs {

@@ -6,7 +6,7 @@ use super::Ctx;
 use crate::client::{Endpoint, Proto};
 use crate::pty;
 use crate::report::{Goal, Row};
-use crate::stats::MIB;
+use crate::stats::{Samples, MIB};
 use crate::taskrun::{self, TaskRun};
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,57 +23,36 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let ep = &ctx.target.ep;
     let one = if ctx.args.quick { 16 } else { 256 } * 1024 * 1024u64;
     let each = if ctx.args.quick { 4 } else { 64 } * 1024 * 1024u64;
+    // PTY throughput swings a lot on a shared machine: several rounds, order alternating.
+    let rounds = if ctx.args.quick { 3 } else { 2 };
     let n = match crate::worker::max_tasks(ep).await {
         Some(m) => ctx.args.concurrency.min(m),
         None => ctx.args.concurrency,
     };
     let mut rows = Vec::new();
 
-    // One stream.
-    let budget = Duration::from_secs(if ctx.args.quick { 10 } else { 60 });
-    let phase = ctx.progress.phase(
-        format!("1 stream of {} MiB, outpost", one >> 20),
-        "bytes",
-        budget,
-    );
-    let o = outpost_streams(ep, 1, one, phase.counter()).await?;
-    drop(phase);
-    let phase = ctx.progress.phase(
-        format!("1 stream of {} MiB, raw PTY", one >> 20),
-        "bytes",
-        budget,
-    );
-    let b = pty_streams(1, one, phase.counter()).await?;
-    drop(phase);
+    let (o, b) = measure(ctx, 1, one, rounds).await?;
     let mut row = Row::new("stream", format!("1 stream, {} MiB", one >> 20), "MiB/s")
         .outpost(o.mib_s())
         .baseline(b.mib_s())
         .goal(Goal::RatioAtLeast(GOAL));
-    if o.bytes != one {
-        row = row.note(format!("outpost delivered {} of {one} bytes", o.bytes));
+    if o.bytes != one * rounds as u64 {
+        row = row.note(format!(
+            "outpost delivered {} of {} bytes",
+            o.bytes,
+            one * rounds as u64
+        ));
     }
     rows.push(row);
+    let (mut ot, mut bt) = (o.ttfb, b.ttfb);
     rows.push(
-        Row::new("stream", "time to first byte", "ms")
-            .outpost(o.first_byte.map(|d| d.as_secs_f64() * 1e3))
-            .baseline(b.first_byte.map(|d| d.as_secs_f64() * 1e3)),
+        Row::new("stream", "time to first byte (p50)", "ms")
+            .outpost(ot.p50())
+            .baseline(bt.p50()),
     );
 
-    // Several at once.
-    let phase = ctx.progress.phase(
-        format!("{n} streams of {} MiB, outpost", each >> 20),
-        "bytes",
-        budget,
-    );
-    let o = outpost_streams(ep, n, each, phase.counter()).await?;
-    drop(phase);
-    let phase = ctx.progress.phase(
-        format!("{n} streams of {} MiB, raw PTY", each >> 20),
-        "bytes",
-        budget,
-    );
-    let b = pty_streams(n, each, phase.counter()).await?;
-    drop(phase);
+    let (o, b) = measure(ctx, n, each, rounds).await?;
+    let total = each * n as u64 * rounds as u64;
     let mut row = Row::new(
         "stream",
         format!("{n} streams x {} MiB, aggregate", each >> 20),
@@ -82,18 +61,62 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     .outpost(o.mib_s())
     .baseline(b.mib_s())
     .goal(Goal::RatioAtLeast(GOAL));
-    if o.bytes != each * n as u64 {
-        row = row.note(format!(
-            "outpost delivered {} of {} bytes",
-            o.bytes,
-            each * n as u64
-        ));
+    if o.bytes != total {
+        row = row.note(format!("outpost delivered {} of {total} bytes", o.bytes));
     }
     if n < ctx.args.concurrency {
         row = row.note(format!("only {n} at once: the worker's maxTasks"));
     }
     rows.push(row);
     Ok(rows)
+}
+
+/// Rounds of one shape, summed: bytes over the time each round took to deliver them.
+#[derive(Default)]
+struct Total {
+    bytes: u64,
+    time: Duration,
+    ttfb: Samples,
+}
+
+impl Total {
+    fn add(&mut self, d: Delivered) {
+        self.bytes += d.bytes;
+        self.time += d.last_byte.unwrap_or_default();
+        if let Some(f) = d.first_byte {
+            self.ttfb.push(f);
+        }
+    }
+
+    fn mib_s(&self) -> Option<f64> {
+        let s = self.time.as_secs_f64();
+        (s > 0.0).then(|| self.bytes as f64 / MIB / s)
+    }
+}
+
+/// `rounds` rounds of `n` streams of `bytes` each, through outpost and off a raw PTY.
+async fn measure(ctx: &Ctx, n: usize, bytes: u64, rounds: usize) -> Result<(Total, Total)> {
+    let budget = Duration::from_secs(if ctx.args.quick { 10 } else { 60 });
+    let shape = format!("{n} x {} MiB", bytes >> 20);
+    let (mut o, mut b) = (Total::default(), Total::default());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for via_outpost in order {
+            let who = if via_outpost { "outpost" } else { "raw PTY" };
+            let label = format!("{shape}, {who} (round {}/{rounds})", round + 1);
+            let phase = ctx.progress.phase(label, "bytes", budget);
+            if via_outpost {
+                o.add(outpost_streams(&ctx.target.ep, n, bytes, phase.counter()).await?);
+            } else {
+                b.add(pty_streams(n, bytes, phase.counter()).await?);
+            }
+        }
+    }
+    Ok((o, b))
 }
 
 /// Bytes delivered by a set of streams started together, and when.
@@ -104,11 +127,6 @@ struct Delivered {
 }
 
 impl Delivered {
-    fn mib_s(&self) -> Option<f64> {
-        let s = self.last_byte?.as_secs_f64();
-        (s > 0.0).then(|| self.bytes as f64 / MIB / s)
-    }
-
     fn merge(runs: impl Iterator<Item = (u64, Option<Duration>, Option<Duration>)>) -> Delivered {
         let mut d = Delivered {
             bytes: 0,

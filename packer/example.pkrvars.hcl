@@ -1,0 +1,5 @@
+project_id          = "my-project"
+zone                = "us-central1-a"
+source_image_family = "alpine"
+swap                = "1G"
+agent               = "claude -p --dangerously-skip-permissions"

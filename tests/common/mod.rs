@@ -1,0 +1,344 @@
+//! Test support: starts the real `outpost` binary on a free loopback port with its own
+//! data dir, and reads its SSE / NDJSON streams with a small real SSE parser.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running worker; killed on drop.
+pub struct Worker {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub log: PathBuf,
+    pub scheme: &'static str,
+    pub host: &'static str,
+}
+
+impl Worker {
+    pub fn start(env: &[(&str, &str)]) -> Worker {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut w = Worker::start_on(&data, free_port(), env);
+        w._tmp = Some(tmp);
+        w
+    }
+
+    /// Starts on a given data dir and port (for restarts).
+    pub fn start_on(data: &Path, port: u16, env: &[(&str, &str)]) -> Worker {
+        let log = data.with_extension(format!("log{port}"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.arg("serve")
+            .env_remove("K_SERVICE")
+            .env_remove("OUTPOST_TOKEN")
+            .env("PORT", port.to_string())
+            .env("OUTPOST_DATA", data)
+            .env("OUTPOST_GRACE_S", "2")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let tls = env.iter().any(|(k, _)| *k == "OUTPOST_TLS_CERT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start outpost");
+        let w = Worker {
+            child: Some(child),
+            port,
+            data: data.to_path_buf(),
+            _tmp: None,
+            log,
+            scheme: if tls { "https" } else { "http" },
+            host: bind_host(env),
+        };
+        w.wait_ready();
+        w
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect((self.host, self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("worker did not listen; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}:{}{}", self.scheme, self.host, self.port, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends a signal and waits (bounded) for the process to exit; returns its status.
+    pub fn signal_and_wait(&mut self, sig: i32, max: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let steps = (max.as_millis() / 20) as usize;
+        for _ in 0..steps {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn bind_host(env: &[(&str, &str)]) -> &'static str {
+    match env
+        .iter()
+        .find(|(k, _)| *k == "OUTPOST_BIND")
+        .map(|(_, v)| *v)
+    {
+        Some("127.0.0.2") => "127.0.0.2",
+        _ => "127.0.0.1",
+    }
+}
+
+pub fn h1() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().unwrap()
+}
+
+pub fn h2c() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// One SSE event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+impl Event {
+    /// The bytes an output event carries (text or base64).
+    pub fn output_bytes(&self) -> Vec<u8> {
+        use base64::Engine;
+        if let Some(s) = self.data.get("data").and_then(Value::as_str) {
+            return s.as_bytes().to_vec();
+        }
+        if let Some(b) = self.data.get("b64").and_then(Value::as_str) {
+            return base64::engine::general_purpose::STANDARD.decode(b).unwrap();
+        }
+        Vec::new()
+    }
+}
+
+/// Reads SSE events from a streaming response, per the SSE parsing rules (fields,
+/// blank line ends an event, comments start with ':').
+pub struct Sse {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    pub comments: usize,
+}
+
+impl Sse {
+    pub fn new(resp: reqwest::Response) -> Sse {
+        assert_eq!(resp.status(), 200, "stream status");
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
+        Sse {
+            stream: resp.bytes_stream().boxed(),
+            buf: Vec::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next event, or None at the end of the stream; panics after `max` of silence.
+    pub async fn next(&mut self, max: Duration) -> Option<Event> {
+        loop {
+            if let Some(pos) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let text = String::from_utf8(block).unwrap();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                let mut any = false;
+                for line in text.lines() {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                        continue;
+                    }
+                    let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                    let v = v.strip_prefix(' ').unwrap_or(v);
+                    any = true;
+                    match k {
+                        "id" => id = Some(v.parse().unwrap()),
+                        "event" => event = v.to_string(),
+                        "data" => {
+                            if !data.is_empty() {
+                                data.push('\n');
+                            }
+                            data.push_str(v)
+                        }
+                        _ => {}
+                    }
+                }
+                if !any {
+                    continue;
+                }
+                return Some(Event {
+                    id: id.unwrap_or_else(|| panic!("event without id: {text:?}")),
+                    event,
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+            }
+            match tokio::time::timeout(max, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => panic!("stream error: {e}"),
+                Ok(None) => return None,
+                Err(_) => panic!("no event within {max:?}"),
+            }
+        }
+    }
+
+    /// Every event to the end of the stream.
+    pub async fn collect(mut self, max: Duration) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next(max).await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// All output bytes of a list of events, in order.
+pub fn output_of(events: &[Event]) -> Vec<u8> {
+    events
+        .iter()
+        .filter(|e| e.event == "output")
+        .flat_map(|e| e.output_bytes())
+        .collect()
+}
+
+/// Checks ids strictly increase by one from `first` and the stream ends with done.
+pub fn assert_complete(events: &[Event], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.id,
+            first + i as u64,
+            "ids must be consecutive: {events:?}"
+        );
+    }
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("done"),
+        "ends with done"
+    );
+}
+
+/// POSTs a task and returns its id (JSON reply).
+pub async fn submit(c: &reqwest::Client, w: &Worker, body: Value) -> String {
+    let r = c
+        .post(w.url("/work"))
+        .header("accept", "application/json")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "submit: {}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Waits (bounded) for a task to reach a terminal state; returns its object.
+pub async fn wait_terminal(c: &reqwest::Client, w: &Worker, id: &str, max: Duration) -> Value {
+    let steps = (max.as_millis() / 50) as usize;
+    for _ in 0..steps {
+        let v: Value = c
+            .get(w.url(&format!("/work/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(
+            v["status"].as_str(),
+            Some("done" | "failed" | "cancelled" | "interrupted")
+        ) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("task {id} did not end within {max:?}");
+}
+
+/// The full event list of a task (replayed from the start).
+pub async fn events_of(c: &reqwest::Client, w: &Worker, id: &str) -> Vec<Event> {
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    Sse::new(r).collect(Duration::from_secs(30)).await
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn read_all(mut f: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    v
+}

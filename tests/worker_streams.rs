@@ -1,0 +1,299 @@
+//! The event log through the real binary: resume mid-task with Last-Event-ID and
+//! ?after=, lossless bytes (UTF-8 split at every offset, invalid bytes, a 2 MiB blob
+//! through a raw terminal), heartbeats, a stalled client that must not stall the
+//! agent, and replay after kill -9 and a restart on the same data dir.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn resume_with_last_event_id_and_after_has_no_gap_and_no_duplicate() {
+    let w = Worker::start(&[]);
+    let c = h1();
+    let id = submit(
+        &c,
+        &w,
+        json!({"prompt": "for i in $(seq 1 40); do echo line$i; sleep 0.02; done"}),
+    )
+    .await;
+    // Read a few events, then drop the connection mid-task.
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = Sse::new(r);
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(sse.next(T).await.unwrap());
+    }
+    drop(sse);
+    let last = first.last().unwrap().id;
+    // Reconnect as EventSource does.
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = Sse::new(r).collect(T).await;
+    assert_eq!(rest[0].id, last + 1);
+    let mut all = first.clone();
+    all.extend(rest);
+    assert_complete(&all, 1);
+    let text = String::from_utf8(output_of(&all)).unwrap();
+    let expected: String = (1..=40).map(|i| format!("line{i}\r\n")).collect();
+    assert_eq!(text, expected);
+    // ?after=N replays exactly the events after N, over h2c too.
+    for n in [0, 1, 5, all.len() as u64 - 1] {
+        let r = h2c()
+            .get(w.url(&format!("/work/{id}/events?after={n}")))
+            .send()
+            .await
+            .unwrap();
+        let evs = Sse::new(r).collect(T).await;
+        assert_eq!(evs.len() as u64, all.len() as u64 - n);
+        assert_eq!(evs[0].id, n + 1);
+    }
+    // After the end: nothing but the stream's end.
+    let r = c
+        .get(w.url(&format!("/work/{id}/events?after={}", all.len())))
+        .send()
+        .await
+        .unwrap();
+    assert!(Sse::new(r).collect(T).await.is_empty());
+}
+
+#[tokio::test]
+async fn multibyte_characters_split_at_every_offset_arrive_intact() {
+    let w = Worker::start(&[("OUTPOST_MAX_TASKS", "8")]);
+    let c = h1();
+    let text = "é✓𝄞ü€";
+    let bytes = text.as_bytes();
+    // For every split point, the agent writes the two halves in separate writes with a
+    // pause between, so the PTY delivers them in separate reads.
+    for cut in 1..bytes.len() {
+        let oct = |b: &[u8]| b.iter().map(|x| format!("\\{:03o}", x)).collect::<String>();
+        let prompt = format!(
+            "stty raw -echo; printf '{}'; sleep 0.05; printf '{}'",
+            oct(&bytes[..cut]),
+            oct(&bytes[cut..])
+        );
+        let r = c
+            .post(w.url("/work"))
+            .json(&json!({ "prompt": prompt }))
+            .send()
+            .await
+            .unwrap();
+        let evs = Sse::new(r).collect(T).await;
+        assert_eq!(output_of(&evs), bytes, "cut at {cut}");
+        // All of it came as text (no b64), since nothing was invalid.
+        let outs: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e.event == "output")
+            .map(|e| &e.data)
+            .collect();
+        assert!(
+            outs.iter().all(|d| d.get("data").is_some()),
+            "cut {cut}: {outs:?}"
+        );
+        let joined: String = outs.iter().map(|d| d["data"].as_str().unwrap()).collect();
+        assert_eq!(joined, text);
+    }
+}
+
+#[tokio::test]
+async fn invalid_bytes_come_as_b64_and_the_log_is_exact() {
+    let w = Worker::start(&[]);
+    let c = h1();
+    let r = c
+        .post(w.url("/work"))
+        .json(&json!({ "prompt": "stty raw -echo; printf 'ok \\377\\376 then'; printf '\\303'; sleep 0.05; printf '\\251 end'" }))
+        .send()
+        .await
+        .unwrap();
+    let evs = Sse::new(r).collect(T).await;
+    let expected = b"ok \xff\xfe then\xc3\xa9 end".to_vec();
+    assert_eq!(output_of(&evs), expected);
+    assert!(evs.iter().any(|e| e.data.get("b64").is_some()));
+    let id = c
+        .get(w.url("/work?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let raw = c
+        .get(w.url(&format!("/work/{id}/log")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(raw.to_vec(), expected);
+}
+
+#[tokio::test]
+async fn two_mib_blob_through_a_raw_terminal_is_byte_exact() {
+    let w = Worker::start(&[]);
+    let blob: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let path = w.data.with_extension("blob");
+    std::fs::write(&path, &blob).unwrap();
+    let c = h2c();
+    let prompt = format!("stty raw -echo; cat {}", path.display());
+    let r = c
+        .post(w.url("/work"))
+        .json(&json!({ "prompt": prompt }))
+        .send()
+        .await
+        .unwrap();
+    let evs = Sse::new(r).collect(T).await;
+    assert_complete(&evs, 1);
+    let got = output_of(&evs);
+    assert_eq!(got.len(), blob.len());
+    assert!(got == blob, "the blob came back different");
+    let done = &evs.last().unwrap().data;
+    assert_eq!(done["status"], "done");
+}
+
+#[tokio::test]
+async fn a_stalled_client_does_not_stall_the_agent_or_others() {
+    let w = Worker::start(&[]);
+    let c = h1();
+    // ~24 MiB of output: far more than socket buffers hold.
+    let id = submit(
+        &c,
+        &w,
+        json!({"prompt": "stty raw -echo; head -c 25000000 /dev/zero | tr '\\0' 'a'; echo END"}),
+    )
+    .await;
+    // A subscriber that never reads.
+    let stalled = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // The task still finishes, and another client sees everything.
+    let t = wait_terminal(&c, &w, &id, Duration::from_secs(120)).await;
+    assert_eq!(t["status"], "done");
+    assert_eq!(t["output_bytes"], 25_000_004);
+    let evs = events_of(&h2c(), &w, &id).await;
+    assert_complete(&evs, 1);
+    assert_eq!(output_of(&evs).len(), 25_000_004);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn heartbeat_comments_while_idle() {
+    let w = Worker::start(&[("OUTPOST_HEARTBEAT_S", "1")]);
+    let c = h1();
+    let r = c
+        .post(w.url("/work"))
+        .json(&json!({"prompt": "sleep 2.5; echo done"}))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = Sse::new(r);
+    while let Some(e) = sse.next(T).await {
+        if e.event == "done" {
+            break;
+        }
+    }
+    assert!(sse.comments >= 1, "no keep-alive comment during 2.5 s idle");
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_replays_and_marks_interrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let mut w = Worker::start_on(&data, port, &[]);
+    let c = h1();
+    let done_id = submit(&c, &w, json!({"prompt": "echo finished"})).await;
+    wait_terminal(&c, &w, &done_id, T).await;
+    let id = submit(&c, &w, json!({"prompt": "echo before; sleep 60"})).await;
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = Sse::new(r);
+    let mut seen = Vec::new();
+    loop {
+        let e = sse.next(T).await.unwrap();
+        let is_out = e.event == "output";
+        seen.push(e);
+        if is_out {
+            break;
+        }
+    }
+    drop(sse);
+    w.signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .expect("killed");
+    drop(w);
+
+    let w = Worker::start_on(&data, port, &[]);
+    let t: Value = c
+        .get(w.url(&format!("/work/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["status"], "interrupted");
+    assert!(t["error"].as_str().unwrap().contains("stopped"));
+    let evs = events_of(&c, &w, &id).await;
+    assert_complete(&evs, 1);
+    for (a, b) in seen.iter().zip(&evs) {
+        assert_eq!(
+            (a.id, &a.event, &a.data),
+            (b.id, &b.event, &b.data),
+            "replay differs"
+        );
+    }
+    assert_eq!(output_of(&evs), b"before\r\n");
+    assert_eq!(evs.last().unwrap().data["status"], "interrupted");
+    let hello: Value = c
+        .get(w.url("/hello"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hello["totalTasksExecuted"], 2);
+    assert_eq!(hello["activeTasks"], 0);
+    let d: Value = c
+        .get(w.url(&format!("/work/{done_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "done");
+    // Resuming from the middle after the restart works the same.
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .header("Last-Event-ID", "2")
+        .send()
+        .await
+        .unwrap();
+    let tail = Sse::new(r).collect(T).await;
+    assert_eq!(tail[0].id, 3);
+}
