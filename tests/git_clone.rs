@@ -299,3 +299,46 @@ fn a_stalled_transfer_times_out_and_leaves_a_usable_cache() {
     let ws = git::prepare(&c, &url, None, "b", "t2", &mut |_| {}).unwrap();
     assert_eq!(ws.base_commit, head);
 }
+
+const CHILD_URL: &str = "OUTPOST_TEST_TLS_URL";
+const CHILD_DATA: &str = "OUTPOST_TEST_TLS_DATA";
+
+#[test]
+#[ignore = "helper: run as a child process by tls_trusts_the_ca_in_ssl_cert_file"]
+fn child_prepare_over_tls() {
+    let (Ok(url), Ok(data)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DATA)) else {
+        return;
+    };
+    let mut c = cfg(Path::new(&data));
+    c.allow_http = false;
+    assert!(c.extra_ca_file.is_none());
+    git::prepare(&c, &url, None, "b", "env-ca", &mut |_| {}).unwrap();
+}
+
+#[test]
+fn tls_trusts_the_ca_in_ssl_cert_file() {
+    let server = GitServer::start(true);
+    let head = server.create_repo("r", &[("a.txt", "env\n")]);
+    let data = tempfile::tempdir().unwrap();
+    // A separate process, so the variable is set before anything reads it.
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_prepare_over_tls",
+            "--ignored",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("SSL_CERT_FILE", server.cert_pem_path())
+        .env(CHILD_URL, server.url("r"))
+        .env(CHILD_DATA, data.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "prepare over TLS with SSL_CERT_FILE failed"
+    );
+    let ws = data.path().join("git/worktrees/env-ca");
+    assert_eq!(run_git(&ws, &["rev-parse", "HEAD"]), head);
+}
