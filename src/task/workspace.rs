@@ -4,61 +4,202 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use super::model::Status;
 use super::Task;
 use crate::config::Config;
+use crate::git::{self, GitConfig, Progress};
 
 /// Where the agent works.
 pub enum Workspace {
     Scratch(PathBuf),
+    Git {
+        cfg: GitConfig,
+        main: git::Workspace,
+        beads: Option<git::Workspace>,
+    },
 }
 
 impl Workspace {
     pub fn path(&self) -> &Path {
         match self {
             Workspace::Scratch(p) => p,
+            Workspace::Git { main, .. } => &main.path,
         }
     }
 
     pub fn is_git(&self) -> bool {
-        false
+        matches!(self, Workspace::Git { .. })
     }
 
     pub fn beads_dir(&self) -> Option<&Path> {
-        None
+        match self {
+            Workspace::Git { beads: Some(b), .. } => Some(&b.path),
+            _ => None,
+        }
     }
 }
 
-/// Prepares the working directory.
-pub async fn prepare(_cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace> {
-    if task.meta.request.rig_url.is_some() {
-        anyhow::bail!("git repositories are not supported by this build yet");
-    }
-    let dir = task.dir().join("work");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
-    Ok(Workspace::Scratch(dir))
+/// The git settings of a worker.
+pub fn git_config(cfg: &Config) -> GitConfig {
+    let mut g = GitConfig::new(cfg.data_dir.clone());
+    g.token = cfg.git_token.clone();
+    g.allow_http = cfg.allow_http;
+    g.author_name = cfg.git_author_name.clone();
+    g.author_email = cfg.git_author_email.clone();
+    g.push_on_failure = cfg.push_on_failure;
+    g
 }
 
-/// Commits and pushes after a successful agent; the commit pushed, if any.
+/// A progress callback that appends `progress` events to the task's log.
+fn progress_sink(task: Arc<Task>) -> impl FnMut(Progress) {
+    move |p: Progress| {
+        if let Ok(v) = serde_json::to_value(&p) {
+            let _ = task.emit("progress", v);
+        }
+    }
+}
+
+fn commit_message(task: &Task, what: &str) -> String {
+    let req = &task.meta.request;
+    let subject = match &req.issue_id {
+        Some(issue) => format!("{what} {issue}"),
+        None => format!("{what} task {}", task.id()),
+    };
+    let mut msg = format!("{subject}\n\nTask {} by outpost.", task.id());
+    if let Some(p) = &req.prompt {
+        let short: String = p.chars().take(500).collect();
+        msg.push_str(&format!("\n\nPrompt: {short}"));
+    }
+    msg
+}
+
+/// Prepares the working directory: clones or fetches with `rig_url`, else a scratch dir.
+pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace> {
+    let req = task.meta.request.clone();
+    let Some(url) = req.rig_url.clone() else {
+        let dir = task.dir().join("work");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
+        return Ok(Workspace::Scratch(dir));
+    };
+    task.set_status(Status::Cloning)
+        .context("writing the event log")?;
+    let gcfg = git_config(cfg);
+    let t = task.clone();
+    let branch = task.meta.branch.clone();
+    let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<Workspace> {
+        let mut progress = progress_sink(t.clone());
+        let main = git::prepare(
+            &gcfg,
+            &url,
+            req.git_ref.as_deref(),
+            &branch,
+            t.id(),
+            &mut progress,
+        )
+        .with_context(|| "preparing the repository (rig_url)".to_string())?;
+        let beads = match &req.beads_url {
+            None => None,
+            Some(b) => match git::prepare_beads(&gcfg, b, t.id(), &mut progress) {
+                Ok(ws) => Some(ws),
+                Err(e) => {
+                    let _ = git::remove_worktree(&gcfg, &main);
+                    return Err(
+                        anyhow::Error::new(e).context("preparing the beads repository (beads_url)")
+                    );
+                }
+            },
+        };
+        Ok(Workspace::Git {
+            cfg: gcfg,
+            main,
+            beads,
+        })
+    })
+    .await;
+    joined.map_err(|e| anyhow::anyhow!("the git thread failed: {e}"))?
+}
+
+/// Commits and pushes after the agent; the commit pushed (of the main repository).
 pub async fn finish(
     _cfg: &Config,
-    _ws: &Workspace,
-    _task: &Arc<Task>,
+    ws: &Workspace,
+    task: &Arc<Task>,
 ) -> anyhow::Result<Option<String>> {
-    Ok(None)
+    let Workspace::Git { cfg, main, beads } = ws else {
+        return Ok(None);
+    };
+    let (cfg, main, beads) = (cfg.clone(), main.clone(), beads.clone());
+    let t = task.clone();
+    let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+        let mut progress = progress_sink(t.clone());
+        let msg = commit_message(&t, "Work on");
+        let commit = git::finish(&cfg, &main, &msg, &mut progress).context("pushing the work")?;
+        if let Some(b) = &beads {
+            git::finish_beads(&cfg, b, &msg, &mut progress)
+                .context("pushing the beads repository")?;
+        }
+        Ok(commit)
+    })
+    .await;
+    joined.map_err(|e| anyhow::anyhow!("the git thread failed: {e}"))?
 }
 
-/// Commits and pushes work in progress as a checkpoint (shutdown).
-pub async fn checkpoint(_cfg: &Config, _ws: &Workspace, _task: &Arc<Task>) -> Option<String> {
-    None
+/// Commits and pushes work in progress as a checkpoint (shutdown), within a short
+/// network timeout so the drain stays inside the platform's grace. Never fails the
+/// caller: a checkpoint that cannot be pushed is logged and reported as none.
+pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Option<String> {
+    let Workspace::Git {
+        cfg: gcfg, main, ..
+    } = ws
+    else {
+        return None;
+    };
+    let mut gcfg = gcfg.clone();
+    let budget = cfg
+        .grace
+        .saturating_sub(Duration::from_secs(2))
+        .max(Duration::from_secs(2));
+    gcfg.network_timeout = budget;
+    let main = main.clone();
+    let t = task.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        git::checkpoint(&gcfg, &main, &commit_message(&t, "Checkpoint of"))
+    });
+    match tokio::time::timeout(budget + Duration::from_secs(1), job).await {
+        Ok(Ok(Ok(commit))) => commit,
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(task_id = %task.id(), "checkpoint failed: {e}");
+            None
+        }
+        _ => {
+            tracing::warn!(task_id = %task.id(), "checkpoint did not finish in {} s", budget.as_secs());
+            None
+        }
+    }
 }
 
 /// Removes the working directory so the disk does not grow without bound.
 pub async fn cleanup(_cfg: &Config, ws: &Workspace) {
-    let Workspace::Scratch(dir) = ws;
-    let dir = dir.clone();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    match ws {
+        Workspace::Scratch(dir) => {
+            let dir = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        Workspace::Git { cfg, main, beads } => {
+            let (cfg, main, beads) = (cfg.clone(), main.clone(), beads.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                for ws in std::iter::once(&main).chain(beads.as_ref()) {
+                    if let Err(e) = git::remove_worktree(&cfg, ws) {
+                        tracing::warn!(path = %ws.path.display(), "removing the worktree: {e}");
+                    }
+                }
+            })
+            .await;
+        }
+    }
 }

@@ -1,0 +1,242 @@
+//! Git end to end through the worker's HTTP API, against a real `git http-backend`
+//! (plain and TLS) and checked with the real git CLI: the branch is pushed with the
+//! right parent, `done` carries branch and commit, progress and status events appear,
+//! a failing push fails the task clearly, the token never reaches the event log, and a
+//! SIGTERM mid-task pushes a checkpoint and ends `interrupted` well inside 10 s.
+
+mod common;
+mod gitserver;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gitserver::GitServer;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+
+fn git_worker(extra: &[(&str, &str)]) -> Worker {
+    let mut env = vec![
+        ("OUTPOST_ALLOW_HTTP", "1"),
+        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
+        ("OUTPOST_MAX_TASKS", "4"),
+    ];
+    env.extend_from_slice(extra);
+    Worker::start(&env)
+}
+
+#[test]
+fn a_task_clones_works_commits_and_pushes_its_branch() {
+    let srv = GitServer::start(false);
+    let base = srv.create_repo("rig", &[("README.md", "hello\n")]);
+    let w = git_worker(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = rt.block_on(async {
+        let r = h1()
+            .post(w.url("/work"))
+            .json(&json!({
+                "issue_id": "gt-abc123",
+                "rig_url": srv.url("rig"),
+                "ref": "main",
+                "prompt": "echo change >> README.md; echo new > added.txt; git status --short"
+            }))
+            .send()
+            .await
+            .unwrap();
+        Sse::new(r).collect(T).await
+    });
+    assert_complete(&events, 1);
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "status")
+        .map(|e| e.data["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["queued", "cloning", "working", "pushing", "done"]
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.event == "progress" && e.data["phase"] == "clone"));
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["branch"], "polecat/gt-abc123");
+    let commit = done["commit"].as_str().unwrap();
+    // The server has the branch at that commit, whose parent is main's commit.
+    assert_eq!(
+        srv.git("rig", &["rev-parse", "refs/heads/polecat/gt-abc123"]),
+        commit
+    );
+    assert_eq!(srv.git("rig", &["rev-parse", &format!("{commit}^")]), base);
+    let files = srv.git("rig", &["show", "--name-only", "--format=", commit]);
+    assert!(
+        files.contains("README.md") && files.contains("added.txt"),
+        "{files}"
+    );
+    assert!(srv
+        .git("rig", &["log", "-1", "--format=%s", commit])
+        .contains("gt-abc123"));
+    // The cache on the data dir is shallow.
+    let cache_root = w.data.join("git/cache");
+    let cache = std::fs::read_dir(&cache_root)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    assert!(
+        cache.join("shallow").exists() || cache.join(".git/shallow").exists(),
+        "cache is not shallow"
+    );
+}
+
+#[test]
+fn nothing_changed_means_done_without_push_and_failures_are_plain() {
+    let srv = GitServer::start(false);
+    srv.create_repo("rig", &[("a.txt", "a\n")]);
+    let w = git_worker(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = h1();
+        let id = submit(
+            &c,
+            &w,
+            json!({"issue_id": "gt-none", "rig_url": srv.url("rig"), "prompt": "cat a.txt"}),
+        )
+        .await;
+        let t = wait_terminal(&c, &w, &id, T).await;
+        assert_eq!(t["status"], "done");
+        assert!(t["commit"].is_null());
+        // A repository that does not exist: failed with the git error in plain words.
+        let id = submit(
+            &c,
+            &w,
+            json!({"issue_id": "gt-404", "rig_url": srv.url("missing"), "prompt": "true"}),
+        )
+        .await;
+        let t = wait_terminal(&c, &w, &id, T).await;
+        assert_eq!(t["status"], "failed");
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("not found"),
+            "{t}"
+        );
+    });
+    let out = std::process::Command::new("git")
+        .args(["ls-remote", "--heads", &srv.url("rig")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("polecat/gt-none"));
+    // A rejected push fails the task and says why.
+    srv.reject_pushes("rig", "pushes are frozen today");
+    rt.block_on(async {
+        let c = h1();
+        let id = submit(
+            &c,
+            &w,
+            json!({"issue_id": "gt-rej", "rig_url": srv.url("rig"), "prompt": "echo x > b.txt"}),
+        )
+        .await;
+        let t = wait_terminal(&c, &w, &id, T).await;
+        assert_eq!(t["status"], "failed");
+        assert!(t["error"].as_str().unwrap().contains("frozen"), "{t}");
+    });
+}
+
+#[test]
+fn tls_and_token_with_the_token_kept_out_of_the_log() {
+    let srv = GitServer::start(true);
+    srv.create_repo("rig", &[("a.txt", "a\n")]);
+    srv.require_auth("x-access-token", "tok-SECRET-42");
+    let cert = srv.cert_pem_path();
+    let w = Worker::start(&[
+        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
+        ("OUTPOST_GIT_TOKEN", "tok-SECRET-42"),
+        ("SSL_CERT_FILE", cert.to_str().unwrap()),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = rt.block_on(async {
+        let r = h1()
+            .post(w.url("/work"))
+            .json(&json!({"issue_id": "gt-tls", "rig_url": srv.url("rig"), "prompt": "echo b > b.txt; env | grep -c SECRET || true"}))
+            .send()
+            .await
+            .unwrap();
+        Sse::new(r).collect(T).await
+    });
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "done", "{done}");
+    let commit = done["commit"].as_str().unwrap();
+    assert_eq!(
+        srv.git("rig", &["rev-parse", "refs/heads/polecat/gt-tls"]),
+        commit
+    );
+    // The token is in no file of the data dir and in no log line.
+    let mut stack = vec![w.data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("tok-SECRET-42"),
+                    "token in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(!w.log_text().contains("tok-SECRET-42"));
+}
+
+#[test]
+fn sigterm_mid_task_pushes_a_checkpoint_and_exits_inside_10_s() {
+    let srv = GitServer::start(false);
+    let base = srv.create_repo("rig", &[("a.txt", "a\n")]);
+    let mut w = git_worker(&[("OUTPOST_GRACE_S", "8")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (events, elapsed, status) = rt.block_on(async {
+        let r = h1()
+            .post(w.url("/work"))
+            .json(&json!({"issue_id": "gt-ckpt", "rig_url": srv.url("rig"), "prompt": "echo wip > wip.txt; echo started; sleep 300"}))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = Sse::new(r);
+        let mut evs = Vec::new();
+        loop {
+            let e = sse.next(T).await.unwrap();
+            let started = e.event == "output" && String::from_utf8_lossy(&e.output_bytes()).contains("started");
+            evs.push(e);
+            if started {
+                break;
+            }
+        }
+        let t0 = Instant::now();
+        unsafe { libc::kill(w.pid(), libc::SIGTERM) };
+        while let Some(e) = sse.next(T).await {
+            evs.push(e);
+        }
+        let st = tokio::task::block_in_place(|| w.signal_and_wait(0, Duration::from_secs(12)));
+        (evs, t0.elapsed(), st)
+    });
+    let st = status.expect("the worker exited");
+    assert_eq!(st.code(), Some(0));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    let done: &Value = &events.last().unwrap().data;
+    assert_eq!(done["status"], "interrupted", "{done}");
+    let commit = done["commit"].as_str().expect("checkpoint commit");
+    assert_eq!(
+        srv.git("rig", &["rev-parse", "refs/heads/polecat/gt-ckpt"]),
+        commit
+    );
+    assert_eq!(srv.git("rig", &["rev-parse", &format!("{commit}^")]), base);
+    assert_eq!(
+        srv.git("rig", &["show", &format!("{commit}:wip.txt")]),
+        "wip"
+    );
+}
