@@ -58,14 +58,19 @@ impl MemWatch {
     }
 }
 
-/// Starts the watch loop.
+/// Starts the watch loop: every `every`, or every `every / 5` while under pressure.
 pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned = false;
+        let mut level = Level::Ok;
         loop {
-            tick.tick().await;
+            // Under pressure memory can run out within a second: look five times as often.
+            let pause = if level >= Level::Pressure {
+                every / 5
+            } else {
+                every
+            };
+            tokio::time::sleep(pause).await;
             let snap = tokio::task::spawn_blocking(|| watch().view.snapshot()).await;
             let snap = match snap {
                 Ok(Ok(s)) => s,
@@ -78,7 +83,7 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
                 }
                 Err(_) => continue,
             };
-            let level = Policy::for_snapshot(&snap, min_available).level(&snap);
+            level = Policy::for_snapshot(&snap, min_available).level(&snap);
             watch().set_latest(snap, level);
             reg.set_pressure(level >= Level::Pressure);
             if level == Level::Critical {

@@ -164,12 +164,14 @@ async fn finish_normally(
     ws: &Workspace,
     exit: Exit,
 ) -> Outcome {
+    // A SIGKILL (or a shell reporting one as 137) while the memory cgroup OOM-killed.
+    let killed = matches!(exit, Exit::Signal(9) | Exit::Code(137));
     let error = match exit {
         Exit::Code(0) => None,
-        Exit::Code(c) => Some(format!("the agent exited with code {c}")),
-        Exit::Signal(9) if crate::supervise::memwatch::watch().oom_suspected() => Some(
+        _ if killed && crate::supervise::memwatch::watch().oom_suspected() => Some(
             "the agent was killed by the kernel's OOM killer: memory was at its limit (raise the memory limit or OUTPOST_SWAP)".to_string(),
         ),
+        Exit::Code(c) => Some(format!("the agent exited with code {c}")),
         Exit::Signal(s) => Some(format!("the agent was killed by signal {s}")),
     };
     let status = if error.is_none() {
