@@ -92,14 +92,14 @@ fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let w = CgWorker {
+        child: cmd.spawn().unwrap(),
+        port,
+        _data: data,
+    };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return CgWorker {
-                child,
-                port,
-                _data: data,
-            };
+            return w;
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -4,7 +4,7 @@
 pub mod pty;
 pub mod utf8;
 
-pub use pty::{Agent, AgentSpec};
+pub use pty::{Agent, AgentSpec, OutputSink};
 
 /// The configured agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,9 @@ pub struct AgentSpec {
     pub rows: u16,
 }
 
+/// Where the pump sends the terminal's bytes (an empty slice marks the end).
+pub type OutputSink = Box<dyn FnMut(&[u8]) + Send>;
+
 /// Bytes the pump reads at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -51,7 +54,7 @@ pub struct Agent {
 impl Agent {
     /// Spawns the agent; `sink` receives every byte it writes to its terminal, in order,
     /// on the pump thread, and then one empty slice when the output has ended.
-    pub fn spawn(spec: AgentSpec, mut sink: Box<dyn FnMut(&[u8]) + Send>) -> anyhow::Result<Agent> {
+    pub fn spawn(spec: AgentSpec, mut sink: OutputSink) -> anyhow::Result<Agent> {
         let program = spec
             .argv
             .first()

@@ -38,7 +38,7 @@ pub struct ApiError {
     pub message: String,
     pub retry_after: Option<u64>,
     pub allow: Option<&'static str>,
-    pub extra: Option<(&'static str, Value)>,
+    pub extra: Option<Box<(&'static str, Value)>>,
 }
 
 impl ApiError {
@@ -81,13 +81,13 @@ impl ApiError {
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.extra = Some((key, value));
+        self.extra = Some(Box::new((key, value)));
         self
     }
 
     pub fn into_response(self) -> Resp {
         let mut err = json!({ "code": self.code, "message": self.message });
-        if let Some((k, v)) = self.extra {
+        if let Some((k, v)) = self.extra.map(|b| *b) {
             err[k] = v;
         }
         let mut r = json(self.status, &json!({ "error": err }));

@@ -105,9 +105,9 @@ fn check_auth(cfg: &Config, req: &Request<Incoming>) -> Result<(), ApiError> {
 /// Compares without an early exit, so timing does not reveal a prefix match.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..b.len() {
+    for (i, y) in b.iter().enumerate() {
         let x = a.get(i).copied().unwrap_or(0);
-        diff |= x ^ b[i];
+        diff |= x ^ y;
     }
     diff == 0 && a.len() == b.len()
 }

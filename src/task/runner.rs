@@ -15,7 +15,7 @@ use super::model::Status;
 use super::workspace::{self, Workspace};
 use super::{Registry, StopReason, Task};
 use crate::agent::utf8::{Piece, Utf8Splitter};
-use crate::agent::{Agent, AgentSpec};
+use crate::agent::{Agent, AgentSpec, OutputSink};
 use crate::supervise::reaper::Exit;
 
 /// How long output may still arrive after the agent's leader exited.
@@ -271,7 +271,7 @@ fn agent_spec(
 }
 
 /// The sink the PTY pump writes into: split into text / bytes and append to the log.
-fn output_sink(task: Arc<Task>) -> Box<dyn FnMut(&[u8]) + Send> {
+fn output_sink(task: Arc<Task>) -> OutputSink {
     let mut splitter = Utf8Splitter::new();
     let mut failed = false;
     Box::new(move |bytes: &[u8]| {

@@ -16,29 +16,32 @@ use crate::git::{self, GitConfig, Progress};
 /// Where the agent works.
 pub enum Workspace {
     Scratch(PathBuf),
-    Git {
-        cfg: GitConfig,
-        main: git::Workspace,
-        beads: Option<git::Workspace>,
-    },
+    Git(Box<GitWorkspace>),
+}
+
+/// A task's repositories: the rig and, with `beads_url`, the beads repository.
+pub struct GitWorkspace {
+    cfg: GitConfig,
+    main: git::Workspace,
+    beads: Option<git::Workspace>,
 }
 
 impl Workspace {
     pub fn path(&self) -> &Path {
         match self {
             Workspace::Scratch(p) => p,
-            Workspace::Git { main, .. } => &main.path,
+            Workspace::Git(g) => &g.main.path,
         }
     }
 
     pub fn is_git(&self) -> bool {
-        matches!(self, Workspace::Git { .. })
+        matches!(self, Workspace::Git(_))
     }
 
     pub fn beads_dir(&self) -> Option<&Path> {
         match self {
-            Workspace::Git { beads: Some(b), .. } => Some(&b.path),
-            _ => None,
+            Workspace::Git(g) => g.beads.as_ref().map(|b| b.path.as_path()),
+            Workspace::Scratch(_) => None,
         }
     }
 }
@@ -114,11 +117,11 @@ pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace
                 }
             },
         };
-        Ok(Workspace::Git {
+        Ok(Workspace::Git(Box::new(GitWorkspace {
             cfg: gcfg,
             main,
             beads,
-        })
+        })))
     })
     .await;
     joined.map_err(|e| anyhow::anyhow!("the git thread failed: {e}"))?
@@ -130,10 +133,10 @@ pub async fn finish(
     ws: &Workspace,
     task: &Arc<Task>,
 ) -> anyhow::Result<Option<String>> {
-    let Workspace::Git { cfg, main, beads } = ws else {
+    let Workspace::Git(g) = ws else {
         return Ok(None);
     };
-    let (cfg, main, beads) = (cfg.clone(), main.clone(), beads.clone());
+    let (cfg, main, beads) = (g.cfg.clone(), g.main.clone(), g.beads.clone());
     let t = task.clone();
     let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
         let mut progress = progress_sink(t.clone());
@@ -153,19 +156,14 @@ pub async fn finish(
 /// network timeout so the drain stays inside the platform's grace. Never fails the
 /// caller: a checkpoint that cannot be pushed is logged and reported as none.
 pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Option<String> {
-    let Workspace::Git {
-        cfg: gcfg, main, ..
-    } = ws
-    else {
-        return None;
-    };
-    let mut gcfg = gcfg.clone();
+    let Workspace::Git(g) = ws else { return None };
+    let mut gcfg = g.cfg.clone();
     let budget = cfg
         .grace
         .saturating_sub(Duration::from_secs(2))
         .max(Duration::from_secs(2));
     gcfg.network_timeout = budget;
-    let main = main.clone();
+    let main = g.main.clone();
     let t = task.clone();
     let job = tokio::task::spawn_blocking(move || {
         git::checkpoint(&gcfg, &main, &commit_message(&t, "Checkpoint of"))
@@ -190,8 +188,8 @@ pub async fn cleanup(_cfg: &Config, ws: &Workspace) {
             let dir = dir.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
-        Workspace::Git { cfg, main, beads } => {
-            let (cfg, main, beads) = (cfg.clone(), main.clone(), beads.clone());
+        Workspace::Git(g) => {
+            let (cfg, main, beads) = (g.cfg.clone(), g.main.clone(), g.beads.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 for ws in std::iter::once(&main).chain(beads.as_ref()) {
                     if let Err(e) = git::remove_worktree(&cfg, ws) {
