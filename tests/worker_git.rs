@@ -240,3 +240,45 @@ fn sigterm_mid_task_pushes_a_checkpoint_and_exits_inside_10_s() {
         "wip"
     );
 }
+
+#[test]
+fn beads_repository_and_push_on_failure() {
+    let srv = GitServer::start(false);
+    let base = srv.create_repo("rig", &[("a.txt", "a\n")]);
+    let beads_base = srv.create_repo("beads", &[("issues.jsonl", "{}\n")]);
+    let w = git_worker(&[("OUTPOST_PUSH_ON_FAILURE", "1")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let done = rt.block_on(async {
+        let r = h1()
+            .post(w.url("/work"))
+            .json(&json!({
+                "issue_id": "gt-beads",
+                "rig_url": srv.url("rig"),
+                "beads_url": srv.url("beads"),
+                "prompt": "echo half > half.txt; echo '{\"closed\":true}' >> \"$BEADS_DIR/issues.jsonl\"; exit 2"
+            }))
+            .send()
+            .await
+            .unwrap();
+        Sse::new(r).collect(T).await.last().unwrap().data.clone()
+    });
+    // The agent failed, but its work was pushed to its branch (OUTPOST_PUSH_ON_FAILURE=1).
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["exit_code"], 2);
+    let commit = done["commit"].as_str().expect("pushed despite the failure");
+    assert_eq!(
+        srv.git("rig", &["rev-parse", "refs/heads/polecat/gt-beads"]),
+        commit
+    );
+    assert_eq!(srv.git("rig", &["rev-parse", &format!("{commit}^")]), base);
+    // The beads change went to the beads repository's default branch.
+    let tip = srv.git("beads", &["rev-parse", "refs/heads/main"]);
+    assert_ne!(tip, beads_base);
+    assert_eq!(
+        srv.git("beads", &["rev-parse", &format!("{tip}^")]),
+        beads_base
+    );
+    assert!(srv
+        .git("beads", &["show", &format!("{tip}:issues.jsonl")])
+        .contains("closed"));
+}

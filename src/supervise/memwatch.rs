@@ -60,9 +60,15 @@ impl MemWatch {
 
 /// Starts the watch loop: every `every`, or every `every / 5` while under pressure.
 pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
+    // A first reading now, so /hello has figures from its first answer (small files).
+    let mut level = Level::Ok;
+    if let Ok(snap) = watch().view.snapshot() {
+        level = Policy::for_snapshot(&snap, min_available).level(&snap);
+        watch().set_latest(snap, level);
+        reg.set_pressure(level >= Level::Pressure);
+    }
     tokio::spawn(async move {
         let mut warned = false;
-        let mut level = Level::Ok;
         loop {
             // Under pressure memory can run out within a second: look five times as often.
             let pause = if level >= Level::Pressure {

@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     };
     let dir = TempDir::new()?;
     let phase = ctx.progress.phase(
-        format!("making {runs} repos of {files} files"),
+        format!("making a repo of {files} files, {} bare copies", 2 * runs),
         "",
         Duration::from_secs(30),
     );
