@@ -184,21 +184,11 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<()> {
 /// `copies` bare clones of it under `root` named `repo-<i>.git` (push enabled).
 pub async fn make_repos(root: &Path, files: usize, size: usize, copies: usize) -> Result<()> {
     let work = root.join("src");
-    std::fs::create_dir_all(work.join("files")).context("creating the source repo")?;
+    let dir = work.join("files");
+    tokio::task::spawn_blocking(move || write_files(&dir, files, size))
+        .await
+        .context("the file-writing thread")??;
     git(&work, &["init", "-q", "-b", "main"]).await?;
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..files {
-        let mut text = String::with_capacity(size);
-        while text.len() < size {
-            // xorshift: varied text that compresses like source code does, roughly.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            text.push_str(&format!("let v{} = {};\n", seed % 1000, seed >> 40));
-        }
-        std::fs::write(work.join("files").join(format!("f{i:04}.rs")), &text)
-            .context("writing a source file")?;
-    }
     git(&work, &["add", "-A"]).await?;
     git(
         &work,
@@ -218,6 +208,24 @@ pub async fn make_repos(root: &Path, files: usize, size: usize, copies: usize) -
         let name = format!("repo-{i}.git");
         git(root, &["clone", "-q", "--bare", "src", &name]).await?;
         git(&root.join(&name), &["config", "http.receivepack", "true"]).await?;
+    }
+    Ok(())
+}
+
+/// Writes `files` files of about `size` bytes of source-like text into `dir` (blocking).
+fn write_files(dir: &Path, files: usize, size: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..files {
+        let mut text = String::with_capacity(size + 32);
+        while text.len() < size {
+            // xorshift: varied text that compresses like source code does, roughly.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            text.push_str(&format!("let v{} = {};\n", seed % 1000, seed >> 40));
+        }
+        std::fs::write(dir.join(format!("f{i:04}.rs")), &text).context("writing a source file")?;
     }
     Ok(())
 }

@@ -141,9 +141,16 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     };
     let mut rows = Vec::new();
     let total = ctx.args.scenarios.len();
-    for (i, name) in ctx.args.scenarios.clone().iter().enumerate() {
-        ctx.progress.say(&format!("[{}/{total}] {name}", i + 1));
-        rows.extend(scenarios::run(name, &ctx).await);
+    let all = async {
+        for (i, name) in ctx.args.scenarios.iter().enumerate() {
+            ctx.progress.say(&format!("[{}/{total}] {name}", i + 1));
+            rows.extend(scenarios::run(name, &ctx).await);
+        }
+    };
+    // Ctrl-C: stop here, still stop a spawned worker and print what was measured.
+    tokio::select! {
+        _ = all => {}
+        _ = tokio::signal::ctrl_c() => ctx.progress.say("interrupted: stopping"),
     }
     // Shown in the scenarios' own order, whatever order they ran in.
     rows.sort_by_key(|r| cli::SCENARIOS.iter().position(|s| *s == r.scenario));

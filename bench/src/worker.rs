@@ -30,13 +30,17 @@ impl Target {
         client::get_json(&ep, "/hello").await.with_context(|| {
             format!("no outpost worker answers GET {url}/hello (start one, or use --spawn)")
         })?;
-        let pid = pid.or_else(|| {
-            if ep.addr.ip().is_loopback() {
-                crate::procfs::pid_listening_on(ep.addr.port())
-            } else {
-                None
+        let pid = match pid {
+            Some(p) => Some(p),
+            None if ep.addr.ip().is_loopback() => {
+                let port = ep.addr.port();
+                // Walks /proc/*/fd: keep it off the runtime's threads.
+                tokio::task::spawn_blocking(move || crate::procfs::pid_listening_on(port))
+                    .await
+                    .unwrap_or(None)
             }
-        });
+            None => None,
+        };
         Ok(Target {
             ep,
             pid,

@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{AutotagOption, Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+use git2::{Direction, Oid, Repository};
 
 use super::error::GitError;
 use super::lock::CacheLock;
-use super::progress::{Phase, Progress, Throttle};
+use super::progress::{shallow_fetch_options, Progress};
 use super::remote_url::{cache_key, RemoteUrl};
 use super::{transport, GitConfig};
 
@@ -78,25 +78,7 @@ pub(crate) fn fetch(
         let marker = dir.join(MARKER);
         std::fs::write(&marker, b"")
             .map_err(|e| GitError::io(format!("writing {}", marker.display()), e))?;
-        let mut throttle = Throttle::new();
-        let mut callbacks = RemoteCallbacks::new();
-        callbacks.transfer_progress(|s| {
-            let p = Progress {
-                phase: Phase::Clone,
-                received_objects: s.received_objects(),
-                total_objects: s.total_objects(),
-                bytes: s.received_bytes(),
-            };
-            if throttle.admit(&p) {
-                progress(p);
-            }
-            true
-        });
-        let mut opts = FetchOptions::new();
-        opts.depth(1)
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false)
-            .remote_callbacks(callbacks);
+        let mut opts = shallow_fetch_options(progress);
         let refspec = format!("+{}:{}", target.remote_ref, target.local_ref);
         let fetched =
             conn.remote()

@@ -6,12 +6,11 @@ use std::cell::RefCell;
 
 use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, ErrorCode, FetchOptions, IndexAddOption, Oid, PushOptions, RemoteCallbacks,
-    Repository, Signature, Sort,
+    ErrorCode, IndexAddOption, Oid, PushOptions, RemoteCallbacks, Repository, Signature, Sort,
 };
 
 use super::error::{redact, GitError};
-use super::progress::{Phase, Progress, Throttle};
+use super::progress::{shallow_fetch_options, Phase, Progress, Throttle};
 use super::remote_url::RemoteUrl;
 use super::{transport, GitConfig};
 
@@ -159,25 +158,7 @@ pub(crate) fn reapply_on_remote_tip(
         let mut origin = repo
             .remote_anonymous(&remote.url)
             .map_err(|e| git(&format!("setting up the remote {}", remote.url), e))?;
-        let mut throttle = Throttle::new();
-        let mut callbacks = RemoteCallbacks::new();
-        callbacks.transfer_progress(|s| {
-            let p = Progress {
-                phase: Phase::Clone,
-                received_objects: s.received_objects(),
-                total_objects: s.total_objects(),
-                bytes: s.received_bytes(),
-            };
-            if throttle.admit(&p) {
-                progress(p);
-            }
-            true
-        });
-        let mut opts = FetchOptions::new();
-        opts.depth(1)
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false)
-            .remote_callbacks(callbacks);
+        let mut opts = shallow_fetch_options(progress);
         let refspec = format!("+refs/heads/{branch}:{tracking}");
         origin
             .fetch(

@@ -99,6 +99,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     drop(phase);
     drop(server);
+    // Removing the repositories is blocking work.
+    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
 
     let cold_p50 = cold.p50();
     Ok(vec![
