@@ -110,7 +110,7 @@ impl Task {
     }
 
     /// Appends a non-status event (progress, notes).
-    pub fn emit(&self, event: &str, payload: serde_json::Value) -> io::Result<u64> {
+    pub fn emit(&self, event: &'static str, payload: serde_json::Value) -> io::Result<u64> {
         self.log.append(event, &payload.to_string())
     }
 

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use nix::sys::signal::Signal;
-use serde_json::json;
 
 use super::model::Status;
 use super::workspace::{self, Workspace};
@@ -277,14 +275,8 @@ fn output_sink(task: Arc<Task>) -> OutputSink {
     Box::new(move |bytes: &[u8]| {
         let mut append = |p: Piece<'_>| {
             let r = match p {
-                Piece::Text(t) => task
-                    .log
-                    .append_output(&json!({ "data": t }).to_string(), t.as_bytes()),
-                Piece::Bytes(b) => {
-                    let enc = base64::engine::general_purpose::STANDARD.encode(b);
-                    task.log
-                        .append_output(&json!({ "b64": enc }).to_string(), b)
-                }
+                Piece::Text(t) => task.log.append_output_text(t),
+                Piece::Bytes(b) => task.log.append_output_bytes(b),
             };
             if let Err(e) = r {
                 if !failed {

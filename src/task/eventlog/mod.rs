@@ -10,12 +10,14 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+mod scan;
+use scan::{last_record, read_line_at, seek};
 
 /// The file of records.
 pub const EVENTS_FILE: &str = "events.ndjson";
@@ -191,16 +193,21 @@ impl EventLog {
     }
 
     /// Appends one event; `payload` is a JSON object (`{...}`) or empty. Returns its id.
-    pub fn append(&self, event: &str, payload: &str) -> io::Result<u64> {
-        self.append_with_output(event, payload, &[])
+    pub fn append(&self, event: &'static str, payload: &str) -> io::Result<u64> {
+        self.append_payload(event, Payload::Object(payload))
     }
 
-    /// Appends an `output` event for `raw` bytes whose JSON payload is `payload`.
-    pub fn append_output(&self, payload: &str, raw: &[u8]) -> io::Result<u64> {
-        self.append_with_output("output", payload, raw)
+    /// Appends an `output` event carrying `text`, escaped straight into the record.
+    pub fn append_output_text(&self, text: &str) -> io::Result<u64> {
+        self.append_payload("output", Payload::Text(text))
     }
 
-    fn append_with_output(&self, event: &str, payload: &str, raw: &[u8]) -> io::Result<u64> {
+    /// Appends an `output` event carrying bytes that are not UTF-8 (as `b64`).
+    pub fn append_output_bytes(&self, bytes: &[u8]) -> io::Result<u64> {
+        self.append_payload("output", Payload::Bytes(bytes))
+    }
+
+    fn append_payload(&self, event: &'static str, payload: Payload<'_>) -> io::Result<u64> {
         let mut g = self.lock();
         if g.closed {
             return Err(io::Error::other(
@@ -208,19 +215,7 @@ impl EventLog {
             ));
         }
         let id = g.next_id;
-        let mut line = Vec::with_capacity(payload.len() + event.len() + 32);
-        line.extend_from_slice(format!("{{\"id\":{id},\"event\":\"{event}\"").as_bytes());
-        let body = payload.trim();
-        let inner = body
-            .strip_prefix('{')
-            .and_then(|b| b.strip_suffix('}'))
-            .unwrap_or("")
-            .trim();
-        if !inner.is_empty() {
-            line.push(b',');
-            line.extend_from_slice(inner.as_bytes());
-        }
-        line.extend_from_slice(b"}\n");
+        let (line, raw) = payload.record(id, event)?;
         if !raw.is_empty() {
             let f = g
                 .raw
@@ -239,7 +234,7 @@ impl EventLog {
         g.next_id += 1;
         let rec = Record {
             id,
-            event: Bytes::copy_from_slice(event.as_bytes()),
+            event: Bytes::from_static(event.as_bytes()),
             offset,
             line: Bytes::from(line),
         };
@@ -360,6 +355,63 @@ impl EventLog {
     }
 }
 
+/// What follows `"event":"..."` in a record.
+enum Payload<'a> {
+    /// The fields of a JSON object (`{...}`), or nothing.
+    Object(&'a str),
+    /// Output text: `"data":"<escaped>"`.
+    Text(&'a str),
+    /// Output bytes that are not UTF-8: `"b64":"<base64>"`.
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Payload<'a> {
+    /// The record's line and the raw output bytes it carries.
+    fn record(&self, id: u64, event: &str) -> io::Result<(Vec<u8>, &'a [u8])> {
+        let extra = match self {
+            Payload::Object(s) | Payload::Text(s) => s.len() + s.len() / 8,
+            Payload::Bytes(b) => b.len() * 4 / 3 + 4,
+        };
+        let mut line = Vec::with_capacity(extra + event.len() + 40);
+        line.extend_from_slice(b"{\"id\":");
+        line.extend_from_slice(id.to_string().as_bytes());
+        line.extend_from_slice(b",\"event\":\"");
+        line.extend_from_slice(event.as_bytes());
+        line.push(b'"');
+        let raw: &'a [u8] = match *self {
+            Payload::Object(body) => {
+                let inner = body
+                    .trim()
+                    .strip_prefix('{')
+                    .and_then(|b| b.strip_suffix('}'))
+                    .unwrap_or("")
+                    .trim();
+                if !inner.is_empty() {
+                    line.push(b',');
+                    line.extend_from_slice(inner.as_bytes());
+                }
+                &[]
+            }
+            Payload::Text(text) => {
+                line.extend_from_slice(b",\"data\":");
+                serde_json::to_writer(&mut line, text).map_err(io::Error::other)?;
+                text.as_bytes()
+            }
+            Payload::Bytes(bytes) => {
+                use base64::Engine;
+                line.extend_from_slice(b",\"b64\":\"");
+                let mut enc = String::with_capacity(bytes.len() * 4 / 3 + 4);
+                base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut enc);
+                line.extend_from_slice(enc.as_bytes());
+                line.push(b'"');
+                bytes
+            }
+        };
+        line.extend_from_slice(b"}\n");
+        Ok((line, raw))
+    }
+}
+
 fn trim_tail(g: &mut Inner, keep: usize) {
     while g.tail_bytes > keep && g.tail.len() > 1 {
         if let Some(r) = g.tail.pop_front() {
@@ -382,122 +434,6 @@ fn finish_read(cursor: &mut Cursor, out: Vec<Record>, closed: bool, len: u64) ->
     }
 }
 
-/// Parses `{"id":N,"event":"T"` at the start of a line.
-fn parse_head(line: &[u8]) -> Option<(u64, &[u8])> {
-    let rest = line.strip_prefix(b"{\"id\":")?;
-    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-    let rest = rest[digits..].strip_prefix(b",\"event\":\"")?;
-    let end = rest.iter().position(|&c| c == b'"')?;
-    Some((id, &rest[..end]))
-}
-
-/// Reads the whole line that starts at `offset`.
-fn read_line_at(file: &File, offset: u64, len: u64) -> io::Result<Option<Record>> {
-    let mut want = 8192usize;
-    loop {
-        let avail = (len - offset) as usize;
-        let n = want.min(avail);
-        let mut buf = vec![0u8; n];
-        file.read_exact_at(&mut buf, offset)?;
-        if let Some(nl) = buf.iter().position(|&c| c == b'\n') {
-            buf.truncate(nl + 1);
-            let (id, event) = parse_head(&buf).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("event log damaged at byte {offset}"),
-                )
-            })?;
-            let event = Bytes::copy_from_slice(event);
-            return Ok(Some(Record {
-                id,
-                event,
-                offset,
-                line: Bytes::from(buf),
-            }));
-        }
-        if n == avail {
-            return Ok(None);
-        }
-        want = want.saturating_mul(4);
-    }
-}
-
-/// Finds the offset of the first record whose id is greater than `after`, by binary
-/// search over line starts (ids increase along the file).
-fn seek(file: &File, len: u64, after: u64) -> io::Result<u64> {
-    let (mut lo, mut hi) = (0u64, len);
-    // Invariant: the answer lies in [lo, hi] and lo is a line start.
-    for _ in 0..64 {
-        if lo >= hi {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        let start = next_line_start(file, mid, len)?;
-        if start >= hi {
-            // No line start in (mid, hi): scan linearly from lo.
-            break;
-        }
-        match read_line_at(file, start, len)? {
-            Some(r) if r.id <= after => lo = r.end(),
-            Some(_) => hi = start,
-            None => hi = start,
-        }
-    }
-    let mut off = lo;
-    while off < len {
-        match read_line_at(file, off, len)? {
-            Some(r) if r.id <= after => off = r.end(),
-            _ => break,
-        }
-    }
-    Ok(off)
-}
-
-/// The start of the first line that begins after `pos` (or at 0).
-fn next_line_start(file: &File, pos: u64, len: u64) -> io::Result<u64> {
-    if pos == 0 {
-        return Ok(0);
-    }
-    let mut off = pos - 1;
-    let mut buf = [0u8; 4096];
-    while off < len {
-        let n = buf.len().min((len - off) as usize);
-        file.read_exact_at(&mut buf[..n], off)?;
-        if let Some(i) = buf[..n].iter().position(|&c| c == b'\n') {
-            return Ok(off + i as u64 + 1);
-        }
-        off += n as u64;
-    }
-    Ok(len)
-}
-
-/// The last complete record of a file, reading backwards from its end.
-fn last_record(file: &File, len: u64) -> io::Result<Option<Record>> {
-    if len == 0 {
-        return Ok(None);
-    }
-    let mut window = 64 * 1024u64;
-    loop {
-        let start = len.saturating_sub(window);
-        let mut buf = vec![0u8; (len - start) as usize];
-        file.read_exact_at(&mut buf, start)?;
-        // The last '\n' ends the last complete line; find where that line starts.
-        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
-            if start == 0 {
-                return Ok(None);
-            }
-            window *= 4;
-            continue;
-        };
-        match buf[..end].iter().rposition(|&c| c == b'\n') {
-            Some(prev) => return read_line_at(file, start + prev as u64 + 1, len),
-            None if start == 0 => return read_line_at(file, 0, len),
-            None => window *= 4,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,9 +450,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::create(dir.path()).unwrap();
         assert_eq!(log.append("status", r#"{"status":"working"}"#).unwrap(), 1);
+        let mut total_text = 0u64;
         for i in 0..2000 {
-            let payload = format!("{{\"data\":\"line {i} {}\"}}", "x".repeat(300 + i % 300));
-            log.append_output(&payload, b"x").unwrap();
+            let text = format!("line {i} {}\r\n", "x".repeat(300 + i % 300));
+            total_text += text.len() as u64;
+            log.append_output_text(&text).unwrap();
         }
         // From memory: only the newest records are there.
         let mut c = Cursor::after(1995);
@@ -554,7 +492,7 @@ mod tests {
         assert!(last.unwrap().is_done());
         assert!(log.is_closed());
         assert_eq!(log.last_id(), 2002);
-        assert_eq!(log.output_bytes(), 2000);
+        assert_eq!(log.output_bytes(), total_text);
     }
 
     #[test]

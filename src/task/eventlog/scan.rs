@@ -1,0 +1,126 @@
+//! Finding records in an event log file: parse a record's head, read the line at an
+//! offset, binary-search the offset after an id, and read the last complete record.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use super::Record;
+
+/// Parses `{"id":N,"event":"T"` at the start of a line.
+pub(super) fn parse_head(line: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = line.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"event\":\"")?;
+    let end = rest.iter().position(|&c| c == b'"')?;
+    Some((id, &rest[..end]))
+}
+
+/// Reads the whole line that starts at `offset`.
+pub(super) fn read_line_at(file: &File, offset: u64, len: u64) -> io::Result<Option<Record>> {
+    let mut want = 8192usize;
+    loop {
+        let avail = (len - offset) as usize;
+        let n = want.min(avail);
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, offset)?;
+        if let Some(nl) = buf.iter().position(|&c| c == b'\n') {
+            buf.truncate(nl + 1);
+            let (id, event) = parse_head(&buf).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("event log damaged at byte {offset}"),
+                )
+            })?;
+            let event = Bytes::copy_from_slice(event);
+            return Ok(Some(Record {
+                id,
+                event,
+                offset,
+                line: Bytes::from(buf),
+            }));
+        }
+        if n == avail {
+            return Ok(None);
+        }
+        want = want.saturating_mul(4);
+    }
+}
+
+/// Finds the offset of the first record whose id is greater than `after`, by binary
+/// search over line starts (ids increase along the file).
+pub(super) fn seek(file: &File, len: u64, after: u64) -> io::Result<u64> {
+    let (mut lo, mut hi) = (0u64, len);
+    // Invariant: the answer lies in [lo, hi] and lo is a line start.
+    for _ in 0..64 {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let start = next_line_start(file, mid, len)?;
+        if start >= hi {
+            // No line start in (mid, hi): scan linearly from lo.
+            break;
+        }
+        match read_line_at(file, start, len)? {
+            Some(r) if r.id <= after => lo = r.end(),
+            Some(_) => hi = start,
+            None => hi = start,
+        }
+    }
+    let mut off = lo;
+    while off < len {
+        match read_line_at(file, off, len)? {
+            Some(r) if r.id <= after => off = r.end(),
+            _ => break,
+        }
+    }
+    Ok(off)
+}
+
+/// The start of the first line that begins after `pos` (or at 0).
+fn next_line_start(file: &File, pos: u64, len: u64) -> io::Result<u64> {
+    if pos == 0 {
+        return Ok(0);
+    }
+    let mut off = pos - 1;
+    let mut buf = [0u8; 4096];
+    while off < len {
+        let n = buf.len().min((len - off) as usize);
+        file.read_exact_at(&mut buf[..n], off)?;
+        if let Some(i) = buf[..n].iter().position(|&c| c == b'\n') {
+            return Ok(off + i as u64 + 1);
+        }
+        off += n as u64;
+    }
+    Ok(len)
+}
+
+/// The last complete record of a file, reading backwards from its end.
+pub(super) fn last_record(file: &File, len: u64) -> io::Result<Option<Record>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0u8; (len - start) as usize];
+        file.read_exact_at(&mut buf, start)?;
+        // The last '\n' ends the last complete line; find where that line starts.
+        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
+            if start == 0 {
+                return Ok(None);
+            }
+            window *= 4;
+            continue;
+        };
+        match buf[..end].iter().rposition(|&c| c == b'\n') {
+            Some(prev) => return read_line_at(file, start + prev as u64 + 1, len),
+            None if start == 0 => return read_line_at(file, 0, len),
+            None => window *= 4,
+        }
+    }
+}
