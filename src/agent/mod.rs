@@ -9,7 +9,7 @@ pub use pty::{Agent, AgentSpec, OutputSink};
 /// The configured agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentCommand {
-    /// `sh -c "<prompt>"`.
+    /// `/bin/sh -c "<prompt>"`.
     Shell,
     /// A command line; the prompt goes where `{prompt}` stands, else last.
     Argv(Vec<String>),
@@ -32,7 +32,7 @@ impl AgentCommand {
     /// The argument vector for one task.
     pub fn argv(&self, prompt: &str) -> Vec<String> {
         match self {
-            AgentCommand::Shell => vec!["sh".into(), "-c".into(), prompt.to_string()],
+            AgentCommand::Shell => vec!["/bin/sh".into(), "-c".into(), prompt.to_string()],
             AgentCommand::Argv(words) => {
                 let mut out: Vec<String> = words
                     .iter()
@@ -47,10 +47,10 @@ impl AgentCommand {
     }
 
     /// A short name for logs and `/hello`.
-    pub fn name(&self) -> String {
+    pub fn name(&self) -> &str {
         match self {
-            AgentCommand::Shell => "shell".into(),
-            AgentCommand::Argv(w) => w.first().cloned().unwrap_or_default(),
+            AgentCommand::Shell => "shell",
+            AgentCommand::Argv(w) => w.first().map(String::as_str).unwrap_or(""),
         }
     }
 }
@@ -126,7 +126,7 @@ mod tests {
         assert!(AgentCommand::parse("x 'open").is_err());
         assert_eq!(
             AgentCommand::Shell.argv("echo hi"),
-            vec!["sh", "-c", "echo hi"]
+            vec!["/bin/sh", "-c", "echo hi"]
         );
     }
 }

@@ -244,11 +244,34 @@ fn pump(mut reader: File, stop: &AtomicBool, sink: &mut dyn FnMut(&[u8])) -> io:
         }
         match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => sink(&buf[..n]),
+            Ok(n) => {
+                // A fast writer fills the terminal 4 KiB at a time: gather what is
+                // already there (without waiting) so one event carries up to 64 KiB.
+                let n = gather(&mut reader, &mut buf, n);
+                sink(&buf[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Linux reports EIO on the master once the last slave descriptor closes.
             Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads on while more is ready right now and `buf` has room; returns the bytes held.
+fn gather(reader: &mut File, buf: &mut [u8], mut n: usize) -> usize {
+    while n < buf.len() {
+        let ready = {
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            matches!(poll(&mut fds, PollTimeout::ZERO), Ok(k) if k > 0)
+        };
+        if !ready {
+            break;
+        }
+        match reader.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(m) => n += m,
+        }
+    }
+    n
 }

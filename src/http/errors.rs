@@ -21,7 +21,11 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
-    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut body = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut body, value).is_err() {
+        body.clear();
+        body.extend_from_slice(b"{}");
+    }
     body.push(b'\n');
     let mut r = Response::new(full(body));
     *r.status_mut() = status;

@@ -11,9 +11,10 @@ use serde_json::json;
 
 use super::errors::{full, json as json_resp, ApiError, Resp};
 use super::AppState;
-use crate::memory::Level;
+use crate::memory::{Level, Snapshot};
 use crate::supervise::memwatch;
 use crate::task::model::Status;
+use serde::Serialize;
 
 /// Request counters for `/metrics`.
 #[derive(Default)]
@@ -27,12 +28,12 @@ impl Counters {
     }
 }
 
-fn status_word(state: &AppState) -> &'static str {
+fn status_word(state: &AppState, live: usize) -> &'static str {
     if state.reg.is_draining() {
         "draining"
     } else if state.reg.under_pressure() {
         "pressure"
-    } else if state.reg.live_count() >= state.cfg.max_tasks {
+    } else if live >= state.cfg.max_tasks {
         "busy"
     } else {
         "available"
@@ -48,38 +49,62 @@ fn active_processes(state: &AppState) -> usize {
         .count()
 }
 
+/// The `/hello` body, serialized straight from borrowed fields (it is the hottest route).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Hello<'a> {
+    status: &'static str,
+    worker_id: &'a str,
+    uptime: u64,
+    active_tasks: usize,
+    total_tasks_executed: u64,
+    version: &'static str,
+    max_tasks: usize,
+    agent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<MemoryFigures>,
+}
+
+#[derive(Serialize)]
+struct MemoryFigures {
+    #[serde(flatten)]
+    snapshot: Snapshot,
+    level: Level,
+}
+
 pub fn hello(state: &AppState) -> Resp {
-    let mut body = json!({
-        "status": status_word(state),
-        "workerId": state.cfg.worker_id,
-        "uptime": state.reg.uptime_ms(),
-        "activeTasks": state.reg.live_count(),
-        "totalTasksExecuted": state.reg.total_executed(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "maxTasks": state.cfg.max_tasks,
-        "agent": state.cfg.agent.name(),
-    });
-    if let Some((snap, level)) = memwatch::watch().latest() {
-        body["memory"] = json!({
-            "total": snap.total,
-            "available": snap.available,
-            "swap_total": snap.swap_total,
-            "swap_free": snap.swap_free,
-            "limit": snap.limit,
-            "usage": snap.usage,
-            "psi_some_avg10": snap.psi_some_avg10,
-            "source": snap.source,
-            "level": level,
-        });
-    }
+    let live = state.reg.live_count();
+    let body = Hello {
+        status: status_word(state, live),
+        worker_id: &state.cfg.worker_id,
+        uptime: state.reg.uptime_ms(),
+        active_tasks: live,
+        total_tasks_executed: state.reg.total_executed(),
+        version: env!("CARGO_PKG_VERSION"),
+        max_tasks: state.cfg.max_tasks,
+        agent: state.cfg.agent.name(),
+        memory: memwatch::watch()
+            .latest()
+            .map(|(snapshot, level)| MemoryFigures { snapshot, level }),
+    };
     json_resp(StatusCode::OK, &body)
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PtyStatus {
+    executor_type: &'static str,
+    streaming_type: &'static str,
+    active_processes: usize,
+}
+
 pub fn pty_status(state: &AppState) -> Resp {
-    json_resp(
-        StatusCode::OK,
-        &json!({ "executorType": "pty", "streamingType": "sse", "activeProcesses": active_processes(state) }),
-    )
+    let body = PtyStatus {
+        executor_type: "pty",
+        streaming_type: "sse",
+        active_processes: active_processes(state),
+    };
+    json_resp(StatusCode::OK, &body)
 }
 
 pub fn healthz() -> Resp {

@@ -9,7 +9,11 @@ pub mod server;
 pub mod stream;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures_util::future::{ready, Either, Ready};
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -25,9 +29,28 @@ pub struct AppState {
     pub metrics: health::Counters,
 }
 
-/// The router: auth, then the route.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// What a request turns into: an answer at once (the health routes), or a boxed
+/// future for the rest, so the hot path does not carry the size of every route's state.
+pub type Handled = Either<
+    Ready<Result<Resp, Infallible>>,
+    Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>,
+>;
+
+/// The router: the health routes without allocating (load balancers hammer them), then
+/// auth and every other route.
+pub fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Handled {
     state.metrics.request();
+    if req.method() == Method::GET {
+        match req.uri().path() {
+            "/hello" => return Either::Left(ready(Ok(health::hello(&state)))),
+            "/healthz" => return Either::Left(ready(Ok(health::healthz()))),
+            _ => {}
+        }
+    }
+    Either::Right(Box::pin(route(state, req)))
+}
+
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();

@@ -106,7 +106,9 @@ impl Task {
         if st.started_at.is_none() && status != Status::Queued {
             st.started_at = Some(crate::timefmt::now_rfc3339());
         }
-        self.persist(&st)
+        // task.json is written at the end only: a live task found after a restart ends
+        // `interrupted` whatever it was doing, and the log holds every step.
+        Ok(())
     }
 
     /// Appends a non-status event (progress, notes).

@@ -286,7 +286,6 @@ fn create_task(meta: TaskMeta, dir: PathBuf) -> anyhow::Result<Task> {
     let log = EventLog::create(&dir)
         .with_context(|| format!("creating the event log in {}", dir.display()))?;
     let state = TaskState::new();
-    write_json_atomic(&dir.join("task.json"), &state).context("writing task.json")?;
     log.append("status", r#"{"status":"queued"}"#)
         .context("writing the first event")?;
     Ok(Task::new(meta, dir, log, state))
