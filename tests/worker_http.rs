@@ -22,14 +22,7 @@ async fn hello_and_pty_status_on_h1_and_h2c() {
         assert!(v["uptime"].is_u64());
         assert_eq!(v["activeTasks"], 0);
         assert_eq!(v["totalTasksExecuted"], 0);
-        let v: Value = c
-            .get(w.url("/pty/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, w.url("/pty/status")).await;
         assert_eq!(
             v,
             json!({"executorType": "pty", "streamingType": "sse", "activeProcesses": 0})
@@ -75,14 +68,7 @@ async fn curl_streams_a_shell_task_on_h1_and_h2_prior_knowledge() {
         assert_eq!(v["status"], "done");
         assert_eq!(v["exit_code"], 0);
     }
-    let v: Value = h1()
-        .get(w.url("/hello"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&h1(), w.url("/hello")).await;
     assert_eq!(v["totalTasksExecuted"], 2);
 }
 
@@ -158,14 +144,7 @@ async fn post_work_reply_kinds() {
     assert_eq!(output_of(&events), b"three\r\n");
 
     // The list is newest first.
-    let list: Vec<Value> = c
-        .get(w.url("/work"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = get_json(&c, w.url("/work")).await;
     assert_eq!(list.len(), 3);
     assert_eq!(list[2]["issue_id"], "gt-abc123");
     let ids: Vec<&str> = list.iter().map(|t| t["id"].as_str().unwrap()).collect();
@@ -275,14 +254,7 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
     )
     .await;
     // Nothing was created by any of it.
-    let list: Vec<Value> = c
-        .get(w.url("/work"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = get_json(&c, w.url("/work")).await;
     assert!(list.is_empty());
     assert!(std::fs::read_dir(w.data.join("tasks"))
         .unwrap()
@@ -311,14 +283,7 @@ async fn capacity_and_duplicate_issue() {
         .unwrap();
     assert!(r.headers().get("retry-after").is_some());
     error_of(r, 429).await;
-    let v: Value = c
-        .get(w.url("/hello"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&c, w.url("/hello")).await;
     assert_eq!(v["status"], "busy");
     assert_eq!(v["activeTasks"], 1);
     let r = c

@@ -107,13 +107,7 @@ fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
 }
 
 async fn hello(c: &reqwest::Client, port: u16) -> Value {
-    c.get(format!("http://127.0.0.1:{port}/hello"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&c, format!("http://127.0.0.1:{port}/hello")).await
 }
 
 async fn wait_hello(c: &reqwest::Client, port: u16, status: &str) -> Value {
@@ -233,14 +227,7 @@ fn swap_is_ensured_at_start_reused_on_restart_and_reported() {
         rt.block_on(async {
             let c = h1();
             for _ in 0..40 {
-                let v: Value = c
-                    .get(w.url("/hello"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v: Value = get_json(&c, w.url("/hello")).await;
                 if v["memory"]["swap_total"].as_u64().unwrap_or(0) >= 60 << 20 {
                     return;
                 }

@@ -247,14 +247,7 @@ async fn kill_9_then_restart_replays_and_marks_interrupted() {
     drop(w);
 
     let w = Worker::start_on(&data, port, &[]);
-    let t: Value = c
-        .get(w.url(&format!("/work/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: Value = get_json(&c, w.url(&format!("/work/{id}"))).await;
     assert_eq!(t["status"], "interrupted");
     assert!(t["error"].as_str().unwrap().contains("stopped"));
     let evs = events_of(&c, &w, &id).await;
@@ -268,24 +261,10 @@ async fn kill_9_then_restart_replays_and_marks_interrupted() {
     }
     assert_eq!(output_of(&evs), b"before\r\n");
     assert_eq!(evs.last().unwrap().data["status"], "interrupted");
-    let hello: Value = c
-        .get(w.url("/hello"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hello: Value = get_json(&c, w.url("/hello")).await;
     assert_eq!(hello["totalTasksExecuted"], 2);
     assert_eq!(hello["activeTasks"], 0);
-    let d: Value = c
-        .get(w.url(&format!("/work/{done_id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = get_json(&c, w.url(&format!("/work/{done_id}"))).await;
     assert_eq!(d["status"], "done");
     // Resuming from the middle after the restart works the same.
     let r = c

@@ -277,6 +277,14 @@ pub fn assert_complete(events: &[Event], first: u64) {
     );
 }
 
+/// GETs a URL and parses its JSON body.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> T {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// POSTs a task and returns its id (JSON reply).
 pub async fn submit(c: &reqwest::Client, w: &Worker, body: Value) -> String {
     let r = c
