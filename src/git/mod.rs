@@ -18,6 +18,7 @@ mod error;
 mod lock;
 mod progress;
 mod remote_url;
+mod template;
 mod tls;
 mod transport;
 mod worktree;

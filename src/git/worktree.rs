@@ -3,7 +3,8 @@
 //! and whose `shallow` file is a copy of the cache's, checked out on a new branch at the
 //! fetched commit. Tasks share no refs, index or config with each other or with the
 //! cache, so concurrent tasks cannot step on each other; the agent's own `git` works in
-//! it as in any clone. Removing it is removing the directory.
+//! it as in any clone. Removing it is removing the directory. The files come from a
+//! copy of the commit's checkout template when there is one (see `template`).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
 use super::cache::Fetched;
 use super::error::GitError;
 use super::remote_url::RemoteUrl;
+use super::template;
 use super::GitConfig;
 
 /// How creating a worktree failed.
@@ -100,6 +102,49 @@ pub(crate) fn create(
         .map_err(|e| git(&format!("creating the branch {branch}"), e))?;
     repo.set_head(&branch_ref)
         .map_err(|e| git(&format!("switching to {branch}"), e))?;
+    // The files come from the commit's template (built now if this is the first task
+    // on this commit); a plain checkout when that is not possible.
+    if let Some(template) = template::ensure(&fetched.cache_dir, fetched.commit) {
+        let tree = commit.tree().map_err(|e| git("reading the base tree", e))?;
+        let mut index = repo.index().map_err(|e| git("opening the index", e))?;
+        index
+            .read_tree(&tree)
+            .map_err(|e| git("building the index", e))?;
+        // Files and symlinks; submodules (gitlinks) have no file in a checkout.
+        let entries: Vec<git2::Oid> = index
+            .iter()
+            .filter(|e| e.mode != 0o160000)
+            .map(|e| e.id)
+            .collect();
+        let expected = entries.len();
+        // The copy must not hide a damaged cache, which the worktree borrows objects
+        // from: every blob must be there, as a checkout would require.
+        let odb = repo.odb().map_err(|e| git("opening the object store", e))?;
+        if let Some(missing) = entries.iter().find(|id| !odb.exists(**id)) {
+            let e = git2::Error::new(
+                ErrorCode::NotFound,
+                ErrorClass::Odb,
+                format!("object {missing} is missing"),
+            );
+            return Err(git("checking the cache's objects", e));
+        }
+        match template::copy_into(&template, path) {
+            Ok(n) if n == expected => {
+                index.write().map_err(|e| git("writing the index", e))?;
+                return Ok(());
+            }
+            result => {
+                let e = match result {
+                    Ok(n) => format!("{n} files where the tree has {expected}"),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(template = %template.display(), "the checkout template is unusable ({e}); checking out instead");
+                template::clear_worktree(path).map_err(|e| {
+                    GitError::io(format!("clearing {shown} after a failed copy"), e)
+                })?;
+            }
+        }
+    }
     let mut checkout = CheckoutBuilder::new();
     checkout.force();
     repo.checkout_head(Some(&mut checkout))

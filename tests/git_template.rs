@@ -1,0 +1,136 @@
+//! Checkout templates: the first task on a commit checks it out once into a template
+//! beside the cache; every task copies its files from there instead of checking out.
+//! Checked with the real git CLI: the copied worktree is clean, modes and symlinks are
+//! right, and a change commits and pushes only that change. A template that does not
+//! match its tree is not used; a new commit replaces the old template.
+
+mod gitserver;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gitserver::{run_git, GitServer};
+use outpost::git::{self, GitConfig};
+
+fn cfg(data: &Path) -> GitConfig {
+    let mut c = GitConfig::new(data);
+    c.allow_http = true;
+    c.network_timeout = Duration::from_secs(30);
+    c
+}
+
+/// Every template under the data dir: `git/templates/<cache key>/<commit>`.
+fn templates(data: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for key in std::fs::read_dir(data.join("git/templates")).unwrap() {
+        for t in std::fs::read_dir(key.unwrap().path()).unwrap() {
+            out.push(t.unwrap().path());
+        }
+    }
+    out
+}
+
+/// The template of `commit` (the first task on a commit leaves one).
+fn template_of(data: &Path, commit: &str) -> PathBuf {
+    let found = templates(data)
+        .into_iter()
+        .find(|t| t.file_name().unwrap() == commit);
+    found.unwrap_or_else(|| panic!("no template for {commit} under {}", data.display()))
+}
+
+#[test]
+fn a_warm_task_copies_the_template_and_git_sees_a_clean_tree() {
+    let server = GitServer::start(false);
+    let files: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("d{}/f{i}.txt", i % 5), format!("file {i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let base = server.create_repo("r", &refs);
+    // An executable script and a symlink, committed with the git CLI.
+    let work = server.scratch("w");
+    run_git(&work, &["clone", "-q", server.url("r").as_str(), "."]);
+    std::fs::write(work.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("d0/f0.txt", work.join("link")).unwrap();
+    run_git(&work, &["add", "-A"]);
+    run_git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "modes",
+        ],
+    );
+    run_git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let head = run_git(&work, &["rev-parse", "HEAD"]);
+    assert_ne!(head, base);
+
+    let data = tempfile::tempdir().unwrap();
+    let c = cfg(data.path());
+    let first = git::prepare(&c, &server.url("r"), None, "polecat/a", "ta", &mut |_| {}).unwrap();
+    let template = template_of(data.path(), &head);
+    assert!(!template.join(".git").exists());
+
+    let second = git::prepare(&c, &server.url("r"), None, "polecat/b", "tb", &mut |_| {}).unwrap();
+    assert_eq!(second.base_commit, head);
+    // It came from the template: its index was built from the tree, with no stat data
+    // yet (a checkout records each file's stat).
+    let debug = run_git(&second.path, &["ls-files", "--debug", "d0/f0.txt"]);
+    assert!(debug.contains("mtime: 0:0"), "{debug}");
+    let status = run_git(&second.path, &["status", "--porcelain"]);
+    assert_eq!(status, "", "the copied worktree is not clean");
+    let mode = std::fs::metadata(second.path.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "run.sh lost its exec bits");
+    assert_eq!(
+        std::fs::read_link(second.path.join("link")).unwrap(),
+        Path::new("d0/f0.txt")
+    );
+    assert_eq!(run_git(&second.path, &["ls-files"]).lines().count(), 52);
+
+    // A change in the copied worktree commits and pushes only that change.
+    std::fs::write(second.path.join("d1/f1.txt"), "changed\n").unwrap();
+    let pushed = git::finish(&c, &second, "change one file", &mut |_| {})
+        .unwrap()
+        .expect("a commit");
+    let changed = server.git("r", &["show", "--name-only", "--format=", &pushed]);
+    assert_eq!(changed, "d1/f1.txt");
+    assert_eq!(server.git("r", &["rev-parse", &format!("{pushed}^")]), head);
+    git::remove_worktree(&c, &first).unwrap();
+    git::remove_worktree(&c, &second).unwrap();
+}
+
+#[test]
+fn a_damaged_template_is_not_used_and_a_new_commit_replaces_it() {
+    let server = GitServer::start(false);
+    let base = server.create_repo("r", &[("a.txt", "a\n"), ("b.txt", "b\n")]);
+    let data = tempfile::tempdir().unwrap();
+    let c = cfg(data.path());
+    git::prepare(&c, &server.url("r"), None, "polecat/a", "ta", &mut |_| {}).unwrap();
+    let template = template_of(data.path(), &base);
+    // A file goes missing from the template: the next task must not inherit the hole.
+    std::fs::remove_file(template.join("b.txt")).unwrap();
+    let ws = git::prepare(&c, &server.url("r"), None, "polecat/b", "tb", &mut |_| {}).unwrap();
+    assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "");
+    assert_eq!(
+        std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),
+        "b\n"
+    );
+
+    // Upstream moves on: the next template is for the new commit and the old one goes.
+    let next = server.commit("r", "main", &[("c.txt", "c\n")], "next");
+    git::prepare(&c, &server.url("r"), None, "polecat/c", "tc", &mut |_| {}).unwrap();
+    let left = templates(data.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].to_string_lossy().ends_with(&next));
+}
