@@ -67,6 +67,31 @@ impl Throttle {
     }
 }
 
+/// Fetch options for a shallow (depth 1) fetch without tags, reporting throttled
+/// `clone` progress to `progress`.
+pub(crate) fn shallow_fetch_options<'a>(progress: &'a mut dyn FnMut(Progress)) -> FetchOptions<'a> {
+    let mut throttle = Throttle::new();
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.transfer_progress(move |s| {
+        let p = Progress {
+            phase: Phase::Clone,
+            received_objects: s.received_objects(),
+            total_objects: s.total_objects(),
+            bytes: s.received_bytes(),
+        };
+        if throttle.admit(&p) {
+            progress(p);
+        }
+        true
+    });
+    let mut opts = FetchOptions::new();
+    opts.depth(1)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false)
+        .remote_callbacks(callbacks);
+    opts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,29 +123,4 @@ mod tests {
             r#"{"phase":"clone","received_objects":1,"total_objects":2,"bytes":0}"#
         );
     }
-}
-
-/// Fetch options for a shallow (depth 1) fetch without tags, reporting throttled
-/// `clone` progress to `progress`.
-pub(crate) fn shallow_fetch_options<'a>(progress: &'a mut dyn FnMut(Progress)) -> FetchOptions<'a> {
-    let mut throttle = Throttle::new();
-    let mut callbacks = RemoteCallbacks::new();
-    callbacks.transfer_progress(move |s| {
-        let p = Progress {
-            phase: Phase::Clone,
-            received_objects: s.received_objects(),
-            total_objects: s.total_objects(),
-            bytes: s.received_bytes(),
-        };
-        if throttle.admit(&p) {
-            progress(p);
-        }
-        true
-    });
-    let mut opts = FetchOptions::new();
-    opts.depth(1)
-        .download_tags(AutotagOption::None)
-        .update_fetchhead(false)
-        .remote_callbacks(callbacks);
-    opts
 }
