@@ -107,7 +107,7 @@ fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
 }
 
 async fn hello(c: &reqwest::Client, port: u16) -> Value {
-    get_json(&c, format!("http://127.0.0.1:{port}/hello")).await
+    get_json(c, format!("http://127.0.0.1:{port}/hello")).await
 }
 
 async fn wait_hello(c: &reqwest::Client, port: u16, status: &str) -> Value {
