@@ -142,11 +142,12 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
         "outpost {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    let state = Arc::new(AppState {
+    // The state lives as long as the process: leaked once, shared by reference.
+    let state: &'static AppState = Box::leak(Box::new(AppState {
         cfg: cfg.clone(),
         reg: reg.clone(),
         metrics: Default::default(),
-    });
+    }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::server::serve(
         state,

@@ -27,6 +27,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
         body.extend_from_slice(b"{}");
     }
     body.push(b'\n');
+    json_bytes(status, Bytes::from(body))
+}
+
+/// A JSON response from an already rendered body.
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Resp {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()

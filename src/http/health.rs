@@ -3,28 +3,51 @@
 //! stay cheap under load.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use super::errors::{full, json as json_resp, ApiError, Resp};
+use super::errors::{full, json as json_resp, json_bytes, ApiError, Resp};
 use super::AppState;
 use crate::memory::{Level, Snapshot};
 use crate::supervise::memwatch;
 use crate::task::model::Status;
+use bytes::Bytes;
 use serde::Serialize;
+use std::cell::RefCell;
 
-/// Request counters for `/metrics`.
+/// Request counters for `/metrics`: one per shard, each on its own cache line, so the
+/// threads answering requests do not contend on a single counter.
 #[derive(Default)]
 pub struct Counters {
-    requests: AtomicU64,
+    shards: [Shard; SHARDS],
 }
+
+const SHARDS: usize = 8;
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Shard(AtomicU64);
 
 impl Counters {
     pub fn request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        thread_local! {
+            static SLOT: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+            };
+        }
+        let slot = SLOT.with(|s| *s);
+        self.shards[slot].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn requests(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -72,12 +95,39 @@ struct MemoryFigures {
     level: Level,
 }
 
+/// `/hello`. Its body is rendered at most once per millisecond per thread while nothing
+/// it reports changes (load balancers and controllers poll it hard); `uptime` is exact to
+/// the millisecond and every other figure is current.
 pub fn hello(state: &AppState) -> Resp {
+    thread_local! {
+        static CACHED: RefCell<Option<((u64, u64, u64), Bytes)>> = const { RefCell::new(None) };
+    }
+    let uptime = state.reg.uptime_ms();
+    let key = (
+        state.reg.generation(),
+        memwatch::watch().generation(),
+        uptime,
+    );
+    let hit = CACHED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone())
+    });
+    let body = hit.unwrap_or_else(|| {
+        let b = render_hello(state, uptime);
+        CACHED.with(|c| *c.borrow_mut() = Some((key, b.clone())));
+        b
+    });
+    json_bytes(StatusCode::OK, body)
+}
+
+fn render_hello(state: &AppState, uptime: u64) -> Bytes {
     let live = state.reg.live_count();
     let body = Hello {
         status: status_word(state, live),
         worker_id: &state.cfg.worker_id,
-        uptime: state.reg.uptime_ms(),
+        uptime,
         active_tasks: live,
         total_tasks_executed: state.reg.total_executed(),
         version: env!("CARGO_PKG_VERSION"),
@@ -87,7 +137,13 @@ pub fn hello(state: &AppState) -> Resp {
             .latest()
             .map(|(snapshot, level)| MemoryFigures { snapshot, level }),
     };
-    json_resp(StatusCode::OK, &body)
+    let mut out = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut out, &body).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 #[derive(Serialize)]
@@ -173,7 +229,7 @@ pub fn metrics(state: &AppState) -> Resp {
         "outpost_http_requests_total",
         "HTTP requests received.",
         "counter",
-        state.metrics.requests.load(Ordering::Relaxed).to_string(),
+        state.metrics.requests().to_string(),
     );
     gauge(
         "outpost_draining",

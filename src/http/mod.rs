@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::task::Registry;
 use errors::{respond, ApiError, Resp};
 
-/// What every handler can reach.
+/// What every handler can reach. It lives as long as the process (`&'static`), so a
+/// request costs no reference counting on it.
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub reg: Arc<Registry>,
@@ -38,11 +39,11 @@ pub type Handled = Either<
 
 /// The router: the health routes without allocating (load balancers hammer them), then
 /// auth and every other route.
-pub fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Handled {
+pub fn handle(state: &'static AppState, req: Request<Incoming>) -> Handled {
     state.metrics.request();
     if req.method() == Method::GET {
         match req.uri().path() {
-            "/hello" => return Either::Left(ready(Ok(health::hello(&state)))),
+            "/hello" => return Either::Left(ready(Ok(health::hello(state)))),
             "/healthz" => return Either::Left(ready(Ok(health::healthz()))),
             _ => {}
         }
@@ -50,7 +51,7 @@ pub fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Handled {
     Either::Right(Box::pin(route(state, req)))
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn route(state: &'static AppState, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
@@ -61,25 +62,25 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp, Inf
         }
     }
     let r = match (segs.as_slice(), &method) {
-        (["hello"], &Method::GET) => Ok(health::hello(&state)),
+        (["hello"], &Method::GET) => Ok(health::hello(state)),
         (["healthz"], &Method::GET) => Ok(health::healthz()),
-        (["readyz"], &Method::GET) => health::readyz(&state),
-        (["metrics"], &Method::GET) => Ok(health::metrics(&state)),
-        (["pty", "status"], &Method::GET) => Ok(health::pty_status(&state)),
-        (["work"], &Method::GET) => Ok(routes::list(&state, &req)),
-        (["work"], &Method::POST) => routes::create(&state, req, false).await,
-        (["run"], &Method::POST) => routes::create(&state, req, true).await,
-        (["work", id], &Method::GET) => routes::get(&state, id),
-        (["work", id], &Method::DELETE) => routes::cancel(&state, id),
-        (["work", id, "events"], &Method::GET) => routes::events(&state, id, &req),
-        (["work", id, "log"], &Method::GET) => routes::log(&state, id).await,
+        (["readyz"], &Method::GET) => health::readyz(state),
+        (["metrics"], &Method::GET) => Ok(health::metrics(state)),
+        (["pty", "status"], &Method::GET) => Ok(health::pty_status(state)),
+        (["work"], &Method::GET) => Ok(routes::list(state, &req)),
+        (["work"], &Method::POST) => routes::create(state, req, false).await,
+        (["run"], &Method::POST) => routes::create(state, req, true).await,
+        (["work", id], &Method::GET) => routes::get(state, id),
+        (["work", id], &Method::DELETE) => routes::cancel(state, id),
+        (["work", id, "events"], &Method::GET) => routes::events(state, id, &req),
+        (["work", id, "log"], &Method::GET) => routes::log(state, id).await,
         (["work", id, "input"], &Method::POST) => {
             let id = id.to_string();
-            routes::input(&state, &id, req).await
+            routes::input(state, &id, req).await
         }
         (["work", id, "resize"], &Method::POST) => {
             let id = id.to_string();
-            routes::resize(&state, &id, req).await
+            routes::resize(state, &id, req).await
         }
         (s, _) => Err(not_allowed_or_found(s)),
     };

@@ -131,7 +131,7 @@ fn reply_kind(req: &Request<Incoming>) -> Reply {
 
 /// `POST /work` and `POST /run`.
 pub async fn create(
-    state: &Arc<AppState>,
+    state: &AppState,
     req: Request<Incoming>,
     run_compat: bool,
 ) -> Result<Resp, ApiError> {

@@ -61,7 +61,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` turns true, then waits (at most `linger`) for open
 /// connections to finish.
 pub async fn serve(
-    state: Arc<AppState>,
+    state: &'static AppState,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
@@ -84,8 +84,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let svc = service_fn(move |req| handle(st.clone(), req));
+        let svc = service_fn(move |req| handle(state, req));
         match &tls {
             None => {
                 let conn = builder

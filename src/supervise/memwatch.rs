@@ -5,16 +5,17 @@
 //! was the kernel's OOM killer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::latest::LatestReading;
 use crate::memory::{Level, MemoryView, Policy, Snapshot};
 use crate::task::{Registry, StopReason};
 
 /// The process-wide watch.
 pub struct MemWatch {
     view: MemoryView,
-    latest: Mutex<Option<(Snapshot, Level)>>,
+    latest: LatestReading,
     oom_kills: AtomicU64,
 }
 
@@ -26,23 +27,25 @@ pub fn watch() -> &'static MemWatch {
         let kills = view.oom_kills().unwrap_or(0);
         MemWatch {
             view,
-            latest: Mutex::new(None),
+            latest: LatestReading::default(),
             oom_kills: AtomicU64::new(kills),
         }
     })
 }
 
 impl MemWatch {
-    /// The latest snapshot and its level, if one was taken.
+    /// The latest snapshot and its level, if one was taken (no lock: see `latest`).
     pub fn latest(&self) -> Option<(Snapshot, Level)> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.latest.load()
+    }
+
+    /// Changes with every reading (for responses that cache what they render).
+    pub fn generation(&self) -> u64 {
+        self.latest.generation()
     }
 
     fn set_latest(&self, s: Snapshot, l: Level) {
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((s, l));
+        self.latest.store(&s, l);
     }
 
     /// Whether the kernel OOM-killed something since the last call, or memory is at its

@@ -6,6 +6,7 @@
 //! `interrupted`, open streams get their `done`, exit 0). A second one during the drain
 //! kills every agent group at once. SIGHUP is forwarded to every agent's process group.
 
+mod latest;
 pub mod memwatch;
 pub mod reaper;
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -47,6 +47,10 @@ pub struct Registry {
     tasks_dir: PathBuf,
     inner: Mutex<Inner>,
     total_executed: AtomicU64,
+    /// `Inner::live`, mirrored for lock-free reads (`/hello` on every request).
+    live_now: AtomicUsize,
+    /// Bumped whenever anything `/hello` reports changes (so it can reuse its body).
+    generation: AtomicU64,
     draining: AtomicBool,
     pressure: AtomicBool,
     started: Instant,
@@ -70,6 +74,8 @@ impl Registry {
             tasks_dir,
             inner: Mutex::new(Inner::default()),
             total_executed: AtomicU64::new(0),
+            live_now: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             pressure: AtomicBool::new(false),
             started: Instant::now(),
@@ -154,6 +160,8 @@ impl Registry {
             g.live_issues.insert(issue.clone(), id.clone());
         }
         g.live += 1;
+        self.live_now.store(g.live, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         g.order.push(id.clone());
         g.by_id.insert(id, task.clone());
         drop(g);
@@ -170,11 +178,13 @@ impl Registry {
             }
         }
         g.live = g.live.saturating_sub(1);
+        self.live_now.store(g.live, Ordering::SeqCst);
         if g.live == 0 {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         drop(g);
         self.total_executed.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
@@ -214,8 +224,13 @@ impl Registry {
             .collect()
     }
 
+    /// Changes whenever live tasks, counters, draining or pressure change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     pub fn live_count(&self) -> usize {
-        self.lock().live
+        self.live_now.load(Ordering::Relaxed)
     }
 
     pub fn total_executed(&self) -> u64 {
@@ -248,6 +263,7 @@ impl Registry {
 
     pub fn set_pressure(&self, on: bool) {
         if self.pressure.swap(on, Ordering::SeqCst) != on {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             if on {
                 tracing::warn!("memory pressure: refusing new work until it clears");
             } else {
@@ -259,6 +275,7 @@ impl Registry {
     /// Stops taking work and asks every live task to stop for shutdown.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         for t in self.live() {
             t.request_stop(StopReason::Shutdown);
         }
