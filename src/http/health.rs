@@ -95,12 +95,16 @@ struct MemoryFigures {
     level: Level,
 }
 
+/// What a rendered `/hello` body depends on: registry generation, memory reading
+/// generation, uptime in ms.
+type HelloKey = (u64, u64, u64);
+
 /// `/hello`. Its body is rendered at most once per millisecond per thread while nothing
 /// it reports changes (load balancers and controllers poll it hard); `uptime` is exact to
 /// the millisecond and every other figure is current.
 pub fn hello(state: &AppState) -> Resp {
     thread_local! {
-        static CACHED: RefCell<Option<((u64, u64, u64), Bytes)>> = const { RefCell::new(None) };
+        static CACHED: RefCell<Option<(HelloKey, Bytes)>> = const { RefCell::new(None) };
     }
     let uptime = state.reg.uptime_ms();
     let key = (
