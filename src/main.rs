@@ -1,5 +1,11 @@
 //! The `outpost` command: parses the subcommand and hands over to the library.
 
+/// musl's allocator is slow and loose with memory under many connections; jemalloc is
+/// what the static binary uses (as ripgrep's musl builds do).
+#[cfg(all(target_env = "musl", target_pointer_width = "64"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = outpost::cli::run(args);
