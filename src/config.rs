@@ -376,25 +376,8 @@ fn parse_author(v: &str) -> Option<(String, String)> {
     (!name.is_empty() && email.contains('@')).then(|| (name.to_string(), email.to_string()))
 }
 
-/// Parses a size such as `1G`, `512M`, `300MiB`, `4096`; `0` means off.
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a size such as 512M, 1G or 0".to_string())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err("expected a size such as 512M, 1G or 0 (units: K, M, G, T)".into()),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| "size too large".to_string())
-}
+/// Sizes (`1G`, `512M`, `300MiB`, `0`) are parsed by the memory module.
+pub use crate::memory::parse_size;
 
 /// Parses a duration such as `30m`, `90s`, `2h`, `45` (seconds).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {

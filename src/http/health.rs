@@ -193,119 +193,38 @@ pub fn readyz(state: &AppState) -> Result<Resp, ApiError> {
 
 pub fn metrics(state: &AppState) -> Resp {
     let mut s = String::with_capacity(2048);
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+    let subs: usize = state.reg.live().iter().map(|t| t.log.subscribers()).sum();
+    let flag = |b: bool| u8::from(b).to_string();
+    #[rustfmt::skip]
+    let mut rows: Vec<(&str, &str, &str, String)> = vec![
+        ("outpost_uptime_seconds", "Seconds since the worker started.", "gauge", format!("{:.3}", state.reg.uptime_ms() as f64 / 1000.0)),
+        ("outpost_tasks_active", "Tasks not yet in a terminal state.", "gauge", state.reg.live_count().to_string()),
+        ("outpost_tasks_max", "OUTPOST_MAX_TASKS.", "gauge", state.cfg.max_tasks.to_string()),
+        ("outpost_tasks_executed_total", "Tasks that reached a terminal state since the data dir was created.", "counter", state.reg.total_executed().to_string()),
+        ("outpost_agent_processes", "Agent processes (PTY sessions) alive now.", "gauge", active_processes(state).to_string()),
+        ("outpost_http_requests_total", "HTTP requests received.", "counter", state.metrics.requests().to_string()),
+        ("outpost_draining", "1 while shutting down.", "gauge", flag(state.reg.is_draining())),
+        ("outpost_memory_pressure", "1 while new work is refused for memory.", "gauge", flag(state.reg.under_pressure())),
+        ("outpost_orphans_reaped_total", "Processes reaped that nobody waited for.", "counter", crate::supervise::reaper::reaper().orphans_reaped().to_string()),
+        ("outpost_stream_subscribers", "Event-stream subscribers of live tasks.", "gauge", subs.to_string()),
+    ];
+    if let Some((m, level)) = memwatch::watch().latest() {
+        #[rustfmt::skip]
+        rows.extend([
+            ("outpost_memory_total_bytes", "Memory this worker can have (cgroup limit or MemTotal).", "gauge", m.total.to_string()),
+            ("outpost_memory_available_bytes", "Memory still available.", "gauge", m.available.to_string()),
+            ("outpost_memory_usage_bytes", "Cgroup memory usage.", "gauge", m.usage.unwrap_or(0).to_string()),
+            ("outpost_swap_total_bytes", "Swap configured.", "gauge", m.swap_total.to_string()),
+            ("outpost_swap_free_bytes", "Swap free.", "gauge", m.swap_free.to_string()),
+            ("outpost_memory_psi_some_avg10", "PSI memory some avg10 (percent).", "gauge", m.psi_some_avg10.unwrap_or(0.0).to_string()),
+            ("outpost_memory_level", "0 ok, 1 pressure, 2 critical.", "gauge", (level as u8).to_string()),
+        ]);
+    }
+    for (name, help, kind, value) in rows {
         let _ = write!(
             s,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
-    };
-    gauge(
-        "outpost_uptime_seconds",
-        "Seconds since the worker started.",
-        "gauge",
-        format!("{:.3}", state.reg.uptime_ms() as f64 / 1000.0),
-    );
-    gauge(
-        "outpost_tasks_active",
-        "Tasks not yet in a terminal state.",
-        "gauge",
-        state.reg.live_count().to_string(),
-    );
-    gauge(
-        "outpost_tasks_max",
-        "OUTPOST_MAX_TASKS.",
-        "gauge",
-        state.cfg.max_tasks.to_string(),
-    );
-    gauge(
-        "outpost_tasks_executed_total",
-        "Tasks that reached a terminal state since the data dir was created.",
-        "counter",
-        state.reg.total_executed().to_string(),
-    );
-    gauge(
-        "outpost_agent_processes",
-        "Agent processes (PTY sessions) alive now.",
-        "gauge",
-        active_processes(state).to_string(),
-    );
-    gauge(
-        "outpost_http_requests_total",
-        "HTTP requests received.",
-        "counter",
-        state.metrics.requests().to_string(),
-    );
-    gauge(
-        "outpost_draining",
-        "1 while shutting down.",
-        "gauge",
-        u8::from(state.reg.is_draining()).to_string(),
-    );
-    gauge(
-        "outpost_memory_pressure",
-        "1 while new work is refused for memory.",
-        "gauge",
-        u8::from(state.reg.under_pressure()).to_string(),
-    );
-    gauge(
-        "outpost_orphans_reaped_total",
-        "Processes reaped that nobody waited for.",
-        "counter",
-        crate::supervise::reaper::reaper()
-            .orphans_reaped()
-            .to_string(),
-    );
-    let subs: usize = state.reg.live().iter().map(|t| t.log.subscribers()).sum();
-    gauge(
-        "outpost_stream_subscribers",
-        "Event-stream subscribers of live tasks.",
-        "gauge",
-        subs.to_string(),
-    );
-    if let Some((m, level)) = memwatch::watch().latest() {
-        gauge(
-            "outpost_memory_total_bytes",
-            "Memory this worker can have (cgroup limit or MemTotal).",
-            "gauge",
-            m.total.to_string(),
-        );
-        gauge(
-            "outpost_memory_available_bytes",
-            "Memory still available.",
-            "gauge",
-            m.available.to_string(),
-        );
-        gauge(
-            "outpost_memory_usage_bytes",
-            "Cgroup memory usage.",
-            "gauge",
-            m.usage.unwrap_or(0).to_string(),
-        );
-        gauge(
-            "outpost_swap_total_bytes",
-            "Swap configured.",
-            "gauge",
-            m.swap_total.to_string(),
-        );
-        gauge(
-            "outpost_swap_free_bytes",
-            "Swap free.",
-            "gauge",
-            m.swap_free.to_string(),
-        );
-        gauge(
-            "outpost_memory_psi_some_avg10",
-            "PSI memory some avg10 (percent).",
-            "gauge",
-            m.psi_some_avg10.unwrap_or(0.0).to_string(),
-        );
-        gauge(
-            "outpost_memory_level",
-            "0 ok, 1 pressure, 2 critical.",
-            "gauge",
-            (level as u8).to_string(),
-        );
-        let _ = Level::Ok;
     }
     let _ = writeln!(s, "# HELP outpost_tasks Tasks by status (all known to this worker).\n# TYPE outpost_tasks gauge");
     let all = state.reg.list(usize::MAX);
