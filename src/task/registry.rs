@@ -38,7 +38,8 @@ struct Inner {
     /// Ids in creation order (oldest first).
     order: Vec<String>,
     live_issues: HashMap<String, String>,
-    live: usize,
+    /// Tasks admitted and not yet released (at most `OUTPOST_MAX_TASKS`).
+    live: Vec<Arc<Task>>,
 }
 
 /// The set of tasks.
@@ -137,7 +138,7 @@ impl Registry {
                 return Err(Refusal::Duplicate(id.clone()));
             }
         }
-        if g.live >= self.cfg.max_tasks {
+        if g.live.len() >= self.cfg.max_tasks {
             return Err(Refusal::Full);
         }
         let now = crate::timefmt::now_unix_ms();
@@ -159,8 +160,8 @@ impl Registry {
         if let Some(issue) = &task.meta.request.issue_id {
             g.live_issues.insert(issue.clone(), id.clone());
         }
-        g.live += 1;
-        self.live_now.store(g.live, Ordering::SeqCst);
+        g.live.push(task.clone());
+        self.live_now.store(g.live.len(), Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         g.order.push(id.clone());
         g.by_id.insert(id, task.clone());
@@ -177,9 +178,9 @@ impl Registry {
                 g.live_issues.remove(issue);
             }
         }
-        g.live = g.live.saturating_sub(1);
-        self.live_now.store(g.live, Ordering::SeqCst);
-        if g.live == 0 {
+        g.live.retain(|t| t.id() != task.id());
+        self.live_now.store(g.live.len(), Ordering::SeqCst);
+        if g.live.is_empty() {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         drop(g);
@@ -217,8 +218,8 @@ impl Registry {
     /// Live tasks (not yet terminal).
     pub fn live(&self) -> Vec<Arc<Task>> {
         let g = self.lock();
-        g.by_id
-            .values()
+        g.live
+            .iter()
             .filter(|t| !t.status().is_terminal())
             .cloned()
             .collect()
