@@ -43,6 +43,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub log_format: LogFormat,
     pub min_available: Option<u64>,
+    pub keep_tasks: usize,
     pub idle_shutdown: Option<Duration>,
     pub idle_shutdown_cmd: String,
     pub on_cloud_run: bool,
@@ -78,6 +79,7 @@ const SETTINGS: &[Setting] = &[
     Setting { var: "OUTPOST_HEARTBEAT_S", flag: "--heartbeat-s", help: "SSE keep-alive interval in seconds (default 15)" },
     Setting { var: "OUTPOST_LOG_FORMAT", flag: "--log-format", help: "json or text (default json on Cloud Run, else text)" },
     Setting { var: "OUTPOST_MIN_AVAILABLE", flag: "--min-available", help: "memory below which new work is refused (default 10% of the limit)" },
+    Setting { var: "OUTPOST_KEEP_TASKS", flag: "--keep-tasks", help: "finished tasks kept (logs on disk, objects in /work); older ones are deleted (default 1000)" },
     Setting { var: "OUTPOST_IDLE_SHUTDOWN", flag: "--idle-shutdown", help: "run the idle command after this long without a task (30m); off by default" },
     Setting { var: "OUTPOST_IDLE_SHUTDOWN_CMD", flag: "--idle-shutdown-cmd", help: "command run on idle shutdown (default poweroff)" },
 ];
@@ -280,6 +282,7 @@ impl Config {
                 }
             }
         };
+        let keep_tasks = src.number::<usize>("OUTPOST_KEEP_TASKS", 1000, 1, 1_000_000)?;
         let idle_shutdown_cmd = src
             .string("OUTPOST_IDLE_SHUTDOWN_CMD")
             .unwrap_or_else(|| "poweroff".into());
@@ -307,6 +310,7 @@ impl Config {
             heartbeat,
             log_format,
             min_available,
+            keep_tasks,
             idle_shutdown,
             idle_shutdown_cmd,
             on_cloud_run,

@@ -247,6 +247,7 @@ async fn kill_9_then_restart_replays_and_marks_interrupted() {
     drop(w);
 
     let w = Worker::start_on(&data, port, &[]);
+    let c = h1();
     let t: Value = get_json(&c, w.url(&format!("/work/{id}"))).await;
     assert_eq!(t["status"], "interrupted");
     assert!(t["error"].as_str().unwrap().contains("stopped"));
@@ -275,4 +276,48 @@ async fn kill_9_then_restart_replays_and_marks_interrupted() {
         .unwrap();
     let tail = Sse::new(r).collect(T).await;
     assert_eq!(tail[0].id, 3);
+}
+
+#[tokio::test]
+async fn old_finished_tasks_are_pruned_and_counts_stay_true() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let env = [("OUTPOST_KEEP_TASKS", "2")];
+    let w = Worker::start_on(&data, port, &env);
+    let c = h1();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = submit(&c, &w, json!({ "prompt": format!("echo {i}") })).await;
+        wait_terminal(&c, &w, &id, T).await;
+        ids.push(id);
+    }
+    // Deletion happens just after the task ends; allow it a moment (bounded).
+    for _ in 0..100 {
+        if !data.join("tasks").join(&ids[1]).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list: Vec<Value> = get_json(&c, w.url("/work")).await;
+    let listed: Vec<&str> = list.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [ids[3].as_str(), ids[2].as_str()]);
+    assert!(!data.join("tasks").join(&ids[0]).exists());
+    assert!(!data.join("tasks").join(&ids[1]).exists());
+    let r = c
+        .get(w.url(&format!("/work/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let hello: Value = get_json(&c, w.url("/hello")).await;
+    assert_eq!(hello["totalTasksExecuted"], 4);
+    drop(w);
+    let w = Worker::start_on(&data, port, &env);
+    // A new client: the old one's pooled connection went with the old worker.
+    let c = h1();
+    let hello: Value = get_json(&c, w.url("/hello")).await;
+    assert_eq!(hello["totalTasksExecuted"], 4);
+    let list: Vec<Value> = get_json(&c, w.url("/work")).await;
+    assert_eq!(list.len(), 2);
 }

@@ -112,6 +112,8 @@ impl Registry {
                 .cmp(&b.meta.created_unix_ms)
                 .then(a.meta.id.cmp(&b.meta.id))
         });
+        let pruned = read_pruned(&self.tasks_dir);
+        self.total_executed.fetch_add(pruned, Ordering::Relaxed);
         let mut g = self.lock();
         for t in found {
             if t.status().is_terminal() {
@@ -120,6 +122,9 @@ impl Registry {
             g.order.push(t.meta.id.clone());
             g.by_id.insert(t.meta.id.clone(), Arc::new(t));
         }
+        let doomed = self.prune(&mut g);
+        drop(g);
+        delete_dirs(doomed);
         Ok(())
     }
 
@@ -183,10 +188,53 @@ impl Registry {
         if g.live.is_empty() {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
+        let doomed = self.prune(&mut g);
         drop(g);
         self.total_executed.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
+        if !doomed.is_empty() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || delete_dirs(doomed))),
+                Err(_) => delete_dirs(doomed),
+            }
+        }
+    }
+
+    /// Forgets the oldest finished tasks beyond `OUTPOST_KEEP_TASKS` (their directories
+    /// are returned for deletion) and adds them to the persisted count of pruned tasks,
+    /// so `totalTasksExecuted` stays true.
+    fn prune(&self, g: &mut Inner) -> Vec<PathBuf> {
+        let finished = g
+            .by_id
+            .values()
+            .filter(|t| t.status().is_terminal())
+            .count();
+        let mut excess = finished.saturating_sub(self.cfg.keep_tasks);
+        if excess == 0 {
+            return Vec::new();
+        }
+        let mut doomed = Vec::new();
+        for id in &g.order {
+            if excess == 0 {
+                break;
+            }
+            if let Some(t) = g.by_id.get(id) {
+                if t.status().is_terminal() {
+                    doomed.push(t.dir().to_path_buf());
+                    excess -= 1;
+                }
+            }
+        }
+        let gone: std::collections::HashSet<PathBuf> = doomed.iter().cloned().collect();
+        g.by_id.retain(|_, t| !gone.contains(t.dir()));
+        let by_id = &g.by_id;
+        g.order.retain(|id| by_id.contains_key(id));
+        let total = read_pruned(&self.tasks_dir) + doomed.len() as u64;
+        if let Err(e) = write_json_atomic(&self.tasks_dir.join(PRUNED_FILE), &total) {
+            tracing::warn!("recording pruned tasks: {e}");
+        }
+        doomed
     }
 
     fn new_id(&self, now_ms: u64) -> String {
@@ -293,6 +341,24 @@ impl Registry {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.live_count() == 0;
             }
+        }
+    }
+}
+
+/// How many finished tasks were deleted over the data dir's life (a JSON number).
+const PRUNED_FILE: &str = "pruned.json";
+
+fn read_pruned(tasks_dir: &std::path::Path) -> u64 {
+    std::fs::read(tasks_dir.join(PRUNED_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(0)
+}
+
+fn delete_dirs(dirs: Vec<PathBuf>) {
+    for d in dirs {
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            tracing::warn!(dir = %d.display(), "deleting an old task: {e}");
         }
     }
 }
