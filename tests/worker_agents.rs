@@ -96,12 +96,12 @@ async fn exit_codes_map_to_done_and_failed() {
 async fn input_reaches_the_program() {
     let w = Worker::start(&[]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "echo ready; read line; echo \"got:$line\""}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(
+        &c,
+        &w,
+        json!({"prompt": "echo ready; read line; echo \"got:$line\""}),
+    )
+    .await;
     let id = r.headers()["x-task-id"].to_str().unwrap().to_string();
     let mut sse = Sse::new(r);
     let mut out = Vec::new();
@@ -139,12 +139,7 @@ async fn resize_reaches_the_program() {
     let c = h1();
     // Reports its size on SIGWINCH; bounded to 100 turns of 0.1 s.
     let prompt = "stty size; trap 'stty size' WINCH; echo ready; i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); if [ -e stop ]; then break; fi; done";
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({ "prompt": prompt }))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({ "prompt": prompt })).await;
     let id = r.headers()["x-task-id"].to_str().unwrap().to_string();
     let mut sse = Sse::new(r);
     let mut out = String::new();
@@ -184,12 +179,7 @@ async fn resize_reaches_the_program() {
 async fn agent_environment_and_context_file() {
     let w = Worker::start(&[]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "echo \"$OUTPOST_TASK_ID|$OUTPOST_ISSUE_ID|$TERM\"; cat \"$OUTPOST_CONTEXT\"; echo; pwd", "issue_id": "gt-env", "context": {"k": [1, 2]}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "echo \"$OUTPOST_TASK_ID|$OUTPOST_ISSUE_ID|$TERM\"; cat \"$OUTPOST_CONTEXT\"; echo; pwd", "issue_id": "gt-env", "context": {"k": [1, 2]}})).await;
     let id = r.headers()["x-task-id"].to_str().unwrap().to_string();
     let out = String::from_utf8(output_of(&Sse::new(r).collect(T).await)).unwrap();
     assert!(
@@ -204,12 +194,12 @@ async fn agent_environment_and_context_file() {
 async fn sigterm_drains_streams_get_done_and_exit_is_zero() {
     let mut w = Worker::start(&[("OUTPOST_GRACE_S", "2")]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "trap 'echo bye; exit 5' TERM; echo up; sleep 100 & wait"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(
+        &c,
+        &w,
+        json!({"prompt": "trap 'echo bye; exit 5' TERM; echo up; sleep 100 & wait"}),
+    )
+    .await;
     let mut sse = Sse::new(r);
     loop {
         if sse.next(T).await.unwrap().event == "output" {

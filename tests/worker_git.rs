@@ -32,17 +32,17 @@ fn a_task_clones_works_commits_and_pushes_its_branch() {
     let w = git_worker(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let events = rt.block_on(async {
-        let r = h1()
-            .post(w.url("/work"))
-            .json(&json!({
+        let r = post_work(
+            &h1(),
+            &w,
+            json!({
                 "issue_id": "gt-abc123",
                 "rig_url": srv.url("rig"),
                 "ref": "main",
                 "prompt": "echo change >> README.md; echo new > added.txt; git status --short"
-            }))
-            .send()
-            .await
-            .unwrap();
+            }),
+        )
+        .await;
         Sse::new(r).collect(T).await
     });
     assert_complete(&events, 1);
@@ -159,12 +159,7 @@ fn tls_and_token_with_the_token_kept_out_of_the_log() {
     ]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let events = rt.block_on(async {
-        let r = h1()
-            .post(w.url("/work"))
-            .json(&json!({"issue_id": "gt-tls", "rig_url": srv.url("rig"), "prompt": "echo b > b.txt; env | grep -c SECRET || true"}))
-            .send()
-            .await
-            .unwrap();
+        let r = post_work(&h1(), &w, json!({"issue_id": "gt-tls", "rig_url": srv.url("rig"), "prompt": "echo b > b.txt; env | grep -c SECRET || true"})).await;
         Sse::new(r).collect(T).await
     });
     let done = &events.last().unwrap().data;
@@ -200,12 +195,7 @@ fn sigterm_mid_task_pushes_a_checkpoint_and_exits_inside_10_s() {
     let mut w = git_worker(&[("OUTPOST_GRACE_S", "8")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (events, elapsed, status) = rt.block_on(async {
-        let r = h1()
-            .post(w.url("/work"))
-            .json(&json!({"issue_id": "gt-ckpt", "rig_url": srv.url("rig"), "prompt": "echo wip > wip.txt; echo started; sleep 300"}))
-            .send()
-            .await
-            .unwrap();
+        let r = post_work(&h1(), &w, json!({"issue_id": "gt-ckpt", "rig_url": srv.url("rig"), "prompt": "echo wip > wip.txt; echo started; sleep 300"})).await;
         let mut sse = Sse::new(r);
         let mut evs = Vec::new();
         loop {
@@ -249,17 +239,12 @@ fn beads_repository_and_push_on_failure() {
     let w = git_worker(&[("OUTPOST_PUSH_ON_FAILURE", "1")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let done = rt.block_on(async {
-        let r = h1()
-            .post(w.url("/work"))
-            .json(&json!({
+        let r = post_work(&h1(), &w, json!({
                 "issue_id": "gt-beads",
                 "rig_url": srv.url("rig"),
                 "beads_url": srv.url("beads"),
                 "prompt": "echo half > half.txt; echo '{\"closed\":true}' >> \"$BEADS_DIR/issues.jsonl\"; exit 2"
-            }))
-            .send()
-            .await
-            .unwrap();
+            })).await;
         Sse::new(r).collect(T).await.last().unwrap().data.clone()
     });
     // The agent failed, but its work was pushed to its branch (OUTPOST_PUSH_ON_FAILURE=1).

@@ -267,20 +267,10 @@ async fn capacity_and_duplicate_issue() {
     let w = Worker::start(&[("OUTPOST_MAX_TASKS", "1")]);
     let c = h1();
     let id = submit(&c, &w, json!({"prompt": "sleep 30", "issue_id": "gt-1"})).await;
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "x", "issue_id": "gt-1"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "x", "issue_id": "gt-1"})).await;
     let e = error_of(r, 409).await;
     assert_eq!(e["id"], id.as_str());
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "x"})).await;
     assert!(r.headers().get("retry-after").is_some());
     error_of(r, 429).await;
     let v: Value = get_json(&c, w.url("/hello")).await;
@@ -334,12 +324,7 @@ async fn bearer_token_guards_all_but_hello_and_healthz() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "env"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "env"})).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -390,12 +375,7 @@ async fn cloud_run_mode_logs_json() {
         ("OUTPOST_INSECURE_NO_AUTH", "1"),
     ]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "echo hi"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "echo hi"})).await;
     Sse::new(r).collect(Duration::from_secs(20)).await;
     let log = w.log_text();
     let lines: Vec<Value> = log

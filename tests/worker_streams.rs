@@ -85,12 +85,7 @@ async fn multibyte_characters_split_at_every_offset_arrive_intact() {
             oct(&bytes[..cut]),
             oct(&bytes[cut..])
         );
-        let r = c
-            .post(w.url("/work"))
-            .json(&json!({ "prompt": prompt }))
-            .send()
-            .await
-            .unwrap();
+        let r = post_work(&c, &w, json!({ "prompt": prompt })).await;
         let evs = Sse::new(r).collect(T).await;
         assert_eq!(output_of(&evs), bytes, "cut at {cut}");
         // All of it came as text (no b64), since nothing was invalid.
@@ -112,12 +107,7 @@ async fn multibyte_characters_split_at_every_offset_arrive_intact() {
 async fn invalid_bytes_come_as_b64_and_the_log_is_exact() {
     let w = Worker::start(&[]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({ "prompt": "stty raw -echo; printf 'ok \\377\\376 then'; printf '\\303'; sleep 0.05; printf '\\251 end'" }))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({ "prompt": "stty raw -echo; printf 'ok \\377\\376 then'; printf '\\303'; sleep 0.05; printf '\\251 end'" })).await;
     let evs = Sse::new(r).collect(T).await;
     let expected = b"ok \xff\xfe then\xc3\xa9 end".to_vec();
     assert_eq!(output_of(&evs), expected);
@@ -154,12 +144,7 @@ async fn two_mib_blob_through_a_raw_terminal_is_byte_exact() {
     std::fs::write(&path, &blob).unwrap();
     let c = h2c();
     let prompt = format!("stty raw -echo; cat {}", path.display());
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({ "prompt": prompt }))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({ "prompt": prompt })).await;
     let evs = Sse::new(r).collect(T).await;
     assert_complete(&evs, 1);
     let got = output_of(&evs);
@@ -201,12 +186,7 @@ async fn a_stalled_client_does_not_stall_the_agent_or_others() {
 async fn heartbeat_comments_while_idle() {
     let w = Worker::start(&[("OUTPOST_HEARTBEAT_S", "1")]);
     let c = h1();
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "sleep 2.5; echo done"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_work(&c, &w, json!({"prompt": "sleep 2.5; echo done"})).await;
     let mut sse = Sse::new(r);
     while let Some(e) = sse.next(T).await {
         if e.event == "done" {

@@ -285,6 +285,11 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// POSTs a task with the default reply (an SSE stream).
+pub async fn post_work(c: &reqwest::Client, w: &Worker, body: Value) -> reqwest::Response {
+    c.post(w.url("/work")).json(&body).send().await.unwrap()
+}
+
 /// POSTs a task and returns its id (JSON reply).
 pub async fn submit(c: &reqwest::Client, w: &Worker, body: Value) -> String {
     let r = c
