@@ -127,15 +127,7 @@ fn token_is_not_leaked_by_a_failed_push() {
     server.reject_pushes("private", &format!("hook saw {TOKEN}"));
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path(), Some(TOKEN));
-    let ws = git::prepare(
-        &c,
-        &server.url("private"),
-        None,
-        "polecat/x",
-        "t1",
-        &mut |_| {},
-    )
-    .unwrap();
+    let ws = server.prepare(&c, "private", "polecat/x", "t1");
     std::fs::write(ws.path.join("a.txt"), "y\n").unwrap();
     let err = git::finish(&c, &ws, "change", &mut |_| {}).unwrap_err();
     let msg = err.to_string();

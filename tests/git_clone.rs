@@ -112,7 +112,7 @@ fn clone_over_tls_trusts_the_configured_ca_only() {
     );
 
     c.extra_ca_file = Some(server.cert_pem_path());
-    let ws = git::prepare(&c, &server.url("r"), None, "b", "trusted", &mut |_| {}).unwrap();
+    let ws = server.prepare(&c, "r", "b", "trusted");
     assert_eq!(ws.base_commit, head);
     assert_eq!(
         std::fs::read_to_string(ws.path.join("a.txt")).unwrap(),

@@ -33,15 +33,7 @@ fn finish_commits_everything_and_pushes_the_branch() {
     );
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let ws = git::prepare(
-        &c,
-        &server.url("r"),
-        None,
-        "polecat/gt-1",
-        "t1",
-        &mut |_| {},
-    )
-    .unwrap();
+    let ws = server.prepare(&c, "r", "polecat/gt-1", "t1");
 
     std::fs::write(ws.path.join("edit.txt"), "b\n").unwrap();
     std::fs::remove_file(ws.path.join("gone.txt")).unwrap();
@@ -85,15 +77,7 @@ fn nothing_changed_pushes_nothing() {
     server.create_repo("r", &[("a.txt", "x\n")]);
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let ws = git::prepare(
-        &c,
-        &server.url("r"),
-        None,
-        "polecat/idle",
-        "t1",
-        &mut |_| {},
-    )
-    .unwrap();
+    let ws = server.prepare(&c, "r", "polecat/idle", "t1");
     assert_eq!(git::finish(&c, &ws, "nothing", &mut |_| {}).unwrap(), None);
     assert_eq!(server.git("r", &["branch", "--list", "polecat/idle"]), "");
 }
@@ -104,15 +88,7 @@ fn commits_made_by_the_agent_are_pushed_too() {
     let base = server.create_repo("r", &[("a.txt", "x\n")]);
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let ws = git::prepare(
-        &c,
-        &server.url("r"),
-        None,
-        "polecat/self",
-        "t1",
-        &mut |_| {},
-    )
-    .unwrap();
+    let ws = server.prepare(&c, "r", "polecat/self", "t1");
     std::fs::write(ws.path.join("a.txt"), "agent\n").unwrap();
     run_git(&ws.path, &["commit", "-q", "-am", "agent commit"]);
     let agent_commit = run_git(&ws.path, &["rev-parse", "HEAD"]);
@@ -212,15 +188,7 @@ fn checkpoint_pushes_work_in_progress_and_finish_builds_on_it() {
     let base = server.create_repo("r", &[("a.txt", "x\n")]);
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let ws = git::prepare(
-        &c,
-        &server.url("r"),
-        None,
-        "polecat/ckpt",
-        "t1",
-        &mut |_| {},
-    )
-    .unwrap();
+    let ws = server.prepare(&c, "r", "polecat/ckpt", "t1");
     std::fs::write(ws.path.join("half.txt"), "half\n").unwrap();
     let ckpt = git::checkpoint(&c, &ws, "checkpoint").unwrap().unwrap();
     assert_eq!(

@@ -142,7 +142,7 @@ fn killed_fetch_is_repaired() {
         cache.join("outpost-fetch-in-progress").exists(),
         "the kill left the fetch marked"
     );
-    let ws = git::prepare(&c, &server.url("r"), None, "b1", "t1", &mut |_| {}).unwrap();
+    let ws = server.prepare(&c, "r", "b1", "t1");
     assert_eq!(ws.base_commit, head);
     assert_eq!(
         std::fs::read_to_string(ws.path.join("big.txt")).unwrap(),
@@ -162,7 +162,7 @@ fn killed_fetch_is_repaired() {
     let newer = server.commit("r", "main", &[("big.txt", &noise(400_000, 3))], "third");
     kill_mid_fetch(&server, data.path());
     assert!(cache.join("outpost-fetch-in-progress").exists());
-    let ws2 = git::prepare(&c, &server.url("r"), None, "b2", "t2", &mut |_| {}).unwrap();
+    let ws2 = server.prepare(&c, "r", "b2", "t2");
     assert_eq!(ws2.base_commit, newer);
     assert_eq!(
         std::fs::read_to_string(ws2.path.join("big.txt")).unwrap(),
@@ -178,7 +178,7 @@ fn cache_with_deleted_objects_is_rebuilt() {
     let head = server.commit("r", "main", &[("a.txt", "b\n")], "second");
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    git::prepare(&c, &server.url("r"), None, "b1", "t1", &mut |_| {}).unwrap();
+    server.prepare(&c, "r", "b1", "t1");
 
     let cache = cache_dir(data.path());
     let packs = cache.join("objects/pack");
@@ -189,7 +189,7 @@ fn cache_with_deleted_objects_is_rebuilt() {
     }
     assert!(removed > 0, "the fetch wrote a pack");
 
-    let ws = git::prepare(&c, &server.url("r"), None, "b2", "t2", &mut |_| {}).unwrap();
+    let ws = server.prepare(&c, "r", "b2", "t2");
     assert_eq!(ws.base_commit, head);
     assert_eq!(
         std::fs::read_to_string(ws.path.join("a.txt")).unwrap(),
@@ -208,7 +208,7 @@ fn a_held_cache_lock_times_out_plainly() {
     server.create_repo("r", &[("a.txt", "a\n")]);
     let data = tempfile::tempdir().unwrap();
     let mut c = cfg(data.path());
-    git::prepare(&c, &server.url("r"), None, "b1", "t1", &mut |_| {}).unwrap();
+    server.prepare(&c, "r", "b1", "t1");
 
     let lock_path = PathBuf::from(format!("{}.lock", cache_dir(data.path()).display()));
     assert!(lock_path.is_file());
@@ -222,7 +222,7 @@ fn a_held_cache_lock_times_out_plainly() {
         "{err}"
     );
     drop(held);
-    git::prepare(&c, &server.url("r"), None, "b2", "t2", &mut |_| {}).unwrap();
+    server.prepare(&c, "r", "b2", "t2");
 }
 
 #[test]
@@ -231,9 +231,7 @@ fn cache_missing_one_file_is_rebuilt_on_checkout() {
     server.create_repo("r", &[("a.txt", "a\n"), ("b.txt", "b\n")]);
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let head = git::prepare(&c, &server.url("r"), None, "b1", "t1", &mut |_| {})
-        .unwrap()
-        .base_commit;
+    let head = server.prepare(&c, "r", "b1", "t1").base_commit;
 
     // Explode the cache's pack into loose objects, then lose one file's blob: the refs,
     // the commit and the tree are all still there.
@@ -262,7 +260,7 @@ fn cache_missing_one_file_is_rebuilt_on_checkout() {
     let blob = run_git(&cache, &["rev-parse", "refs/heads/main:b.txt"]);
     std::fs::remove_file(cache.join("objects").join(&blob[..2]).join(&blob[2..])).unwrap();
 
-    let ws = git::prepare(&c, &server.url("r"), None, "b2", "t2", &mut |_| {}).unwrap();
+    let ws = server.prepare(&c, "r", "b2", "t2");
     assert_eq!(ws.base_commit, head);
     assert_eq!(
         std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),

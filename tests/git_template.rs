@@ -75,11 +75,11 @@ fn a_warm_task_copies_the_template_and_git_sees_a_clean_tree() {
 
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    let first = git::prepare(&c, &server.url("r"), None, "polecat/a", "ta", &mut |_| {}).unwrap();
+    let first = server.prepare(&c, "r", "polecat/a", "ta");
     let template = template_of(data.path(), &head);
     assert!(!template.join(".git").exists());
 
-    let second = git::prepare(&c, &server.url("r"), None, "polecat/b", "tb", &mut |_| {}).unwrap();
+    let second = server.prepare(&c, "r", "polecat/b", "tb");
     assert_eq!(second.base_commit, head);
     // It came from the template: its index was built from the tree, with no stat data
     // yet (a checkout records each file's stat).
@@ -116,11 +116,11 @@ fn a_damaged_template_is_not_used_and_a_new_commit_replaces_it() {
     let base = server.create_repo("r", &[("a.txt", "a\n"), ("b.txt", "b\n")]);
     let data = tempfile::tempdir().unwrap();
     let c = cfg(data.path());
-    git::prepare(&c, &server.url("r"), None, "polecat/a", "ta", &mut |_| {}).unwrap();
+    server.prepare(&c, "r", "polecat/a", "ta");
     let template = template_of(data.path(), &base);
     // A file goes missing from the template: the next task must not inherit the hole.
     std::fs::remove_file(template.join("b.txt")).unwrap();
-    let ws = git::prepare(&c, &server.url("r"), None, "polecat/b", "tb", &mut |_| {}).unwrap();
+    let ws = server.prepare(&c, "r", "polecat/b", "tb");
     assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "");
     assert_eq!(
         std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),
@@ -129,7 +129,7 @@ fn a_damaged_template_is_not_used_and_a_new_commit_replaces_it() {
 
     // Upstream moves on: the next template is for the new commit and the old one goes.
     let next = server.commit("r", "main", &[("c.txt", "c\n")], "next");
-    git::prepare(&c, &server.url("r"), None, "polecat/c", "tc", &mut |_| {}).unwrap();
+    server.prepare(&c, "r", "polecat/c", "tc");
     let left = templates(data.path());
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].to_string_lossy().ends_with(&next));

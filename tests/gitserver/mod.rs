@@ -104,6 +104,18 @@ impl GitServer {
         }
     }
 
+    /// Prepares a task's worktree on `branch` from repository `name`'s default branch
+    /// with outpost's git module; panics on failure.
+    pub fn prepare(
+        &self,
+        cfg: &outpost::git::GitConfig,
+        name: &str,
+        branch: &str,
+        task: &str,
+    ) -> outpost::git::Workspace {
+        outpost::git::prepare(cfg, &self.url(name), None, branch, task, &mut |_| {}).unwrap()
+    }
+
     /// The clone URL of repository `name`.
     pub fn url(&self, name: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
