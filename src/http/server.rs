@@ -58,6 +58,51 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// One builder per protocol: the protocol is known before hyper reads a byte, so hyper
+/// reads straight into its own buffer (auto-detection would hand it the sniffed bytes
+/// first, and its read buffer then grows to 16 KiB for every connection).
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn pick(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
+        if h2 {
+            &self.h2
+        } else {
+            &self.h1
+        }
+    }
+}
+
+/// HTTP/2's client connection preface: a cleartext connection that starts with it
+/// speaks h2c with prior knowledge.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a new connection may take to send its first bytes.
+const FIRST_BYTES: Duration = Duration::from_secs(30);
+
+/// Tells h2c prior knowledge from HTTP/1.1 by peeking at the first bytes (nothing is
+/// consumed). A client that stops partway through the preface is polled every 10 ms,
+/// within the caller's timeout.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Serves until `shutdown` turns true, then waits (at most `linger`) for open
 /// connections to finish.
 pub async fn serve(
@@ -68,7 +113,10 @@ pub async fn serve(
     linger: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder());
+    let builders = Arc::new(Builders {
+        h1: builder().http1_only(),
+        h2: builder().http2_only(),
+    });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -85,23 +133,22 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = service_fn(move |req| handle(state, req));
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned();
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = fut.await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
-            }
-            Some(acc) => {
-                let acc = acc.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+        let builders = builders.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let ended = match tls {
+                None => {
+                    let Ok(h2) = tokio::time::timeout(FIRST_BYTES, speaks_h2(&stream)).await else {
+                        return;
+                    };
+                    let conn = builders
+                        .pick(h2)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acc) => {
                     let tls =
                         match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream))
                             .await
@@ -113,15 +160,18 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
-                    let conn = builder
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let conn = builders
+                        .pick(h2)
                         .serve_connection(TokioIo::new(tls), svc)
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, "connection ended: {e}");
             }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(linger, graceful.shutdown())
