@@ -23,11 +23,7 @@ async fn resume_with_last_event_id_and_after_has_no_gap_and_no_duplicate() {
     )
     .await;
     // Read a few events, then drop the connection mid-task.
-    let r = c
-        .get(w.url(&format!("/work/{id}/events")))
-        .send()
-        .await
-        .unwrap();
+    let r = open_events(&c, &w, &id).await;
     let mut sse = Sse::new(r);
     let mut first = Vec::new();
     for _ in 0..6 {
@@ -166,11 +162,7 @@ async fn a_stalled_client_does_not_stall_the_agent_or_others() {
     )
     .await;
     // A subscriber that never reads.
-    let stalled = c
-        .get(w.url(&format!("/work/{id}/events")))
-        .send()
-        .await
-        .unwrap();
+    let stalled = open_events(&c, &w, &id).await;
     assert_eq!(stalled.status(), 200);
     // The task still finishes, and another client sees everything.
     let t = wait_terminal(&c, &w, &id, Duration::from_secs(120)).await;
@@ -206,11 +198,7 @@ async fn kill_9_then_restart_replays_and_marks_interrupted() {
     let done_id = submit(&c, &w, json!({"prompt": "echo finished"})).await;
     wait_terminal(&c, &w, &done_id, T).await;
     let id = submit(&c, &w, json!({"prompt": "echo before; sleep 60"})).await;
-    let r = c
-        .get(w.url(&format!("/work/{id}/events")))
-        .send()
-        .await
-        .unwrap();
+    let r = open_events(&c, &w, &id).await;
     let mut sse = Sse::new(r);
     let mut seen = Vec::new();
     loop {

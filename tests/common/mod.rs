@@ -327,6 +327,14 @@ pub async fn wait_terminal(c: &reqwest::Client, w: &Worker, id: &str, max: Durat
     panic!("task {id} did not end within {max:?}");
 }
 
+/// Opens a task's event stream from the start.
+pub async fn open_events(c: &reqwest::Client, w: &Worker, id: &str) -> reqwest::Response {
+    c.get(w.url(&format!("/work/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The full event list of a task (replayed from the start).
 pub async fn events_of(c: &reqwest::Client, w: &Worker, id: &str) -> Vec<Event> {
     let r = c
