@@ -14,7 +14,7 @@ use super::error::GitError;
 use super::lock::CacheLock;
 use super::progress::{shallow_fetch_options, Progress};
 use super::remote_url::{cache_key, RemoteUrl};
-use super::{transport, GitConfig};
+use super::{placement, transport, GitConfig};
 
 /// Present while a fetch into the cache is under way.
 const MARKER: &str = "outpost-fetch-in-progress";
@@ -255,6 +255,11 @@ fn open_healthy(dir: &Path, remote: &RemoteUrl) -> Result<Repository, GitError> 
                 })?;
             }
         }
+    }
+    if let Some(root) = dir.parent() {
+        std::fs::create_dir_all(root)
+            .map_err(|e| GitError::io(format!("creating {}", root.display()), e))?;
+        placement::spread_children(root);
     }
     let mut opts = git2::RepositoryInitOptions::new();
     opts.bare(true)

@@ -16,6 +16,7 @@ mod cache;
 mod commit;
 mod error;
 mod lock;
+mod placement;
 mod progress;
 mod remote_url;
 mod template;

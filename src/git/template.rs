@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository};
 
+use super::placement;
+
 /// Directories deeper than this are not copied (a template comes from a git tree).
 const MAX_DEPTH: usize = 512;
 
@@ -91,6 +93,11 @@ pub(crate) fn ensure(cache_dir: &Path, commit: Oid) -> Option<PathBuf> {
     let target = dir.join(commit.to_string());
     if target.is_dir() {
         return Some(target);
+    }
+    for d in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
+        if fs::create_dir_all(d).is_ok() {
+            placement::spread_children(d);
+        }
     }
     let tmp = dir.join(format!(
         "{commit}.tmp-{}-{}",

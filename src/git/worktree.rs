@@ -14,8 +14,8 @@ use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
 use super::cache::Fetched;
 use super::error::GitError;
 use super::remote_url::RemoteUrl;
-use super::template;
 use super::GitConfig;
+use super::{placement, template};
 
 /// How creating a worktree failed.
 pub(crate) enum CreateError {
@@ -46,6 +46,11 @@ pub(crate) fn create(
     path: &Path,
 ) -> Result<(), CreateError> {
     remove_dir(path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| GitError::io(format!("creating {}", parent.display()), e))?;
+        placement::spread_children(parent);
+    }
     let shown = path.display().to_string();
     let git = |what: &str, e: git2::Error| -> CreateError {
         let err = GitError::git(format!("{what} in the worktree {shown}"), &e, None);

@@ -1,0 +1,77 @@
+//! Where the filesystem puts the trees outpost creates and deletes by the thousand
+//! (worktrees, checkout templates, caches): each directory that holds independent trees
+//! is marked "top of a hierarchy" (`chattr +T`, `FS_TOPDIR_FL`), so that ext4's Orlov
+//! allocator spreads its children over block groups instead of packing every new tree
+//! into its parent's group.
+//!
+//! Why it matters: a task deletes its worktree when it ends, and the next one creates
+//! the same number of files. Without a journal, ext4 will not reuse an inode freed in
+//! the last minute or more, and it finds the next free one by checking every recently
+//! freed inode of the group in turn, for each file it creates. Packed into one group,
+//! a 2,000-file checkout after a 2,000-file delete spent most of its time there (0.4 to
+//! 0.7 s instead of 0.15 s, measured by `bench clone`). With the hint, each new tree
+//! starts in a group with room and no recent deletes.
+//!
+//! It is only a hint: filesystems without the flag (tmpfs, overlayfs, xfs) refuse the
+//! ioctl, and nothing changes there.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// `FS_TOPDIR_FL` from `linux/fs.h` (not exported by libc).
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks the existing directory `dir` as the top of independent hierarchies, if the
+/// filesystem supports it and it is not marked already. Never fails: a filesystem
+/// that refuses is left as it is.
+pub(crate) fn spread_children(dir: &Path) {
+    if let Err(e) = set_topdir(dir) {
+        tracing::debug!(dir = %dir.display(), "no placement hint: {e}");
+    }
+}
+
+fn set_topdir(dir: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(dir)?;
+    let fd = file.as_raw_fd();
+    // The kernel reads and writes an int, whatever the ioctl's declared size (as chattr).
+    let mut flags: libc::c_int = 0;
+    // SAFETY: `fd` is open for the duration of the call and `flags` outlives it.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if flags & FS_TOPDIR_FL != 0 {
+        return Ok(());
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: as above; the kernel only reads `flags`.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_a_directory_once_and_never_fails() {
+        let dir = std::env::temp_dir().join(format!("outpost-placement-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        spread_children(&dir);
+        spread_children(&dir);
+        // ext2/3/4 (as the test machines' /tmp is) have the flag: it is now set.
+        let fs = nix::sys::statfs::statfs(&dir).unwrap();
+        if fs.filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC {
+            let file = std::fs::File::open(&dir).unwrap();
+            let mut flags: libc::c_int = 0;
+            // SAFETY: as in set_topdir.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+            assert_eq!(rc, 0);
+            assert_ne!(flags & FS_TOPDIR_FL, 0, "flags {flags:#x}");
+        }
+        // A missing directory is not an error for the caller.
+        spread_children(&dir.join("missing"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
