@@ -99,6 +99,8 @@ fn serve(args: &[String]) -> i32 {
 async fn serve_async(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let mode = supervise::adopt_orphans();
+    // Agents are started without closing descriptors in the child (see agent::spawn).
+    crate::agent::spawn::mark_inherited_cloexec();
     let oom = crate::memory::protect_self();
     supervise::reaper::spawn_reaper().context("installing the SIGCHLD handler")?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {

@@ -92,6 +92,54 @@ async fn exit_codes_map_to_done_and_failed() {
     assert_eq!(t["exit_code"], 137);
 }
 
+/// The agent leads its own session and process group, its terminal is its controlling
+/// terminal with its group in the foreground, and it holds no descriptor but 0, 1 and 2
+/// (not even one the worker inherited from whoever started it).
+#[tokio::test]
+async fn the_agent_leads_a_session_on_its_terminal_and_inherits_no_descriptor() {
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    // SAFETY: F_DUPFD returns a new descriptor (without close-on-exec) that we close below.
+    let leaked = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_DUPFD, 50) };
+    assert!(leaked >= 50);
+    let w = Worker::start(&[]);
+    // SAFETY: `leaked` is ours and closed once.
+    unsafe { libc::close(leaked) };
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", w.pid())).unwrap();
+    let names: Vec<String> = fds
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&leaked.to_string()),
+        "the worker did not inherit fd {leaked}: {names:?}"
+    );
+
+    let c = h1();
+    let prompt = r#"set -- $(cat /proc/$$/stat); echo "pid=$1 pgrp=$5 sid=$6 tty=$7 fg=$8"; printf fds=; ls /proc/$$/fd | tr '\n' ' '; echo; tty"#;
+    let events = Sse::new(post_work(&c, &w, json!({ "prompt": prompt })).await)
+        .collect(T)
+        .await;
+    let out = String::from_utf8_lossy(&output_of(&events)).into_owned();
+    let field = |name: &str| -> String {
+        let start = out
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {out}"));
+        out[start + name.len() + 1..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let pid = field("pid");
+    assert_eq!(field("pgrp"), pid, "{out}");
+    assert_eq!(field("sid"), pid, "{out}");
+    assert_eq!(field("fg"), pid, "{out}");
+    assert_ne!(field("tty"), "0", "no controlling terminal: {out}");
+    let fds_line = out.lines().find(|l| l.starts_with("fds=")).unwrap();
+    assert_eq!(fds_line.trim(), "fds=0 1 2", "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+}
+
 #[tokio::test]
 async fn input_reaches_the_program() {
     let w = Worker::start(&[]);

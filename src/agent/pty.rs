@@ -2,6 +2,8 @@
 //! controlling terminal), the output pump on a dedicated thread, input, resize, and
 //! signals to the whole process group. Exit statuses come from the supervisor's reaper.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, FromRawFd};
@@ -14,9 +16,10 @@ use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use portable_pty::{native_pty_system, CommandBuilder, MasterPty, PtySize};
+use portable_pty::{native_pty_system, MasterPty, PtySize};
 use tokio::sync::oneshot;
 
+use super::spawn;
 use crate::supervise::reaper::{reaper, Exit};
 
 /// Environment variables that never reach an agent.
@@ -69,35 +72,32 @@ impl Agent {
             .openpty(size)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("opening a PTY")?;
-        let mut cmd = CommandBuilder::new(program);
-        cmd.args(&spec.argv[1..]);
-        cmd.cwd(&spec.cwd);
-        for k in SECRET_ENV {
-            cmd.env_remove(k);
-        }
-        cmd.env("TERM", "xterm-256color");
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
+        let tty = pair
+            .master
+            .tty_name()
+            .context("the PTY has no device name")?;
         let master_fd = pair
             .master
             .as_raw_fd()
             .context("the PTY has no file descriptor")?;
         // Our own handle on the master: portable-pty's writer injects a newline and EOF
         // when dropped, which would reach the agent's input.
-        let fd = nix::unistd::dup(master_fd).context("duplicating the PTY descriptor")?;
-        // SAFETY: `dup` returned a new descriptor that nothing else owns.
+        let fd = nix::fcntl::fcntl(master_fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            .context("duplicating the PTY descriptor")?;
+        // SAFETY: `fcntl` returned a new descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         let reader = file.try_clone().context("duplicating the PTY descriptor")?;
-        let child = pair
-            .slave
-            .spawn_command(cmd)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("starting the agent `{program}`"))?;
+        let env = agent_env(&spec.env);
+        let pid = spawn::spawn(&spawn::Spawn {
+            program,
+            argv: &spec.argv,
+            env: &env,
+            cwd: &spec.cwd,
+            tty: &tty,
+        })
+        .with_context(|| format!("starting the agent `{program}`"))?;
+        // The child has the terminal open now; ours would keep the output from ending.
         drop(pair.slave);
-        let pid = child.process_id().context("the agent has no process id")? as i32;
-        // The reaper owns waiting; the Child handle is dropped without wait().
-        drop(child);
         let exit = reaper().watch(pid);
         crate::memory::set_oom_score_adj(pid, 500).ok();
 
@@ -207,6 +207,18 @@ impl AgentHandle {
     pub fn signal_group(&self, sig: Signal) {
         signal_group(self.pid, sig);
     }
+}
+
+/// The agent's environment: ours without the secrets, `TERM`, then the task's own.
+fn agent_env(extra: &[(String, String)]) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !SECRET_ENV.iter().any(|s| k == s))
+        .collect();
+    env.insert("TERM".into(), "xterm-256color".into());
+    for (k, v) in extra {
+        env.insert(k.into(), v.into());
+    }
+    env.into_iter().collect()
 }
 
 /// Sends `sig` to process group `pgid`; a group already gone is not an error.
