@@ -11,6 +11,7 @@ mod progress;
 mod pty;
 mod report;
 mod scenarios;
+mod spawner;
 mod sse;
 mod stats;
 mod taskrun;
@@ -31,6 +32,7 @@ fn main() {
         // Helpers bench runs as child processes of itself.
         Some("__bare-server") => report_err(bare::main(&argv[1..])),
         Some("__ticker") => report_err(ticker::main(&argv[1..])),
+        Some("__pty-spawn") => report_err(spawner::main(&argv[1..])),
         _ => match cli::parse(&argv) {
             Ok(Command::Help) => {
                 print!("{}", cli::USAGE);

@@ -130,3 +130,35 @@ fn refusals_say_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--spawn"));
 }
+
+#[test]
+fn the_pty_spawn_helper_runs_each_command_and_sums_up() {
+    let out = std::process::Command::new(BENCH)
+        .args(["__pty-spawn", "2", "6", "20000", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // One `+` per run, then the summary.
+    assert_eq!(lines.iter().filter(|l| **l == "+").count(), 6, "{text}");
+    let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(summary["done"], 6);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["lat_ns"].as_array().unwrap().len(), 6);
+    // A failing command is counted as failed, not done.
+    let out = std::process::Command::new(BENCH)
+        .args(["__pty-spawn", "1", "2", "20000", "exit 1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["done"].as_u64(), summary["failed"].as_u64()),
+        (Some(0), Some(2))
+    );
+}

@@ -1,10 +1,11 @@
 //! `tasks`: trivial tasks (`true`) back to back and several at a time: tasks/s and
-//! POST-to-done latency, next to spawning the same command in a PTY with nothing else.
+//! POST-to-done latency, next to spawning the same command in a PTY with nothing else
+//! (from a small helper process, so the baseline does not depend on what ran before).
 
 use super::Ctx;
 use crate::client::{Endpoint, Proto};
-use crate::pty;
 use crate::report::{Goal, Row};
+use crate::spawner;
 use crate::stats::{rate, Samples};
 use crate::taskrun;
 use anyhow::{Context, Result};
@@ -46,7 +47,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         let phase = ctx
             .progress
             .phase(format!("{name}, PTY spawn"), "tasks", time);
-        let mut b = bare(lanes, max_count, time, phase.counter()).await?;
+        let mut b = bare(ctx, lanes, max_count, time, phase.counter()).await?;
         drop(phase);
         let mut row = Row::new("tasks", format!("{name}: tasks/s"), "tasks/s")
             .outpost(rate(o.done as f64, o.elapsed))
@@ -138,46 +139,27 @@ async fn outpost(
     collect(handles, start).await
 }
 
+/// The baseline, in a helper process of its own (see `spawner`).
 async fn bare(
+    ctx: &Ctx,
     lanes: usize,
     max_count: u64,
     time: Duration,
     counter: Arc<AtomicU64>,
 ) -> Result<Batch> {
-    let issued = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + time;
-    let mut handles = Vec::new();
-    for _ in 0..lanes {
-        let (issued, counter) = (issued.clone(), counter.clone());
-        handles.push(tokio::task::spawn_blocking(move || {
-            let mut b = Batch {
-                done: 0,
-                failed: 0,
-                busy: 0,
-                first_error: None,
-                elapsed: Duration::ZERO,
-                lat: Samples::new(),
-            };
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_count {
-                let t = Instant::now();
-                match pty::run(COMMAND, |_| {}) {
-                    Ok(r) if r.success => {
-                        b.lat.push(t.elapsed());
-                        b.done += 1;
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => b.failed += 1,
-                    Err(e) => {
-                        b.failed += 1;
-                        b.first_error.get_or_insert_with(|| format!("{e:#}"));
-                    }
-                }
-            }
-            Ok::<_, anyhow::Error>(b)
-        }));
+    let s = spawner::run(&ctx.exe, lanes, max_count, time, COMMAND, counter).await?;
+    let mut lat = Samples::new();
+    for ns in s.lat_ns {
+        lat.push_ns(ns);
     }
-    collect(handles, start).await
+    Ok(Batch {
+        done: s.done,
+        failed: s.failed,
+        busy: 0,
+        first_error: s.first_error,
+        elapsed: Duration::from_nanos(s.elapsed_ns),
+        lat,
+    })
 }
 
 async fn collect(
