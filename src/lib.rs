@@ -14,6 +14,7 @@ pub mod http;
 pub mod install;
 pub mod logging;
 pub mod memory;
+mod placement;
 pub mod supervise;
 pub mod task;
 pub mod timefmt;

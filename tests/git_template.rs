@@ -4,6 +4,7 @@
 //! right, and a change commits and pushes only that change. A template that does not
 //! match its tree is not used; a new commit replaces the old template.
 
+mod common;
 mod gitserver;
 
 use std::os::unix::fs::PermissionsExt;
@@ -108,36 +109,18 @@ fn a_warm_task_copies_the_template_and_git_sees_a_clean_tree() {
     assert_eq!(server.git("r", &["rev-parse", &format!("{pushed}^")]), head);
     git::remove_worktree(&c, &first).unwrap();
     git::remove_worktree(&c, &second).unwrap();
-    assert_children_spread(data.path());
-}
-
-/// The directories holding worktrees, templates and caches are marked as tops of
-/// hierarchies (`chattr +T`) where the filesystem has the flag (ext4, as /tmp is on the
-/// test machines), so each new tree starts in a block group of its own.
-fn assert_children_spread(data: &Path) {
-    use std::os::fd::AsRawFd;
-    let fs = nix::sys::statfs::statfs(data).unwrap();
-    if fs.filesystem_type() != nix::sys::statfs::EXT4_SUPER_MAGIC {
-        eprintln!("not ext4: the placement hint is not checked");
-        return;
-    }
     let mut dirs = vec![
-        data.join("git/worktrees"),
-        data.join("git/templates"),
-        data.join("git/cache"),
+        data.path().join("git/worktrees"),
+        data.path().join("git/templates"),
+        data.path().join("git/cache"),
     ];
     dirs.extend(
-        templates(data)
+        templates(data.path())
             .iter()
             .filter_map(|t| t.parent().map(Path::to_path_buf)),
     );
     for dir in dirs {
-        let file = std::fs::File::open(&dir).unwrap();
-        let mut flags: libc::c_int = 0;
-        // SAFETY: the fd is open and `flags` outlives the call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
-        assert_eq!(rc, 0, "{}", dir.display());
-        assert_ne!(flags & 0x0002_0000, 0, "{} is not +T", dir.display());
+        common::assert_spreads_children(&dir);
     }
 }
 

@@ -272,6 +272,8 @@ async fn old_finished_tasks_are_pruned_and_counts_stay_true() {
     assert_eq!(listed, [ids[3].as_str(), ids[2].as_str()]);
     assert!(!data.join("tasks").join(&ids[0]).exists());
     assert!(!data.join("tasks").join(&ids[1]).exists());
+    // Task directories are spread over the disk (see placement.rs).
+    assert_spreads_children(&data.join("tasks"));
     let r = c
         .get(w.url(&format!("/work/{}", ids[0])))
         .send()

@@ -57,7 +57,7 @@ pub struct Agent {
 impl Agent {
     /// Spawns the agent; `sink` receives every byte it writes to its terminal, in order,
     /// on the pump thread, and then one empty slice when the output has ended.
-    pub fn spawn(spec: AgentSpec, mut sink: OutputSink) -> anyhow::Result<Agent> {
+    pub fn spawn(spec: AgentSpec, sink: OutputSink) -> anyhow::Result<Agent> {
         let program = spec
             .argv
             .first()
@@ -103,16 +103,7 @@ impl Agent {
 
         let stop_pump = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = oneshot::channel();
-        let stop = stop_pump.clone();
-        std::thread::Builder::new()
-            .name(format!("pty-{pid}"))
-            .spawn(move || {
-                let r = pump(reader, &stop, &mut *sink);
-                // An empty slice tells the sink the stream has ended.
-                sink(&[]);
-                let _ = done_tx.send(r);
-            })
-            .context("starting the output thread")?;
+        start_pump(pid, reader, stop_pump.clone(), sink, done_tx)?;
         Ok(Agent {
             handle: AgentHandle {
                 pid,
@@ -226,6 +217,53 @@ pub fn signal_group(pgid: i32, sig: Signal) {
     if pgid > 1 {
         let _ = killpg(Pid::from_raw(pgid), sig);
     }
+}
+
+/// Chunks in flight from the reading thread to the writing one: the reader keeps the
+/// terminal drained while the sink writes the chunks before to the log, so a fast
+/// writer is not held up by the log (one thread doing both delivered half as much).
+const IN_FLIGHT: usize = 3;
+
+/// Starts the two threads that carry the terminal's output to `sink`: one reads, one
+/// hands the chunks on in order; `done` gets the reader's result once every byte has
+/// reached the sink and the sink has had its final empty slice.
+fn start_pump(
+    pid: i32,
+    reader: File,
+    stop: Arc<AtomicBool>,
+    mut sink: OutputSink,
+    done: oneshot::Sender<io::Result<()>>,
+) -> anyhow::Result<()> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (result_tx, result_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    std::thread::Builder::new()
+        .name(format!("pty-out-{pid}"))
+        .spawn(move || {
+            for chunk in full_rx.iter() {
+                sink(&chunk);
+                let _ = empty_tx.send(chunk);
+            }
+            // The reader has finished: its result, then the end of the stream.
+            let r = result_rx.recv().unwrap_or(Ok(()));
+            sink(&[]);
+            let _ = done.send(r);
+        })
+        .context("starting the output thread")?;
+    std::thread::Builder::new()
+        .name(format!("pty-{pid}"))
+        .spawn(move || {
+            let r = pump(reader, &stop, &mut |bytes: &[u8]| {
+                let mut chunk = empty_rx.try_recv().unwrap_or_default();
+                chunk.clear();
+                chunk.extend_from_slice(bytes);
+                // The writing thread only goes away with the process.
+                let _ = full_tx.send(chunk);
+            });
+            let _ = result_tx.send(r);
+        })
+        .context("starting the terminal reader")?;
+    Ok(())
 }
 
 /// Reads the terminal until EOF (EIO once every writer has closed it) or until asked

@@ -14,7 +14,8 @@ use super::error::GitError;
 use super::lock::CacheLock;
 use super::progress::{shallow_fetch_options, Progress};
 use super::remote_url::{cache_key, RemoteUrl};
-use super::{placement, transport, GitConfig};
+use super::{transport, GitConfig};
+use crate::placement;
 
 /// Present while a fetch into the cache is under way.
 const MARKER: &str = "outpost-fetch-in-progress";

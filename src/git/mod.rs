@@ -16,7 +16,6 @@ mod cache;
 mod commit;
 mod error;
 mod lock;
-mod placement;
 mod progress;
 mod remote_url;
 mod template;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository};
 
-use super::placement;
+use crate::placement;
 
 /// Directories deeper than this are not copied (a template comes from a git tree).
 const MAX_DEPTH: usize = 512;

@@ -14,8 +14,9 @@ use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
 use super::cache::Fetched;
 use super::error::GitError;
 use super::remote_url::RemoteUrl;
+use super::template;
 use super::GitConfig;
-use super::{placement, template};
+use crate::placement;
 
 /// How creating a worktree failed.
 pub(crate) enum CreateError {

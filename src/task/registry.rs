@@ -70,6 +70,7 @@ impl Registry {
                 tasks_dir.display()
             )
         })?;
+        crate::placement::spread_children(&tasks_dir);
         let reg = Arc::new(Registry {
             cfg,
             tasks_dir,

@@ -11,12 +11,25 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+/// A loopback port no other worker of this test binary gets: taken in turn from a
+/// range below the kernel's ephemeral ports (so two workers started at once cannot be
+/// handed the same just-released port, which let one test talk to another's worker),
+/// skipping any port something else holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 15_000;
+    const SPAN: u16 = 15_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test binaries run one after another; spread them over the range anyway.
+    let base = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (base.wrapping_add(n) % SPAN);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A running worker; killed on drop.
@@ -362,4 +375,25 @@ pub fn read_all(mut f: impl Read) -> Vec<u8> {
     let mut v = Vec::new();
     f.read_to_end(&mut v).unwrap();
     v
+}
+
+/// `dir` is marked as the top of independent hierarchies (`chattr +T`) where the
+/// filesystem has the flag (ext4, as /tmp is on the test machines), so that each tree
+/// made in it starts in a block group of its own.
+pub fn assert_spreads_children(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let fs = nix::sys::statfs::statfs(dir).unwrap();
+    if fs.filesystem_type() != nix::sys::statfs::EXT4_SUPER_MAGIC {
+        eprintln!(
+            "{} is not on ext4: the placement hint is not checked",
+            dir.display()
+        );
+        return;
+    }
+    let file = std::fs::File::open(dir).unwrap();
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the fd is open and `flags` outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    assert_eq!(rc, 0, "{}", dir.display());
+    assert_ne!(flags & 0x0002_0000, 0, "{} is not +T", dir.display());
 }
