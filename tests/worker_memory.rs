@@ -62,18 +62,28 @@ struct CgWorker {
     child: Child,
     port: u16,
     _data: tempfile::TempDir,
+    log: PathBuf,
 }
 
 impl Drop for CgWorker {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.child.wait();
+        // A failed test shows what the worker said (it may have died under it).
+        if std::thread::panicking() {
+            eprintln!(
+                "worker exit: {status:?}; its log:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = fs::remove_file(&self.log);
     }
 }
 
 fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
+    let log = data.path().with_extension("log");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
@@ -88,7 +98,7 @@ fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
         .env_remove("OUTPOST_TOKEN")
         .env_remove("K_SERVICE")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(fs::File::create(&log).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -96,6 +106,7 @@ fn start_in(cg: &Cgroup, env: &[(&str, &str)]) -> CgWorker {
         child: cmd.spawn().unwrap(),
         port,
         _data: data,
+        log,
     };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -219,51 +219,130 @@ pub fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
-/// Chunks in flight from the reading thread to the writing one: the reader keeps the
-/// terminal drained while the sink writes the chunks before to the log, so a fast
-/// writer is not held up by the log (one thread doing both delivered half as much).
+/// Chunks in flight from the reading thread to the writing one.
 const IN_FLIGHT: usize = 3;
+/// Chunks at least this big go to the writing thread; smaller ones (a prompt, a line:
+/// a fast writer fills the terminal 4 KiB at a time), while it has nothing queued, are
+/// written by the reader itself, without the hand-off's added latency.
+const HANDOFF_MIN: usize = 2 * 1024;
 
-/// Starts the two threads that carry the terminal's output to `sink`: one reads, one
-/// hands the chunks on in order; `done` gets the reader's result once every byte has
-/// reached the sink and the sink has had its final empty slice.
+/// Starts the thread that carries the terminal's output to `sink`; `done` gets the
+/// read's result once every byte has reached the sink and the sink has had its final
+/// empty slice.
 fn start_pump(
     pid: i32,
     reader: File,
     stop: Arc<AtomicBool>,
-    mut sink: OutputSink,
+    sink: OutputSink,
     done: oneshot::Sender<io::Result<()>>,
 ) -> anyhow::Result<()> {
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (result_tx, result_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-    std::thread::Builder::new()
-        .name(format!("pty-out-{pid}"))
-        .spawn(move || {
-            for chunk in full_rx.iter() {
-                sink(&chunk);
-                let _ = empty_tx.send(chunk);
-            }
-            // The reader has finished: its result, then the end of the stream.
-            let r = result_rx.recv().unwrap_or(Ok(()));
-            sink(&[]);
-            let _ = done.send(r);
-        })
-        .context("starting the output thread")?;
     std::thread::Builder::new()
         .name(format!("pty-{pid}"))
         .spawn(move || {
-            let r = pump(reader, &stop, &mut |bytes: &[u8]| {
-                let mut chunk = empty_rx.try_recv().unwrap_or_default();
-                chunk.clear();
-                chunk.extend_from_slice(bytes);
-                // The writing thread only goes away with the process.
-                let _ = full_tx.send(chunk);
-            });
-            let _ = result_tx.send(r);
+            let mut out = Delivery::new(pid, sink);
+            let r = pump(reader, &stop, &mut |bytes: &[u8]| out.deliver(bytes));
+            out.finish();
+            let _ = done.send(r);
         })
-        .context("starting the terminal reader")?;
+        .context("starting the output thread")?;
     Ok(())
+}
+
+/// Hands the chunks the reader gathers to the sink, in order. A fast writer fills the
+/// terminal faster than the log takes it: its chunks go to a second thread (started
+/// on first need), so the reader keeps the terminal drained while the log is written
+/// (one thread doing both delivered half as much). Quiet output is written directly.
+struct Delivery {
+    pid: i32,
+    sink: Arc<Mutex<OutputSink>>,
+    /// Chunks handed to the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    writer: Option<Writer>,
+}
+
+struct Writer {
+    full: std::sync::mpsc::SyncSender<Vec<u8>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Delivery {
+    fn new(pid: i32, sink: OutputSink) -> Delivery {
+        Delivery {
+            pid,
+            sink: Arc::new(Mutex::new(sink)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            writer: None,
+        }
+    }
+
+    fn write_now(&self, bytes: &[u8]) {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        (*sink)(bytes);
+    }
+
+    fn deliver(&mut self, bytes: &[u8]) {
+        // Nothing queued means every earlier chunk is written: order is kept.
+        if bytes.len() < HANDOFF_MIN && self.queued.load(Ordering::Acquire) == 0 {
+            return self.write_now(bytes);
+        }
+        if self.writer.is_none() {
+            self.writer = self.start_writer();
+        }
+        let Some(w) = &self.writer else {
+            return self.write_now(bytes);
+        };
+        let mut chunk = w.empty.try_recv().unwrap_or_default();
+        chunk.clear();
+        chunk.extend_from_slice(bytes);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = w.full.send(chunk) {
+            // The writer is gone (it cannot be, short of a panic): write here instead.
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.write_now(&e.0);
+        }
+    }
+
+    fn start_writer(&self) -> Option<Writer> {
+        let (full, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (empty_tx, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (sink, queued) = (self.sink.clone(), self.queued.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("pty-out-{}", self.pid))
+            .spawn(move || {
+                for chunk in full_rx.iter() {
+                    {
+                        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        (*sink)(&chunk);
+                    }
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    let _ = empty_tx.send(chunk);
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Writer {
+                full,
+                empty,
+                thread,
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "no second output thread ({e}): writing the output from the reader"
+                );
+                None
+            }
+        }
+    }
+
+    /// Waits until everything queued is written, then ends the stream (empty slice).
+    fn finish(mut self) {
+        if let Some(w) = self.writer.take() {
+            drop(w.full);
+            let _ = w.thread.join();
+        }
+        self.write_now(&[]);
+    }
 }
 
 /// Reads the terminal until EOF (EIO once every writer has closed it) or until asked
