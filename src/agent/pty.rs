@@ -404,3 +404,42 @@ fn gather(reader: &mut File, buf: &mut [u8], mut n: usize) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small and big chunks, a slow sink (so chunks queue up behind the writer thread):
+    /// the sink sees every byte once, in order, then one empty slice.
+    #[test]
+    fn delivery_keeps_order_across_the_hand_off() {
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let sink_seen = seen.clone();
+        let sink: OutputSink = Box::new(move |b: &[u8]| {
+            std::thread::sleep(Duration::from_micros(200));
+            sink_seen.lock().unwrap().push(b.to_vec());
+        });
+        let mut d = Delivery::new(1, sink);
+        let mut sent = Vec::new();
+        for i in 0..200u32 {
+            let len = match i % 4 {
+                0 => 10,
+                1 => HANDOFF_MIN,
+                2 => 100,
+                _ => 40_000,
+            };
+            let chunk: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
+            sent.extend_from_slice(&chunk);
+            d.deliver(&chunk);
+        }
+        assert!(
+            d.writer.is_some(),
+            "big chunks should have started the writer"
+        );
+        d.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.last().map(Vec::len), Some(0), "no final empty slice");
+        assert_eq!(seen.iter().filter(|c| c.is_empty()).count(), 1);
+        assert_eq!(seen.concat(), sent);
+    }
+}
