@@ -6,6 +6,10 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// musl's memcpy and memmove are slow for small copies; fastmem's replace them.
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+extern crate fastmem;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = outpost::cli::run(args);
