@@ -47,6 +47,7 @@ pub struct Registry {
     pub cfg: Arc<Config>,
     tasks_dir: PathBuf,
     inner: Mutex<Inner>,
+    pruned: Arc<Pruned>,
     total_executed: AtomicU64,
     /// `Inner::live`, mirrored for lock-free reads (`/hello` on every request).
     live_now: AtomicUsize,
@@ -73,6 +74,7 @@ impl Registry {
         crate::placement::spread_children(&tasks_dir);
         let reg = Arc::new(Registry {
             cfg,
+            pruned: Arc::new(Pruned::open(&tasks_dir)),
             tasks_dir,
             inner: Mutex::new(Inner::default()),
             total_executed: AtomicU64::new(0),
@@ -113,7 +115,7 @@ impl Registry {
                 .cmp(&b.meta.created_unix_ms)
                 .then(a.meta.id.cmp(&b.meta.id))
         });
-        let pruned = read_pruned(&self.tasks_dir);
+        let pruned = self.pruned.total.load(Ordering::Relaxed);
         self.total_executed.fetch_add(pruned, Ordering::Relaxed);
         let mut g = self.lock();
         for t in found {
@@ -125,7 +127,7 @@ impl Registry {
         }
         let doomed = self.prune(&mut g);
         drop(g);
-        delete_dirs(doomed);
+        self.pruned.record_and_delete(doomed);
         Ok(())
     }
 
@@ -195,46 +197,45 @@ impl Registry {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
         if !doomed.is_empty() {
+            let pruned = self.pruned.clone();
             match tokio::runtime::Handle::try_current() {
-                Ok(h) => drop(h.spawn_blocking(move || delete_dirs(doomed))),
-                Err(_) => delete_dirs(doomed),
+                Ok(h) => drop(h.spawn_blocking(move || pruned.record_and_delete(doomed))),
+                Err(_) => pruned.record_and_delete(doomed),
             }
         }
     }
 
-    /// Forgets the oldest finished tasks beyond `OUTPOST_KEEP_TASKS` (their directories
-    /// are returned for deletion) and adds them to the persisted count of pruned tasks,
-    /// so `totalTasksExecuted` stays true.
+    /// Forgets the oldest finished tasks beyond `OUTPOST_KEEP_TASKS` and returns their
+    /// directories, for [`Pruned::record_and_delete`] (which also keeps the persisted
+    /// count of pruned tasks, so `totalTasksExecuted` stays true).
     fn prune(&self, g: &mut Inner) -> Vec<PathBuf> {
-        let finished = g
-            .by_id
-            .values()
-            .filter(|t| t.status().is_terminal())
-            .count();
+        // Every task that is not live has ended: admission adds a task to both, and
+        // `release` takes it out of `live` once it has ended. So no per-task look here,
+        // which ran on every task end.
+        let finished = g.by_id.len().saturating_sub(g.live.len());
         let mut excess = finished.saturating_sub(self.cfg.keep_tasks);
         if excess == 0 {
             return Vec::new();
         }
-        let mut doomed = Vec::new();
+        let mut ids = Vec::new();
         for id in &g.order {
             if excess == 0 {
                 break;
             }
-            if let Some(t) = g.by_id.get(id) {
-                if t.status().is_terminal() {
-                    doomed.push(t.dir().to_path_buf());
-                    excess -= 1;
-                }
+            if g.by_id.get(id).is_some_and(|t| t.status().is_terminal()) {
+                ids.push(id.clone());
+                excess -= 1;
             }
         }
-        let gone: std::collections::HashSet<PathBuf> = doomed.iter().cloned().collect();
-        g.by_id.retain(|_, t| !gone.contains(t.dir()));
-        let by_id = &g.by_id;
-        g.order.retain(|id| by_id.contains_key(id));
-        let total = read_pruned(&self.tasks_dir) + doomed.len() as u64;
-        if let Err(e) = write_json_atomic(&self.tasks_dir.join(PRUNED_FILE), &total) {
-            tracing::warn!("recording pruned tasks: {e}");
-        }
+        let doomed: Vec<PathBuf> = ids
+            .iter()
+            .filter_map(|id| g.by_id.remove(id))
+            .map(|t| t.dir().to_path_buf())
+            .collect();
+        g.order.retain(|id| !ids.contains(id));
+        self.pruned
+            .total
+            .fetch_add(doomed.len() as u64, Ordering::Relaxed);
         doomed
     }
 
@@ -349,17 +350,43 @@ impl Registry {
 /// How many finished tasks were deleted over the data dir's life (a JSON number).
 const PRUNED_FILE: &str = "pruned.json";
 
-fn read_pruned(tasks_dir: &std::path::Path) -> u64 {
-    std::fs::read(tasks_dir.join(PRUNED_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(0)
+/// The count of pruned tasks, in memory and in `tasks/pruned.json`.
+struct Pruned {
+    file: PathBuf,
+    total: AtomicU64,
+    /// Orders the writes of the file (each writes the latest total) and the deletions.
+    io: Mutex<()>,
 }
 
-fn delete_dirs(dirs: Vec<PathBuf>) {
-    for d in dirs {
-        if let Err(e) = std::fs::remove_dir_all(&d) {
-            tracing::warn!(dir = %d.display(), "deleting an old task: {e}");
+impl Pruned {
+    fn open(tasks_dir: &std::path::Path) -> Pruned {
+        let file = tasks_dir.join(PRUNED_FILE);
+        let total = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(0);
+        Pruned {
+            file,
+            total: AtomicU64::new(total),
+            io: Mutex::new(()),
+        }
+    }
+
+    /// Writes the count (before anything is deleted, so a crash in between can only
+    /// count a task twice, never lose it), then deletes the directories. Blocking.
+    fn record_and_delete(&self, dirs: Vec<PathBuf>) {
+        if dirs.is_empty() {
+            return;
+        }
+        let _io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let total = self.total.load(Ordering::Relaxed);
+        if let Err(e) = write_json_atomic(&self.file, &total) {
+            tracing::warn!("recording pruned tasks: {e}");
+        }
+        for d in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&d) {
+                tracing::warn!(dir = %d.display(), "deleting an old task: {e}");
+            }
         }
     }
 }
