@@ -4,6 +4,7 @@
 
 pub mod eventlog;
 pub mod model;
+mod prune;
 pub mod registry;
 pub mod runner;
 pub mod workspace;

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use super::eventlog::EventLog;
 use super::model::{Status, TaskMeta, TaskState, WorkRequest};
+use super::prune::Pruned;
 use super::{write_json_atomic, StopReason, Task};
 use crate::config::Config;
 
@@ -47,7 +48,7 @@ pub struct Registry {
     pub cfg: Arc<Config>,
     tasks_dir: PathBuf,
     inner: Mutex<Inner>,
-    pruned: Arc<Pruned>,
+    pruned: Pruned,
     total_executed: AtomicU64,
     /// `Inner::live`, mirrored for lock-free reads (`/hello` on every request).
     live_now: AtomicUsize,
@@ -74,7 +75,7 @@ impl Registry {
         crate::placement::spread_children(&tasks_dir);
         let reg = Arc::new(Registry {
             cfg,
-            pruned: Arc::new(Pruned::open(&tasks_dir)),
+            pruned: Pruned::open(&tasks_dir),
             tasks_dir,
             inner: Mutex::new(Inner::default()),
             total_executed: AtomicU64::new(0),
@@ -115,7 +116,7 @@ impl Registry {
                 .cmp(&b.meta.created_unix_ms)
                 .then(a.meta.id.cmp(&b.meta.id))
         });
-        let pruned = self.pruned.total.load(Ordering::Relaxed);
+        let pruned = self.pruned.total();
         self.total_executed.fetch_add(pruned, Ordering::Relaxed);
         let mut g = self.lock();
         for t in found {
@@ -127,7 +128,7 @@ impl Registry {
         }
         let doomed = self.prune(&mut g);
         drop(g);
-        self.pruned.record_and_delete(doomed);
+        self.pruned.delete_now(doomed);
         Ok(())
     }
 
@@ -196,18 +197,12 @@ impl Registry {
         self.total_executed.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
-        if !doomed.is_empty() {
-            let pruned = self.pruned.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => drop(h.spawn_blocking(move || pruned.record_and_delete(doomed))),
-                Err(_) => pruned.record_and_delete(doomed),
-            }
-        }
+        self.pruned.delete_later(doomed);
     }
 
     /// Forgets the oldest finished tasks beyond `OUTPOST_KEEP_TASKS` and returns their
-    /// directories, for [`Pruned::record_and_delete`] (which also keeps the persisted
-    /// count of pruned tasks, so `totalTasksExecuted` stays true).
+    /// directories, for [`Pruned`] to delete (it also keeps the persisted count of
+    /// pruned tasks, so `totalTasksExecuted` stays true).
     fn prune(&self, g: &mut Inner) -> Vec<PathBuf> {
         // Every task that is not live has ended: admission adds a task to both, and
         // `release` takes it out of `live` once it has ended. So no per-task look here,
@@ -233,9 +228,7 @@ impl Registry {
             .map(|t| t.dir().to_path_buf())
             .collect();
         g.order.retain(|id| !ids.contains(id));
-        self.pruned
-            .total
-            .fetch_add(doomed.len() as u64, Ordering::Relaxed);
+        self.pruned.add(doomed.len() as u64);
         doomed
     }
 
@@ -342,50 +335,6 @@ impl Registry {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.live_count() == 0;
-            }
-        }
-    }
-}
-
-/// How many finished tasks were deleted over the data dir's life (a JSON number).
-const PRUNED_FILE: &str = "pruned.json";
-
-/// The count of pruned tasks, in memory and in `tasks/pruned.json`.
-struct Pruned {
-    file: PathBuf,
-    total: AtomicU64,
-    /// Orders the writes of the file (each writes the latest total) and the deletions.
-    io: Mutex<()>,
-}
-
-impl Pruned {
-    fn open(tasks_dir: &std::path::Path) -> Pruned {
-        let file = tasks_dir.join(PRUNED_FILE);
-        let total = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(0);
-        Pruned {
-            file,
-            total: AtomicU64::new(total),
-            io: Mutex::new(()),
-        }
-    }
-
-    /// Writes the count (before anything is deleted, so a crash in between can only
-    /// count a task twice, never lose it), then deletes the directories. Blocking.
-    fn record_and_delete(&self, dirs: Vec<PathBuf>) {
-        if dirs.is_empty() {
-            return;
-        }
-        let _io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        let total = self.total.load(Ordering::Relaxed);
-        if let Err(e) = write_json_atomic(&self.file, &total) {
-            tracing::warn!("recording pruned tasks: {e}");
-        }
-        for d in dirs {
-            if let Err(e) = std::fs::remove_dir_all(&d) {
-                tracing::warn!(dir = %d.display(), "deleting an old task: {e}");
             }
         }
     }
