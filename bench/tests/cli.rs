@@ -30,6 +30,23 @@ impl Bare {
     }
 }
 
+/// Runs bench with `args` (and, when given, `--url` of a bare server); it must succeed.
+fn bench_ok(args: &[&str], bare: Option<&Bare>) -> std::process::Output {
+    let url = bare.map(|b| format!("http://127.0.0.1:{}", b.port));
+    let mut cmd = Command::new(BENCH);
+    cmd.args(args);
+    if let Some(url) = &url {
+        cmd.args(["--url", url]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 impl Drop for Bare {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -40,22 +57,16 @@ impl Drop for Bare {
 #[test]
 fn hello_against_a_bare_server_gives_rows_for_both_protocols_in_json() {
     let bare = Bare::start(r#"{"status":"available","maxTasks":4}"#);
-    let out = Command::new(BENCH)
-        .args([
+    let out = bench_ok(
+        &[
             "hello,memory",
             "--json",
             "--duration",
             "0.2",
             "--connections",
             "2",
-        ])
-        .args(["--url", &format!("http://127.0.0.1:{}", bare.port)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Some(&bare),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
@@ -83,8 +94,8 @@ fn hello_against_a_bare_server_gives_rows_for_both_protocols_in_json() {
 #[test]
 fn the_table_has_its_header_and_the_progress_goes_to_stderr() {
     let bare = Bare::start(r#"{"status":"available"}"#);
-    let out = Command::new(BENCH)
-        .args([
+    let out = bench_ok(
+        &[
             "hello",
             "--duration",
             "0.2",
@@ -92,14 +103,8 @@ fn the_table_has_its_header_and_the_progress_goes_to_stderr() {
             "1",
             "--streams",
             "2",
-        ])
-        .args(["--url", &format!("http://127.0.0.1:{}", bare.port)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Some(&bare),
     );
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("| scenario | metric"), "{table}");
@@ -133,15 +138,7 @@ fn refusals_say_what_to_do() {
 
 #[test]
 fn the_pty_spawn_helper_runs_each_command_and_sums_up() {
-    let out = std::process::Command::new(BENCH)
-        .args(["__pty-spawn", "2", "6", "20000", "true"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bench_ok(&["__pty-spawn", "2", "6", "20000", "true"], None);
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // One `+` per run, then the summary.
@@ -151,10 +148,7 @@ fn the_pty_spawn_helper_runs_each_command_and_sums_up() {
     assert_eq!(summary["failed"], 0);
     assert_eq!(summary["lat_ns"].as_array().unwrap().len(), 6);
     // A failing command is counted as failed, not done.
-    let out = std::process::Command::new(BENCH)
-        .args(["__pty-spawn", "1", "2", "20000", "exit 1"])
-        .output()
-        .unwrap();
+    let out = bench_ok(&["__pty-spawn", "1", "2", "20000", "exit 1"], None);
     let text = String::from_utf8(out.stdout).unwrap();
     let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(
