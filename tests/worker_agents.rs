@@ -42,12 +42,7 @@ async fn cancel_kills_the_whole_group_including_grandchildren() {
     let id = submit(&c, &w, json!({ "prompt": prompt })).await;
     let pids = read_pids(&pidfile);
     assert!(pids.iter().all(|p| alive(*p)));
-    let r = c
-        .delete(w.url(&format!("/work/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(cancel(&c, &w, &id).await.status(), 202);
     let t = wait_terminal(&c, &w, &id, T).await;
     assert_eq!(t["status"], "cancelled");
     assert!(t["error"].as_str().unwrap().contains("cancel"));
@@ -224,10 +219,7 @@ async fn resize_reaches_the_program() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    c.delete(w.url(&format!("/work/{id}")))
-        .send()
-        .await
-        .unwrap();
+    cancel(&c, &w, &id).await;
 }
 
 #[tokio::test]

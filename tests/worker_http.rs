@@ -284,12 +284,7 @@ async fn capacity_and_duplicate_issue() {
     let v: Value = get_json(&c, w.url("/hello")).await;
     assert_eq!(v["status"], "busy");
     assert_eq!(v["activeTasks"], 1);
-    let r = c
-        .delete(w.url(&format!("/work/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(cancel(&c, &w, &id).await.status(), 202);
     let t = wait_terminal(&c, &w, &id, Duration::from_secs(20)).await;
     assert_eq!(t["status"], "cancelled");
     // The slot and the issue are free again.
@@ -298,14 +293,7 @@ async fn capacity_and_duplicate_issue() {
         wait_terminal(&c, &w, &id2, Duration::from_secs(20)).await["status"],
         "done"
     );
-    error_of(
-        c.delete(w.url(&format!("/work/{id2}")))
-            .send()
-            .await
-            .unwrap(),
-        409,
-    )
-    .await;
+    error_of(cancel(&c, &w, &id2).await, 409).await;
 }
 
 #[tokio::test]

@@ -397,3 +397,11 @@ pub fn assert_spreads_children(dir: &Path) {
     assert_eq!(rc, 0, "{}", dir.display());
     assert_ne!(flags & 0x0002_0000, 0, "{} is not +T", dir.display());
 }
+
+/// `DELETE /work/<id>` (cancel); returns the response for the caller to check.
+pub async fn cancel(c: &reqwest::Client, w: &Worker, id: &str) -> reqwest::Response {
+    c.delete(w.url(&format!("/work/{id}")))
+        .send()
+        .await
+        .unwrap()
+}
