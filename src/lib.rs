@@ -4,7 +4,8 @@
 //!
 //! The data path of one task: `http` admits a request, `task` owns its lifecycle and
 //! its event log, `git` prepares and pushes the worktree, `agent` runs the program in
-//! a PTY; `supervise` owns signals and reaping, `memory` owns limits and pressure.
+//! a PTY; `process` starts, contains, reaps and kills the agent's processes;
+//! `supervise` owns signals and the drain, `memory` owns limits and pressure.
 
 pub mod agent;
 pub mod cli;
@@ -15,6 +16,8 @@ pub mod install;
 pub mod logging;
 pub mod memory;
 mod placement;
+pub mod process;
+pub mod serve;
 pub mod supervise;
 pub mod task;
 pub mod timefmt;

@@ -216,7 +216,10 @@ async fn minimal_image_is_small_and_serves_like_cloud_run() {
         "{MINIMAL} is {size} bytes, over the 10 MiB target"
     );
     let user = stdout(podman().args(["image", "inspect", "--format", "{{.Config.User}}", MINIMAL]));
-    assert_eq!(user, "10001:10001", "runs as the non-root user");
+    assert_eq!(
+        user, "0:0",
+        "the worker runs as root, agents as outpost-agent"
+    );
 
     let c = Container::start(MINIMAL, &[("OUTPOST_TOKEN", "test-token")]);
     let client = reqwest::Client::new();
@@ -316,7 +319,7 @@ async fn cloudrun_dockerfile_builds_from_local_bases() {
     let config =
         stdout(podman().args(["image", "inspect", "--format", "{{json .Config}}", CLOUDRUN]));
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["User"], "10001:10001");
+    assert_eq!(config["User"], "0:0");
     let env: Vec<String> = serde_json::from_value(config["Env"].clone()).unwrap();
     assert!(env.contains(&"OUTPOST_DATA=/data".to_string()), "{env:?}");
     assert!(
@@ -328,10 +331,13 @@ async fn cloudrun_dockerfile_builds_from_local_bases() {
     // Behind Cloud Run IAM: no token, the explicit opt-out.
     let c = Container::start(CLOUDRUN, &[("OUTPOST_INSECURE_NO_AUTH", "1")]);
     let client = reqwest::Client::new();
-    assert_eq!(c.hello(&client).await["status"], "available");
+    let hello = c.hello(&client).await;
+    assert_eq!(hello["status"], "available");
+    assert_eq!(hello["isolation"], "user", "{hello}");
+    assert!(hello["containment"].is_string(), "{hello}");
     let body = client
         .post(c.url("/run"))
-        .body(r#"{"prompt":"id -u; test -w /data && echo data-writable"}"#)
+        .body(r#"{"prompt":"id -u; test -w /data || echo data-private; test -w $HOME && echo home-writable"}"#)
         .send()
         .await
         .unwrap()
@@ -340,8 +346,8 @@ async fn cloudrun_dockerfile_builds_from_local_bases() {
         .unwrap();
     assert_eq!(
         agent_output(&body),
-        "10001\r\ndata-writable\r\n",
-        "the agent runs as uid 10001 and may write OUTPOST_DATA:\n{body}"
+        "61184\r\ndata-private\r\nhome-writable\r\n",
+        "the agent runs as outpost-agent, owns its HOME, and cannot write OUTPOST_DATA:\n{body}"
     );
     assert_eq!(c.stop(), 0, "log:\n{}", c.logs());
 }

@@ -33,7 +33,9 @@ fn read_pids(path: &std::path::Path) -> Vec<i32> {
 async fn cancel_kills_the_whole_group_including_grandchildren() {
     let w = Worker::start(&[]);
     let c = h1();
-    let pidfile = w.data.with_extension("pids");
+    // Somewhere the agent (an unprivileged user when the tests run as root) may write.
+    let shared = shared_dir();
+    let pidfile = shared.path().join("pids");
     // The shell ignores SIGTERM, so the group needs the SIGKILL after the grace.
     let prompt = format!(
         "trap '' TERM; sleep 1000 & echo $! > {p}.tmp; (sleep 1000 & echo $! >> {p}.tmp; wait) & sleep 0.2; mv {p}.tmp {p}; wait",
@@ -234,7 +236,7 @@ async fn agent_environment_and_context_file() {
         "{out}"
     );
     assert!(out.contains(r#"{"k":[1,2]}"#), "{out}");
-    assert!(out.contains(&format!("tasks/{id}/work")), "{out}");
+    assert!(out.contains(&format!("run/{id}/work")), "{out}");
 }
 
 #[tokio::test]

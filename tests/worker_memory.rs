@@ -46,10 +46,10 @@ impl Drop for Cgroup {
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect();
-            if pids.is_empty() && fs::remove_dir(&self.dir).is_ok() {
+            if pids.is_empty() && remove_cgroup_tree(&self.dir) {
                 return;
             }
-            for p in pids {
+            for p in procs_below(&self.dir) {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -135,7 +135,8 @@ async fn wait_hello(c: &reqwest::Client, port: u16, status: &str) -> Value {
 #[test]
 fn pressure_refuses_work_and_an_oversized_agent_dies_before_the_worker() {
     let cg = Cgroup::new("mem", 300 << 20);
-    let w = start_in(&cg, &[]);
+    // No task limit below the worker's own: this test is about the worker's policy.
+    let w = start_in(&cg, &[("OUTPOST_TASK_MEMORY", "1G")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = h1();
@@ -165,7 +166,8 @@ fn pressure_refuses_work_and_an_oversized_agent_dies_before_the_worker() {
         let r = c.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(r.status(), 503);
         // The agent has a high OOM score; the worker does not.
-        let agent_pid = fs::read_to_string(cg.dir.join("cgroup.procs")).unwrap().lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p != w.child.id() as i32).collect::<Vec<_>>();
+        // The agent lives in its task's cgroup, below the worker's.
+        let agent_pid = procs_below(&cg.dir).into_iter().filter(|p| *p != w.child.id() as i32).collect::<Vec<_>>();
         let scores: Vec<i32> = agent_pid.iter().filter_map(|p| fs::read_to_string(format!("/proc/{p}/oom_score_adj")).ok()).filter_map(|s| s.trim().parse().ok()).collect();
         assert!(scores.contains(&500), "agent oom_score_adj: {scores:?}");
         // Pressure clears by itself once the agent is gone.
@@ -270,4 +272,31 @@ fn idle_shutdown_runs_its_command_after_the_idle_time() {
         w.log_text()
     );
     assert!(w.log_text().contains("idle"));
+}
+
+/// Every pid in the cgroup `dir` and the cgroups below it.
+fn procs_below(dir: &std::path::Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(s) = fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes a cgroup and the (empty) cgroups the worker made below it, deepest first.
+fn remove_cgroup_tree(dir: &std::path::Path) -> bool {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    fs::remove_dir(dir).is_ok()
 }

@@ -136,7 +136,8 @@ async fn two_mib_blob_through_a_raw_terminal_is_byte_exact() {
     let blob: Vec<u8> = (0..2 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
-    let path = w.data.with_extension("blob");
+    let shared = shared_dir();
+    let path = shared.path().join("blob");
     std::fs::write(&path, &blob).unwrap();
     let c = h2c();
     let prompt = format!("stty raw -echo; cat {}", path.display());

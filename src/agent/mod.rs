@@ -2,7 +2,6 @@
 //! command line) and how its argument vector is built from the prompt.
 
 pub mod pty;
-pub mod spawn;
 pub mod utf8;
 
 pub use pty::{Agent, AgentSpec, OutputSink};

@@ -19,15 +19,18 @@ use nix::unistd::Pid;
 use portable_pty::{native_pty_system, MasterPty, PtySize};
 use tokio::sync::oneshot;
 
-use super::spawn;
-use crate::supervise::reaper::{reaper, Exit};
+use crate::process::exec::ExecPlan;
+use crate::process::reaper::{reaper, Reaped};
+use crate::process::spawn;
 
-/// Environment variables that never reach an agent.
+/// Environment variables that never reach an agent, besides every `OUTPOST_*` one of
+/// the worker's (settings, tokens and the data dir's path).
 const SECRET_ENV: &[&str] = &[
-    "OUTPOST_TOKEN",
-    "OUTPOST_GIT_TOKEN",
     "GH_TOKEN",
     "GITHUB_TOKEN",
+    "GIT_ASKPASS",
+    "SSH_AUTH_SOCK",
+    "_",
 ];
 
 /// What to run.
@@ -38,6 +41,8 @@ pub struct AgentSpec {
     pub env: Vec<(String, String)>,
     pub cols: u16,
     pub rows: u16,
+    /// What runs between the spawn and the agent (its cgroups, user and limits).
+    pub plan: ExecPlan,
 }
 
 /// Where the pump sends the terminal's bytes (an empty slice marks the end).
@@ -49,7 +54,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A running agent.
 pub struct Agent {
     handle: AgentHandle,
-    exit: Option<oneshot::Receiver<Exit>>,
+    exit: Option<oneshot::Receiver<Reaped>>,
     stop_pump: Arc<AtomicBool>,
     pump_done: Option<oneshot::Receiver<io::Result<()>>>,
 }
@@ -88,12 +93,18 @@ impl Agent {
         let file = unsafe { File::from_raw_fd(fd) };
         let reader = file.try_clone().context("duplicating the PTY descriptor")?;
         let env = agent_env(&spec.env);
+        if let Some((uid, gid)) = spec.plan.user {
+            // The terminal is the agent's, as login makes it a user's.
+            nix::unistd::chown(&tty, Some(uid.into()), Some(gid.into()))
+                .with_context(|| format!("giving the terminal {} to uid {uid}", tty.display()))?;
+        }
         let pid = spawn::spawn(&spawn::Spawn {
             program,
             argv: &spec.argv,
             env: &env,
             cwd: &spec.cwd,
             tty: &tty,
+            plan: &spec.plan,
         })
         .with_context(|| format!("starting the agent `{program}`"))?;
         // The child has the terminal open now; ours would keep the output from ending.
@@ -130,15 +141,15 @@ impl Agent {
         signal_group(self.handle.pid, sig);
     }
 
-    /// Waits for the agent's leader process to exit.
-    pub async fn wait(&mut self) -> Exit {
+    /// Waits for the agent's leader process to exit: its status and resource usage.
+    pub async fn wait(&mut self) -> Reaped {
         match self.exit.as_mut() {
             Some(rx) => {
-                let r = rx.await.unwrap_or(Exit::Signal(9));
+                let r = rx.await.unwrap_or_else(|_| Reaped::lost());
                 self.exit = None;
                 r
             }
-            None => Exit::Signal(9),
+            None => Reaped::lost(),
         }
     }
 
@@ -200,10 +211,13 @@ impl AgentHandle {
     }
 }
 
-/// The agent's environment: ours without the secrets, `TERM`, then the task's own.
+/// The agent's environment: ours without the secrets and the worker's own settings,
+/// `TERM`, then the task's own.
 fn agent_env(extra: &[(String, String)]) -> Vec<(OsString, OsString)> {
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| !SECRET_ENV.iter().any(|s| k == s))
+        .filter(|(k, _)| {
+            !SECRET_ENV.iter().any(|s| k == s) && !k.as_encoded_bytes().starts_with(b"OUTPOST_")
+        })
         .collect();
     env.insert("TERM".into(), "xterm-256color".into());
     for (k, v) in extra {

@@ -252,7 +252,11 @@ fn finish_inner(
     let remote = remote_url::parse(&ws.url, cfg.allow_http)?;
     let shown = ws.path.display().to_string();
     let git = |what: &str, e: git2::Error| GitError::git(format!("{what} in {shown}"), &e, None);
+    worktree::sanitize(&ws.path)?;
     let repo = Repository::open(&ws.path).map_err(|e| git("opening the worktree", e))?;
+    // The agent could have set core.worktree: the files committed are the worktree's.
+    repo.set_workdir(&ws.path, false)
+        .map_err(|e| git("setting the work tree", e))?;
     commit::commit_all(cfg, &repo, message)?;
     let head = repo
         .head()

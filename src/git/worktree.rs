@@ -1,7 +1,9 @@
 //! The worktree of one task: `<data>/git/worktrees/<task_id>/`, an ordinary (non-bare)
-//! repository whose object store borrows the cache's through `objects/info/alternates`
-//! and whose `shallow` file is a copy of the cache's, checked out on a new branch at the
-//! fetched commit. Tasks share no refs, index or config with each other or with the
+//! repository whose object store holds hard links to the cache's (read-only) object
+//! files, so the agent's own git can read them while the cache itself stays out of its
+//! reach, and whose `shallow` file is a copy of the cache's, checked out on a new branch
+//! at the fetched commit. Before the worker commits in a worktree the agent had,
+//! [`sanitize`] undoes what the agent could have pointed elsewhere. Tasks share no refs, index or config with each other or with the
 //! cache, so concurrent tasks cannot step on each other; the agent's own `git` works in
 //! it as in any clone. Removing it is removing the directory. The files come from a
 //! copy of the commit's checkout template when there is one (see `template`).
@@ -78,10 +80,7 @@ pub(crate) fn create(
             e,
         )
     })?;
-    write(
-        &git_dir.join("objects").join("info").join("alternates"),
-        format!("{}\n", cache_objects.display()).as_bytes(),
-    )?;
+    link_objects(&cache_objects, &git_dir.join("objects"))?;
     if let Some(shallow) = &fetched.shallow {
         write(&git_dir.join("shallow"), shallow)?;
     }
@@ -155,6 +154,67 @@ pub(crate) fn create(
     checkout.force();
     repo.checkout_head(Some(&mut checkout))
         .map_err(|e| git("checking out the files", e))?;
+    Ok(())
+}
+
+/// Hard-links every object file of the cache (packs, their indexes, loose objects)
+/// into the worktree's object store, made read-only for everyone first: the agent may
+/// read this repository's objects through its worktree, and can change none of them.
+fn link_objects(cache_objects: &Path, objects: &Path) -> Result<(), GitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: String| move |e: std::io::Error| GitError::io(what, e);
+    let rd = std::fs::read_dir(cache_objects)
+        .map_err(io(format!("reading {}", cache_objects.display())))?;
+    for dir in rd.flatten() {
+        let name = dir.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_fanout = name.len() == 2 && name.chars().all(|c| c.is_ascii_hexdigit());
+        if !(is_fanout || name == "pack") || !dir.path().is_dir() {
+            continue;
+        }
+        let to_dir = objects.join(name);
+        std::fs::create_dir_all(&to_dir).map_err(io(format!("creating {}", to_dir.display())))?;
+        let files = std::fs::read_dir(dir.path())
+            .map_err(io(format!("reading {}", dir.path().display())))?;
+        for f in files.flatten() {
+            let (from, to) = (f.path(), to_dir.join(f.file_name()));
+            if !f.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o444))
+                .map_err(io(format!("making {} read-only", from.display())))?;
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(io(format!("copying {}", from.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes a worktree the agent had safe for the worker's git: `.git` must be a real
+/// directory, and links out of it (alternates, a common dir) are removed, so the
+/// worker reads and pushes this task's objects only.
+pub(crate) fn sanitize(path: &Path) -> Result<(), GitError> {
+    let git_dir = path.join(".git");
+    let meta = std::fs::symlink_metadata(&git_dir)
+        .map_err(|e| GitError::io(format!("looking at {}", git_dir.display()), e))?;
+    if !meta.is_dir() {
+        return Err(GitError::io(
+            format!("using {}", git_dir.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the agent replaced .git with something that is not a directory: nothing was committed",
+            ),
+        ));
+    }
+    for rel in [
+        "objects/info/alternates",
+        "objects/info/http-alternates",
+        "commondir",
+        "gitdir",
+    ] {
+        let _ = std::fs::remove_file(git_dir.join(rel));
+    }
     Ok(())
 }
 

@@ -84,6 +84,10 @@ struct Hello<'a> {
     version: &'static str,
     max_tasks: usize,
     agent: &'a str,
+    /// `user` when agents run as an unprivileged user, `none` when as the worker.
+    isolation: &'static str,
+    /// How a task's processes are held together: cgroup2, cgroup1, uid or session.
+    containment: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<MemoryFigures>,
 }
@@ -137,6 +141,8 @@ fn render_hello(state: &AppState, uptime: u64) -> Bytes {
         version: env!("CARGO_PKG_VERSION"),
         max_tasks: state.cfg.max_tasks,
         agent: state.cfg.agent.name(),
+        isolation: state.reg.containment.identity().isolation(),
+        containment: state.reg.containment.kind().name(),
         memory: memwatch::watch()
             .latest()
             .map(|(snapshot, level)| MemoryFigures { snapshot, level }),
@@ -205,8 +211,12 @@ pub fn metrics(state: &AppState) -> Resp {
         ("outpost_http_requests_total", "HTTP requests received.", "counter", state.metrics.requests().to_string()),
         ("outpost_draining", "1 while shutting down.", "gauge", flag(state.reg.is_draining())),
         ("outpost_memory_pressure", "1 while new work is refused for memory.", "gauge", flag(state.reg.under_pressure())),
-        ("outpost_orphans_reaped_total", "Processes reaped that nobody waited for.", "counter", crate::supervise::reaper::reaper().orphans_reaped().to_string()),
+        ("outpost_orphans_reaped_total", "Processes reaped that nobody waited for.", "counter", crate::process::reaper::reaper().orphans_reaped().to_string()),
         ("outpost_stream_subscribers", "Event-stream subscribers of live tasks.", "gauge", subs.to_string()),
+        ("outpost_task_cpu_seconds_total", "CPU time of the agents of tasks that ended since start.", "counter", format!("{:.6}", state.reg.totals.cpu_seconds())),
+        ("outpost_task_wall_seconds_total", "Wall time of tasks that ended since start.", "counter", format!("{:.3}", state.reg.totals.wall_seconds())),
+        ("outpost_task_compute_usd_total", "Compute cost of tasks that ended since start (USD).", "counter", format!("{:.6}", state.reg.totals.compute_usd())),
+        ("outpost_task_model_usd_total", "Model cost the agents reported, tasks ended since start (USD).", "counter", format!("{:.6}", state.reg.totals.model_usd())),
     ];
     if let Some((m, level)) = memwatch::watch().latest() {
         #[rustfmt::skip]

@@ -5,15 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use hyper::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION};
+use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 
-use super::errors::{json as json_resp, ApiError, Body, Resp};
+use super::errors::{json as json_resp, ApiError, Resp};
 use super::stream::{self as events_stream, Format};
 use super::AppState;
 use crate::task::{runner, Refusal, StopReason, Task};
@@ -211,6 +209,16 @@ fn refusal(r: Refusal) -> ApiError {
             "memory is short on this worker; retry later or elsewhere",
         )
         .retry_after(30),
+        Refusal::DiskFull(free, min) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_full",
+            format!(
+                "the data dir has {} free, below OUTPOST_MIN_FREE_DISK ({}); retry later or elsewhere",
+                crate::memory::format_size(free),
+                crate::memory::format_size(min)
+            ),
+        )
+        .retry_after(60),
         Refusal::Storage(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage",
@@ -286,39 +294,7 @@ pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Res
 /// `GET /work/<id>/log`: the raw output bytes so far.
 pub async fn log(state: &AppState, id: &str) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let path = task.dir().join(crate::task::eventlog::OUTPUT_FILE);
-    let len = task.log.output_bytes();
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
-            format!("opening the output: {e}"),
-        )
-    })?;
-    let body = stream::unfold((file, len), |(mut f, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; (64 * 1024).min(left as usize)];
-        match f.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((
-                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(buf))),
-                    (f, left - n as u64),
-                ))
-            }
-        }
-    });
-    let mut r = Response::new(Body::new(StreamBody::new(body).boxed_unsync()));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
-    Ok(r)
+    Ok(events_stream::output_response(task))
 }
 
 fn not_running(task: &Task) -> ApiError {

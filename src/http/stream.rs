@@ -96,7 +96,8 @@ async fn next_frame(mut s: Sub) -> Option<(Result<Frame<Bytes>, Infallible>, Sub
                     }
                     Ok((Err(e), _)) => {
                         tracing::warn!(task_id = %s.task.id(), "reading the event log for a subscriber: {e}");
-                        return None;
+                        s.done = true;
+                        return Some((Ok(Frame::data(damage_frame(&s.task, &e, s.format))), s));
                     }
                     Err(_) => return None,
                 }
@@ -126,6 +127,81 @@ async fn next_frame(mut s: Sub) -> Option<(Result<Frame<Bytes>, Infallible>, Sub
             }
         }
     }
+}
+
+/// What a subscriber gets where the log cannot be read on: an `error` event and a
+/// `done` event, both without an id (a client that reconnects from its last id comes
+/// back to the same place and is told the same), so a stream never ends silently.
+fn damage_frame(task: &Task, e: &std::io::Error, format: Format) -> Bytes {
+    let message = format!("the task's event log cannot be served past this point: {e}");
+    let error = serde_json::json!({"event": "error", "code": "log_damaged", "message": message});
+    let view = task.view();
+    let status = if view.status.is_terminal() {
+        view.status
+    } else {
+        crate::task::model::Status::Failed
+    };
+    let done = serde_json::json!({
+        "event": "done", "status": status, "exit_code": view.exit_code, "branch": view.branch,
+        "commit": view.commit, "pr_url": view.pr_url, "error": message, "error_code": "log_damaged",
+    });
+    let mut out = BytesMut::new();
+    for (name, v) in [("error", error), ("done", done)] {
+        match format {
+            Format::Ndjson => {
+                out.put_slice(v.to_string().as_bytes());
+                out.put_slice(b"\n");
+            }
+            Format::Sse => {
+                out.put_slice(format!("event: {name}\ndata: {v}\n\n").as_bytes());
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// `GET /work/<id>/log`: the output bytes of every `output` record up to the last one
+/// written now, decoded from the log as it is read (off the runtime, a batch at a time).
+pub fn output_response(task: Arc<Task>) -> Resp {
+    let (last, len) = task.log.output_mark();
+    let state = (task, Cursor::after(0), last);
+    let body = stream::unfold(state, |(task, mut cursor, last)| async move {
+        if cursor.after >= last {
+            return None;
+        }
+        let t = task.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let r = t.log.read_file(&mut cursor, BATCH);
+            (r, cursor)
+        })
+        .await;
+        let (recs, cursor) = match read {
+            Ok((Ok(Read::Records(recs)), c)) => (recs, c),
+            Ok((Err(e), _)) => {
+                tracing::warn!(task_id = %task.id(), "reading the output from the event log: {e}");
+                return None;
+            }
+            _ => return None,
+        };
+        let mut out = BytesMut::new();
+        for r in recs.iter().filter(|r| r.id <= last) {
+            if let Some(bytes) = crate::task::eventlog::output_of(r) {
+                out.put_slice(&bytes);
+            }
+        }
+        Some((
+            Ok::<_, Infallible>(Frame::data(out.freeze())),
+            (task, cursor, last),
+        ))
+    });
+    let mut r = Response::new(Body::new(StreamBody::new(body).boxed_unsync()));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
 }
 
 /// Frames records: SSE `id:`/`event:`/`data:` blocks, or NDJSON lines as stored.

@@ -102,27 +102,33 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
     });
 }
 
-/// Stops the live agent whose process group holds the most memory.
+/// Stops the live task whose processes hold the most memory (its cgroup's figure where
+/// it has one, so processes that left the agent's group count too); the runner then
+/// kills every process of it.
 async fn stop_largest(reg: &Arc<Registry>) {
     let live: Vec<_> = reg
         .live()
         .into_iter()
-        .filter(|t| t.stop_reason().is_none())
-        .filter_map(|t| t.agent().map(|a| (t, a.pid())))
+        .filter(|t| t.stop_reason().is_none() && t.agent().is_some())
         .collect();
     if live.is_empty() {
         return;
     }
-    let pgids: Vec<i32> = live.iter().map(|(_, p)| *p).collect();
-    let largest = tokio::task::spawn_blocking(move || crate::memory::largest_group(&pgids)).await;
-    if let Ok(Some((pgid, rss))) = largest {
-        if let Some((task, _)) = live.iter().find(|(_, p)| *p == pgid) {
-            tracing::warn!(
-                task_id = %task.id(),
-                rss_mib = rss >> 20,
-                "memory is critical: stopping the agent that uses the most"
-            );
-            task.request_stop(StopReason::Memory);
-        }
+    let sizes = tokio::task::spawn_blocking(move || {
+        live.into_iter()
+            .map(|t| {
+                let m = t.memory_in_use().unwrap_or(0);
+                (t, m)
+            })
+            .max_by_key(|(_, m)| *m)
+    })
+    .await;
+    if let Ok(Some((task, bytes))) = sizes {
+        tracing::warn!(
+            task_id = %task.id(),
+            mib = bytes >> 20,
+            "memory is critical: stopping the task that uses the most"
+        );
+        task.request_stop(StopReason::Memory);
     }
 }

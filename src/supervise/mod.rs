@@ -8,7 +8,6 @@
 
 mod latest;
 pub mod memwatch;
-pub mod reaper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +88,10 @@ pub fn spawn_idle_shutdown(reg: Arc<Registry>, after: Duration, command: String)
                     .spawn();
                 match spawned {
                     Ok(child) => {
-                        let exit = reaper::reaper().watch(child.id() as i32).await;
+                        let exit = crate::process::reaper::reaper()
+                            .watch(child.id() as i32)
+                            .await;
+                        let exit = exit.map(|r| r.exit);
                         tracing::info!(?exit, "idle shutdown command finished");
                     }
                     Err(e) => tracing::error!("idle shutdown command could not start: {e}"),

@@ -2,6 +2,7 @@
 //! event log (the source of truth), the state derived from it, and the handles of its
 //! running agent; the registry owns the set of tasks; the runner drives one task.
 
+pub mod cost;
 pub mod eventlog;
 pub mod model;
 mod prune;
@@ -11,14 +12,15 @@ pub mod workspace;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::agent::pty::AgentHandle;
+use crate::process::Jail;
 use eventlog::EventLog;
-use model::{DoneEvent, Status, TaskMeta, TaskState, TaskView};
+use model::{DoneEvent, Ending, Status, TaskMeta, TaskState, TaskView};
 
 pub use registry::{Refusal, Registry};
 
@@ -33,6 +35,10 @@ pub enum StopReason {
     Shutdown,
     /// Memory is critical and this agent uses the most.
     Memory,
+    /// The agent wrote more than `OUTPOST_TASK_MAX_OUTPUT`.
+    OutputLimit,
+    /// The data dir is nearly full.
+    DiskFull,
 }
 
 /// One task.
@@ -40,22 +46,49 @@ pub struct Task {
     pub meta: TaskMeta,
     pub log: EventLog,
     dir: PathBuf,
+    /// Which of the `OUTPOST_MAX_TASKS` slots it holds (its agent's uid follows).
+    slot: usize,
     state: Mutex<TaskState>,
     agent: Mutex<Option<AgentHandle>>,
+    jail: Mutex<Option<Arc<Jail>>>,
     stop: watch::Sender<Option<StopReason>>,
 }
 
 impl Task {
-    fn new(meta: TaskMeta, dir: PathBuf, log: EventLog, state: TaskState) -> Task {
+    fn new(meta: TaskMeta, dir: PathBuf, log: EventLog, state: TaskState, slot: usize) -> Task {
         let (stop, _) = watch::channel(None);
         Task {
             meta,
             log,
             dir,
+            slot,
             state: Mutex::new(state),
             agent: Mutex::new(None),
+            jail: Mutex::new(None),
             stop,
         }
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The containment of the running agent, if any.
+    pub fn jail(&self) -> Option<Arc<Jail>> {
+        self.jail.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_jail(&self, j: Option<Arc<Jail>>) {
+        *self.jail.lock().unwrap_or_else(|e| e.into_inner()) = j;
+    }
+
+    /// Memory the task's processes hold now: its cgroup's figure, else its process
+    /// group's resident memory. Reads small files: call off the runtime.
+    pub fn memory_in_use(&self) -> Option<u64> {
+        if let Some(m) = self.jail().and_then(|j| j.memory_now()) {
+            return Some(m);
+        }
+        self.agent().map(|a| crate::memory::group_rss(a.pid()))
     }
 
     pub fn id(&self) -> &str {
@@ -89,8 +122,11 @@ impl Task {
             commit: s.commit,
             pr_url: s.pr_url,
             error: s.error,
+            error_code: s.error_code,
             output_bytes: self.log.output_bytes(),
             last_event_id: self.log.last_id(),
+            resources: s.resources,
+            cost: s.cost,
         }
     }
 
@@ -118,35 +154,37 @@ impl Task {
     }
 
     /// Ends the task: a final `status` event, then `done`, which closes the log.
-    pub fn finish(
-        &self,
-        status: Status,
-        exit_code: Option<i32>,
-        commit: Option<String>,
-        error: Option<String>,
-    ) -> io::Result<()> {
+    pub fn finish(&self, end: Ending) -> io::Result<()> {
         let mut st = self.state();
         if st.status.is_terminal() {
             return Ok(());
         }
+        let status = end.status();
         let now = crate::timefmt::now_unix_ms();
         let done = DoneEvent {
             status,
-            exit_code,
+            exit_code: end.exit_code,
             branch: self.meta.branch.clone(),
-            commit: commit.clone(),
+            commit: end.commit.clone(),
             pr_url: st.pr_url.clone(),
-            error: error.clone(),
+            error: end.error.clone(),
+            error_code: end.error_code,
             duration_ms: now.saturating_sub(self.meta.created_unix_ms),
+            output_bytes: self.log.output_bytes(),
+            resources: end.resources,
+            cost: end.cost,
         };
         self.log
             .append("status", &json!({ "status": status }).to_string())?;
         let payload = serde_json::to_string(&done).map_err(io::Error::other)?;
         self.log.append("done", &payload)?;
         st.status = status;
-        st.exit_code = exit_code;
-        st.commit = commit;
-        st.error = error;
+        st.exit_code = end.exit_code;
+        st.commit = end.commit;
+        st.error = end.error;
+        st.error_code = end.error_code.map(String::from);
+        st.resources = end.resources;
+        st.cost = end.cost;
         st.finished_at = Some(crate::timefmt::rfc3339_ms(now));
         let r = self.persist(&st);
         drop(st);

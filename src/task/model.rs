@@ -87,8 +87,57 @@ pub struct TaskView {
     pub commit: Option<String>,
     pub pr_url: Option<String>,
     pub error: Option<String>,
+    pub error_code: Option<String>,
     pub output_bytes: u64,
     pub last_event_id: u64,
+    pub resources: Option<Resources>,
+    pub cost: Option<Cost>,
+}
+
+/// What a task's processes used (from its cgroup, or the kernel's account of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Resources {
+    pub cpu_seconds: f64,
+    pub memory_peak_bytes: u64,
+    pub wall_seconds: f64,
+}
+
+/// What a task cost, in US dollars: compute (wall time at the instance's size and
+/// price) and the model's own figure where the agent reports one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Cost {
+    pub compute_usd: f64,
+    pub model_usd: Option<f64>,
+    pub total_usd: f64,
+}
+
+/// How a task ended: everything its final `status` and `done` events say.
+#[derive(Debug, Clone, Default)]
+pub struct Ending {
+    pub status: Option<Status>,
+    pub exit_code: Option<i32>,
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    /// A word for programs: `output_limit`, `out_of_memory`, `timeout`, ...
+    pub error_code: Option<&'static str>,
+    pub resources: Option<Resources>,
+    pub cost: Option<Cost>,
+}
+
+impl Ending {
+    /// A failure with a message and a code.
+    pub fn failed(code: &'static str, error: impl Into<String>) -> Ending {
+        Ending {
+            status: Some(Status::Failed),
+            error: Some(error.into()),
+            error_code: Some(code),
+            ..Ending::default()
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.unwrap_or(Status::Failed)
+    }
 }
 
 /// The mutable part of a task, persisted as `task.json` at every change (derived from
@@ -102,6 +151,12 @@ pub struct TaskState {
     pub commit: Option<String>,
     pub pr_url: Option<String>,
     pub error: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub cost: Option<Cost>,
 }
 
 impl TaskState {
@@ -114,6 +169,9 @@ impl TaskState {
             commit: None,
             pr_url: None,
             error: None,
+            error_code: None,
+            resources: None,
+            cost: None,
         }
     }
 }
@@ -133,7 +191,11 @@ pub struct DoneEvent {
     pub commit: Option<String>,
     pub pr_url: Option<String>,
     pub error: Option<String>,
+    pub error_code: Option<&'static str>,
     pub duration_ms: u64,
+    pub output_bytes: u64,
+    pub resources: Option<Resources>,
+    pub cost: Option<Cost>,
 }
 
 /// The immutable facts of a task, persisted as `meta.json` when it is created.

@@ -12,11 +12,13 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::sync::Notify;
 
+use super::cost::{Instance, Totals};
 use super::eventlog::EventLog;
-use super::model::{Status, TaskMeta, TaskState, WorkRequest};
+use super::model::{Ending, Status, TaskMeta, TaskState, WorkRequest};
 use super::prune::Pruned;
 use super::{write_json_atomic, StopReason, Task};
 use crate::config::Config;
+use crate::process::Containment;
 
 /// Why new work was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub enum Refusal {
     Pressure,
     /// The data dir could not take the task.
     Storage(String),
+    /// Free space on the data dir is below `OUTPOST_MIN_FREE_DISK`: (free, minimum).
+    DiskFull(u64, u64),
 }
 
 #[derive(Default)]
@@ -46,6 +50,12 @@ struct Inner {
 /// The set of tasks.
 pub struct Registry {
     pub cfg: Arc<Config>,
+    /// How every task's processes are contained (chosen at start).
+    pub containment: Arc<Containment>,
+    /// The instance's size, for the compute cost of tasks.
+    pub instance: Instance,
+    /// Sums over every task that ended since start, for `/metrics`.
+    pub totals: Totals,
     tasks_dir: PathBuf,
     inner: Mutex<Inner>,
     pruned: Pruned,
@@ -64,7 +74,11 @@ pub struct Registry {
 
 impl Registry {
     /// Opens the registry on the data dir, recovering earlier tasks.
-    pub fn open(cfg: Arc<Config>) -> anyhow::Result<Arc<Registry>> {
+    pub fn open(
+        cfg: Arc<Config>,
+        containment: Arc<Containment>,
+        instance: Instance,
+    ) -> anyhow::Result<Arc<Registry>> {
         let tasks_dir = cfg.data_dir.join("tasks");
         std::fs::create_dir_all(&tasks_dir).with_context(|| {
             format!(
@@ -75,6 +89,9 @@ impl Registry {
         crate::placement::spread_children(&tasks_dir);
         let reg = Arc::new(Registry {
             cfg,
+            containment,
+            instance,
+            totals: Totals::default(),
             pruned: Pruned::open(&tasks_dir),
             tasks_dir,
             inner: Mutex::new(Inner::default()),
@@ -150,6 +167,15 @@ impl Registry {
         if g.live.len() >= self.cfg.max_tasks {
             return Err(Refusal::Full);
         }
+        if let Some(free) = free_disk(&self.tasks_dir) {
+            if free < self.cfg.min_free_disk {
+                return Err(Refusal::DiskFull(free, self.cfg.min_free_disk));
+            }
+        }
+        // The lowest slot no live task holds (there is one: fewer than max_tasks live).
+        let slot = (0..self.cfg.max_tasks)
+            .find(|s| !g.live.iter().any(|t| t.slot() == *s))
+            .unwrap_or(0);
         let now = crate::timefmt::now_unix_ms();
         let id = self.new_id(now);
         let branch = req
@@ -164,7 +190,7 @@ impl Registry {
             request: req,
         };
         let dir = self.tasks_dir.join(&id);
-        let task = create_task(meta, dir).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
+        let task = create_task(meta, dir, slot).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
         let task = Arc::new(task);
         if let Some(issue) = &task.meta.request.issue_id {
             g.live_issues.insert(issue.clone(), id.clone());
@@ -340,7 +366,13 @@ impl Registry {
     }
 }
 
-fn create_task(meta: TaskMeta, dir: PathBuf) -> anyhow::Result<Task> {
+/// Free bytes on the file system holding `dir` (for unprivileged users), if it tells.
+fn free_disk(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+fn create_task(meta: TaskMeta, dir: PathBuf, slot: usize) -> anyhow::Result<Task> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     write_json_atomic(&dir.join("meta.json"), &meta)
         .with_context(|| format!("writing {}/meta.json", dir.display()))?;
@@ -349,7 +381,7 @@ fn create_task(meta: TaskMeta, dir: PathBuf) -> anyhow::Result<Task> {
     let state = TaskState::new();
     log.append("status", r#"{"status":"queued"}"#)
         .context("writing the first event")?;
-    Ok(Task::new(meta, dir, log, state))
+    Ok(Task::new(meta, dir, log, state, slot))
 }
 
 /// Reads one task back; a task that was live ends `interrupted` now.
@@ -379,21 +411,33 @@ fn recover_one(dir: &std::path::Path) -> anyhow::Result<Option<Task>> {
                 .map(|c| c as i32);
             state.commit = v.get("commit").and_then(|c| c.as_str()).map(String::from);
             state.error = v.get("error").and_then(|c| c.as_str()).map(String::from);
+            state.error_code = v
+                .get("error_code")
+                .and_then(|c| c.as_str())
+                .map(String::from);
+            state.resources = v
+                .get("resources")
+                .and_then(|r| serde_json::from_value(r.clone()).ok());
+            state.cost = v
+                .get("cost")
+                .and_then(|r| serde_json::from_value(r.clone()).ok());
         }
-        return Ok(Some(Task::new(meta, dir.to_path_buf(), log, state)));
+        return Ok(Some(Task::new(meta, dir.to_path_buf(), log, state, 0)));
     }
     if state.status.is_terminal() {
         // task.json ran ahead of a log whose done line was torn: make it non-terminal so
         // `finish` can write the ending again.
         state.status = Status::Pushing;
     }
-    let task = Task::new(meta, dir.to_path_buf(), log, state);
-    task.finish(
-        Status::Interrupted,
-        None,
-        None,
-        Some("the worker stopped while this task was running (restart, crash or kill -9)".into()),
-    )?;
+    let task = Task::new(meta, dir.to_path_buf(), log, state, 0);
+    task.finish(Ending {
+        status: Some(Status::Interrupted),
+        error: Some(
+            "the worker stopped while this task was running (restart, crash or kill -9)".into(),
+        ),
+        error_code: Some("interrupted"),
+        ..Ending::default()
+    })?;
     Ok(Some(task))
 }
 

@@ -3,112 +3,157 @@
 //! appended to the event log, stop it on cancel / timeout / shutdown / memory, then
 //! commit and push, and end the task with what happened.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::model::Status;
-use super::workspace::{self, Workspace};
+use super::model::{Ending, Resources, Status};
+use super::workspace::{self, AgentDirs, Workspace};
 use super::{Registry, StopReason, Task};
 use crate::agent::utf8::{Piece, Utf8Splitter};
 use crate::agent::{Agent, AgentSpec, OutputSink};
-use crate::supervise::reaper::Exit;
+use crate::process::reaper::{Exit, Reaped};
+use crate::process::Jail;
 
 /// How long output may still arrive after the agent's leader exited.
 const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 
-/// How a task ended.
-pub struct Outcome {
-    pub status: Status,
-    pub exit_code: Option<i32>,
-    pub commit: Option<String>,
-    pub error: Option<String>,
-}
-
-impl Outcome {
-    fn failed(error: impl Into<String>) -> Self {
-        Outcome {
-            status: Status::Failed,
-            exit_code: None,
-            commit: None,
-            error: Some(error.into()),
-        }
-    }
-}
+/// How often (in output bytes) the sink looks at the data dir's free space.
+const DISK_CHECK_EVERY: u64 = 16 << 20;
 
 /// Starts the task on the runtime; it releases its registry slot when it ends.
 pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
     tokio::spawn(async move {
-        let out = drive(&reg, &task).await;
+        let mut end = drive(&reg, &task).await;
         let _span = tracing::info_span!("task", task_id = %task.id()).entered();
-        match &out.error {
-            Some(e) => tracing::info!(status = out.status.as_str(), "task ended: {e}"),
-            None => tracing::info!(status = out.status.as_str(), "task ended"),
+        let resources = end.resources.get_or_insert_with(Resources::default);
+        resources.wall_seconds =
+            crate::timefmt::now_unix_ms().saturating_sub(task.meta.created_unix_ms) as f64 / 1e3;
+        let cost = reg.instance.cost(resources, None);
+        reg.totals.add(resources, &cost);
+        end.cost = Some(cost);
+        match &end.error {
+            Some(e) => tracing::info!(status = end.status().as_str(), "task ended: {e}"),
+            None => tracing::info!(status = end.status().as_str(), "task ended"),
         }
-        if let Err(e) = task.finish(out.status, out.exit_code, out.commit, out.error) {
+        if let Err(e) = task.finish(end) {
             tracing::error!(task_id = %task.id(), "could not write the end of the task's log: {e}");
         }
         reg.release(&task);
     });
 }
 
-async fn drive(reg: &Arc<Registry>, task: &Arc<Task>) -> Outcome {
+async fn drive(reg: &Arc<Registry>, task: &Arc<Task>) -> Ending {
     let cfg = reg.cfg.clone();
     let ws = match workspace::prepare(&cfg, task).await {
         Ok(ws) => ws,
         Err(e) => {
-            let reason = task.stop_reason();
-            return match reason {
-                Some(r) => stopped_outcome(r, None, None, &cfg, task),
-                None => Outcome::failed(format!("{e:#}")),
+            return match task.stop_reason() {
+                Some(r) => stopped(r, None, None, &cfg, task),
+                None => Ending::failed("prepare_failed", format!("{e:#}")),
             };
         }
     };
+    let end = run_in_workspace(reg, task, &ws).await;
+    workspace::cleanup(&cfg, &ws, task).await;
+    end
+}
+
+async fn run_in_workspace(reg: &Arc<Registry>, task: &Arc<Task>, ws: &Workspace) -> Ending {
+    let cfg = reg.cfg.clone();
     if let Some(r) = task.stop_reason() {
-        workspace::cleanup(&cfg, &ws).await;
-        return stopped_outcome(r, None, None, &cfg, task);
+        return stopped(r, None, None, &cfg, task);
     }
     if let Err(e) = task.set_status(Status::Working) {
-        return Outcome::failed(format!("writing the event log: {e}"));
+        return Ending::failed("log_failed", format!("writing the event log: {e}"));
     }
-    let spec = match agent_spec(&cfg, task, &ws) {
-        Ok(s) => s,
-        Err(e) => return Outcome::failed(format!("{e:#}")),
-    };
-    let sink = output_sink(task.clone());
-    let spawned = tokio::task::spawn_blocking(move || Agent::spawn(spec, sink)).await;
-    let mut agent = match spawned {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Outcome::failed(format!("{e:#}")),
-        Err(e) => return Outcome::failed(format!("starting the agent: {e}")),
+    let (reg2, task2) = (reg.clone(), task.clone());
+    let paths = ws.agent_paths();
+    let started = tokio::task::spawn_blocking(move || start_agent(&reg2, &task2, &paths)).await;
+    let (jail, mut agent) = match started {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return Ending::failed("agent_start", format!("{e:#}")),
+        Err(e) => return Ending::failed("agent_start", format!("starting the agent: {e}")),
     };
     task.set_agent(Some(agent.handle()));
-    tracing::info!(task_id = %task.id(), pid = agent.pid(), "agent started");
+    task.set_jail(Some(jail.clone()));
+    tracing::info!(task_id = %task.id(), pid = agent.pid(), uid = jail.uid(), "agent started");
 
-    let (exit, checkpoint) = supervise_agent(&mut agent, task, &cfg, &ws).await;
+    let (reaped, checkpoint) = supervise_agent(&mut agent, &jail, task, &cfg, ws).await;
+    // The task is over for every process in it, whatever it started.
+    kill_all(&jail).await;
     if let Err(e) = agent.finish_output(OUTPUT_LINGER).await {
         tracing::warn!(task_id = %task.id(), "reading the agent's last output: {e}");
     }
     task.set_agent(None);
+    task.set_jail(None);
+    let (cpu_us, memory_peak) = jail.usage(Some(&reaped));
+    let oom = jail.oom_killed();
+    let j = jail.clone();
+    let _ = tokio::task::spawn_blocking(move || j.release()).await;
 
-    let outcome = match task.stop_reason() {
-        Some(reason) => stopped_outcome(reason, Some(exit), checkpoint, &cfg, task),
-        None => finish_normally(task, &cfg, &ws, exit).await,
+    let mut end = match task.stop_reason() {
+        Some(reason) => stopped(reason, Some(reaped.exit), checkpoint, &cfg, task),
+        None => finish_normally(task, &cfg, ws, reaped.exit, oom).await,
     };
-    workspace::cleanup(&cfg, &ws).await;
-    outcome
+    end.resources = Some(Resources {
+        cpu_seconds: cpu_us as f64 / 1e6,
+        memory_peak_bytes: memory_peak,
+        wall_seconds: 0.0,
+    });
+    end
 }
 
-/// Waits for the agent, or stops it when asked (cancel, timeout, shutdown, memory).
-/// On shutdown the work in progress is checkpointed while the agent is stopping.
+/// On a blocking thread: the task's containment, its directories handed to the agent
+/// user, and the agent started inside it.
+fn start_agent(
+    reg: &Registry,
+    task: &Arc<Task>,
+    paths: &workspace::AgentPaths,
+) -> anyhow::Result<(Arc<Jail>, Agent)> {
+    use anyhow::Context;
+    let cfg = &reg.cfg;
+    let mut jail = reg
+        .containment
+        .enter(task.id(), task.slot())
+        .context("setting up the task's containment")?;
+    let owner = jail.plan().user;
+    let dirs = workspace::hand_over(cfg, task, paths, owner)?;
+    let mut spec = agent_spec(cfg, task, paths, &dirs)?;
+    spec.plan = jail.plan().clone();
+    let sink = output_sink(task.clone(), cfg);
+    let agent = match Agent::spawn(spec, sink) {
+        Ok(a) => a,
+        Err(e) => {
+            jail.release();
+            return Err(e);
+        }
+    };
+    jail.set_leader(agent.pid());
+    Ok((Arc::new(jail), agent))
+}
+
+async fn kill_all(jail: &Arc<Jail>) {
+    let j = jail.clone();
+    if let Ok(false) = tokio::task::spawn_blocking(move || j.kill_all()).await {
+        tracing::warn!(
+            uid = jail.uid(),
+            "processes of the task are still alive after killing them all"
+        );
+    }
+}
+
+/// Waits for the agent, or stops it when asked (cancel, timeout, shutdown, memory,
+/// output, disk). On shutdown the work in progress is checkpointed while the agent is
+/// stopping.
 async fn supervise_agent(
     agent: &mut Agent,
+    jail: &Arc<Jail>,
     task: &Arc<Task>,
     cfg: &crate::config::Config,
     ws: &Workspace,
-) -> (Exit, Option<String>) {
+) -> (Reaped, Option<String>) {
     let mut stop = task.stop_watch();
     let timeout = task
         .meta
@@ -124,12 +169,20 @@ async fn supervise_agent(
         }
     };
     tokio::select! {
-        exit = agent.wait() => return (exit, None),
+        r = agent.wait() => return (r, None),
         _ = stop.wait_for(|r| r.is_some()) => {}
         _ = timer => { task.request_stop(StopReason::Timeout); }
     }
     let reason = task.stop_reason();
-    tracing::info!(task_id = %task.id(), reason = ?reason, "stopping the agent's process group");
+    tracing::info!(task_id = %task.id(), reason = ?reason, "stopping the agent");
+    if matches!(
+        reason,
+        Some(StopReason::Memory | StopReason::OutputLimit | StopReason::DiskFull)
+    ) {
+        // No grace: memory or disk is running out now.
+        kill_all(jail).await;
+        return (agent.wait().await, None);
+    }
     agent.signal_group(Signal::SIGTERM);
     let grace = tokio::time::sleep(cfg.grace);
     tokio::pin!(grace);
@@ -138,22 +191,23 @@ async fn supervise_agent(
         // Give the agent a moment to save, then checkpoint while the grace runs.
         let early = tokio::time::sleep(cfg.grace.min(Duration::from_secs(1)));
         tokio::select! {
-            exit = agent.wait() => {
+            r = agent.wait() => {
+                kill_all(jail).await;
                 let c = workspace::checkpoint(cfg, ws, task).await;
-                return (exit, c);
+                return (r, c);
             }
             _ = early => {}
         }
         checkpoint = workspace::checkpoint(cfg, ws, task).await;
     }
-    let exit = tokio::select! {
-        exit = agent.wait() => exit,
+    let r = tokio::select! {
+        r = agent.wait() => r,
         _ = &mut grace => {
-            agent.signal_group(Signal::SIGKILL);
+            kill_all(jail).await;
             agent.wait().await
         }
     };
-    (exit, checkpoint)
+    (r, checkpoint)
 }
 
 async fn finish_normally(
@@ -161,34 +215,46 @@ async fn finish_normally(
     cfg: &crate::config::Config,
     ws: &Workspace,
     exit: Exit,
-) -> Outcome {
+    oom_in_task: bool,
+) -> Ending {
     // A SIGKILL (or a shell reporting one as 137) while the memory cgroup OOM-killed.
     let killed = matches!(exit, Exit::Signal(9) | Exit::Code(137));
-    let error = match exit {
-        Exit::Code(0) => None,
-        _ if killed && crate::supervise::memwatch::watch().oom_suspected() => Some(
-            "the agent was killed by the kernel's OOM killer: memory was at its limit (raise the memory limit or OUTPOST_SWAP)".to_string(),
+    let (code, error) = match exit {
+        Exit::Code(0) => (None, None),
+        _ if killed && (oom_in_task || crate::supervise::memwatch::watch().oom_suspected()) => (
+            Some("out_of_memory"),
+            Some(format!(
+                "the agent ran out of memory: the kernel's OOM killer stopped it at the task's limit{} (raise OUTPOST_TASK_MEMORY, or add OUTPOST_SWAP)",
+                cfg.limits
+                    .memory
+                    .map(|m| format!(" of {}", crate::memory::format_size(m)))
+                    .unwrap_or_default()
+            )),
         ),
-        Exit::Code(c) => Some(format!("the agent exited with code {c}")),
-        Exit::Signal(s) => Some(format!("the agent was killed by signal {s}")),
+        Exit::Code(c) => (Some("agent_exit"), Some(format!("the agent exited with code {c}"))),
+        Exit::Signal(s) => (
+            Some("agent_signal"),
+            Some(format!("the agent was killed by signal {s}")),
+        ),
     };
-    let status = if error.is_none() {
-        Status::Done
-    } else {
-        Status::Failed
-    };
-    let mut out = Outcome {
-        status,
+    let mut out = Ending {
+        status: Some(if error.is_none() {
+            Status::Done
+        } else {
+            Status::Failed
+        }),
         exit_code: Some(exit.code()),
-        commit: None,
         error,
+        error_code: code,
+        ..Ending::default()
     };
     if ws.is_git() && (exit.success() || cfg.push_on_failure) {
         task.set_status(Status::Pushing).ok();
         match workspace::finish(cfg, ws, task).await {
             Ok(commit) => out.commit = commit,
             Err(e) => {
-                out.status = Status::Failed;
+                out.status = Some(Status::Failed);
+                out.error_code = out.error_code.or(Some("push_failed"));
                 out.error = Some(match out.error {
                     Some(prev) => format!("{prev}; then pushing failed: {e:#}"),
                     None => format!("{e:#}"),
@@ -199,22 +265,30 @@ async fn finish_normally(
     out
 }
 
-fn stopped_outcome(
+fn stopped(
     reason: StopReason,
     exit: Option<Exit>,
     checkpoint: Option<String>,
     cfg: &crate::config::Config,
     task: &Task,
-) -> Outcome {
-    let exit_code = exit.map(Exit::code);
-    let (status, error) = match reason {
-        StopReason::Cancel => (Status::Cancelled, "cancelled by DELETE /work/<id>".to_string()),
+) -> Ending {
+    let (status, code, error) = match reason {
+        StopReason::Cancel => (
+            Status::Cancelled,
+            "cancelled",
+            "cancelled by DELETE /work/<id>".to_string(),
+        ),
         StopReason::Timeout => (
             Status::Failed,
-            format!("timed out after {} s (timeout_s); the agent was stopped", task.meta.request.timeout_s.unwrap_or(0)),
+            "timeout",
+            format!(
+                "timed out after {} s (timeout_s); the agent was stopped",
+                task.meta.request.timeout_s.unwrap_or(0)
+            ),
         ),
         StopReason::Shutdown => (
             Status::Interrupted,
+            "interrupted",
             match &checkpoint {
                 Some(c) => format!("the worker shut down; work in progress was pushed as checkpoint {c}"),
                 None => "the worker shut down while this task was running".to_string(),
@@ -222,24 +296,41 @@ fn stopped_outcome(
         ),
         StopReason::Memory => (
             Status::Failed,
+            "memory_critical",
+            "stopped by outpost: memory was critical and this task used the most (every process of it was killed)".to_string(),
+        ),
+        StopReason::OutputLimit => (
+            Status::Failed,
+            "output_limit",
             format!(
-                "stopped by outpost: memory was critical and this agent used the most (grace {} s, then SIGKILL)",
-                cfg.grace.as_secs()
+                "stopped by outpost: the agent wrote more than OUTPOST_TASK_MAX_OUTPUT ({}) of output",
+                crate::memory::format_size(cfg.limits.max_output)
+            ),
+        ),
+        StopReason::DiskFull => (
+            Status::Failed,
+            "disk_full",
+            format!(
+                "stopped by outpost: the data dir has less than half of OUTPOST_MIN_FREE_DISK ({}) free",
+                crate::memory::format_size(cfg.min_free_disk)
             ),
         ),
     };
-    Outcome {
-        status,
-        exit_code,
+    Ending {
+        status: Some(status),
+        exit_code: exit.map(Exit::code),
         commit: checkpoint,
         error: Some(error),
+        error_code: Some(code),
+        ..Ending::default()
     }
 }
 
 fn agent_spec(
     cfg: &crate::config::Config,
     task: &Task,
-    ws: &Workspace,
+    paths: &workspace::AgentPaths,
+    dirs: &AgentDirs,
 ) -> anyhow::Result<AgentSpec> {
     let req = &task.meta.request;
     let prompt = req
@@ -250,29 +341,41 @@ fn agent_spec(
     if let Some(issue) = &req.issue_id {
         env.push(("OUTPOST_ISSUE_ID".into(), issue.clone()));
     }
-    if let Some(ctx) = &req.context {
-        let path: PathBuf = task.dir().join("context.json");
-        super::write_json_atomic(&path, ctx)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-        env.push(("OUTPOST_CONTEXT".into(), path.display().to_string()));
+    if let Some(ctx) = &dirs.context {
+        env.push(("OUTPOST_CONTEXT".into(), ctx.display().to_string()));
     }
-    if let Some(beads) = ws.beads_dir() {
+    if let Some(beads) = &paths.beads {
         env.push(("BEADS_DIR".into(), beads.display().to_string()));
+    }
+    env.push(("TMPDIR".into(), dirs.tmp.display().to_string()));
+    if let Some((home, user)) = &dirs.home {
+        env.push(("HOME".into(), home.display().to_string()));
+        env.push(("USER".into(), user.clone()));
+        env.push(("LOGNAME".into(), user.clone()));
     }
     Ok(AgentSpec {
         argv: cfg.agent.argv(&prompt),
-        cwd: ws.path().to_path_buf(),
+        cwd: paths.work.clone(),
         env,
         cols: 120,
         rows: 40,
+        plan: Default::default(),
     })
 }
 
-/// The sink the PTY pump writes into: split into text / bytes and append to the log.
-fn output_sink(task: Arc<Task>) -> OutputSink {
+/// The sink the PTY pump writes into: split into text / bytes and append to the log,
+/// up to the task's output limit (past it the task is stopped and the rest dropped),
+/// watching the data dir's free space as the output grows.
+fn output_sink(task: Arc<Task>, cfg: &crate::config::Config) -> OutputSink {
     let mut splitter = Utf8Splitter::new();
     let mut failed = false;
+    let (max, min_free) = (cfg.limits.max_output, cfg.min_free_disk);
+    let mut written: u64 = 0;
+    let mut next_disk_check = DISK_CHECK_EVERY;
     Box::new(move |bytes: &[u8]| {
+        if written >= max && !bytes.is_empty() {
+            return;
+        }
         let mut append = |p: Piece<'_>| {
             let r = match p {
                 Piece::Text(t) => task.log.append_output_text(t),
@@ -287,8 +390,20 @@ fn output_sink(task: Arc<Task>) -> OutputSink {
         };
         if bytes.is_empty() {
             splitter.finish(&mut append);
-        } else {
-            splitter.push(bytes, &mut append);
+            return;
+        }
+        splitter.push(bytes, &mut append);
+        written += bytes.len() as u64;
+        if written >= max {
+            task.request_stop(StopReason::OutputLimit);
+            splitter.finish(&mut append);
+        } else if written >= next_disk_check {
+            next_disk_check = written + DISK_CHECK_EVERY;
+            let free = nix::sys::statvfs::statvfs(task.dir())
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
+            if free.is_ok_and(|f| f < min_free / 2) {
+                task.request_stop(StopReason::DiskFull);
+            }
         }
     })
 }

@@ -44,6 +44,109 @@ impl Workspace {
             Workspace::Scratch(_) => None,
         }
     }
+
+    /// The directories the agent works in (owned, to hand them over, on a thread).
+    pub fn agent_paths(&self) -> AgentPaths {
+        AgentPaths {
+            work: self.path().to_path_buf(),
+            beads: self.beads_dir().map(Path::to_path_buf),
+        }
+    }
+}
+
+/// Where the agent works: its worktree (or scratch dir) and the beads worktree.
+#[derive(Debug, Clone)]
+pub struct AgentPaths {
+    pub work: PathBuf,
+    pub beads: Option<PathBuf>,
+}
+
+/// What the agent gets besides its worktree: a HOME of its own (kept across tasks, per
+/// slot), with its user name, a private temporary dir, and the context file.
+#[derive(Debug, Clone)]
+pub struct AgentDirs {
+    pub home: Option<(PathBuf, String)>,
+    pub tmp: PathBuf,
+    pub context: Option<PathBuf>,
+}
+
+/// `<data>/run/<task id>`: the agent's per-task directory (scratch work dir, temporary
+/// files, the context file), deleted when the task ends.
+fn run_dir(cfg: &Config, task: &Task) -> PathBuf {
+    cfg.data_dir.join("run").join(task.id())
+}
+
+/// Gives the agent user (`owner`; None: the agent runs as the worker) its directories:
+/// the worktrees become its own, its HOME is made (or kept) on the data dir, and the
+/// task's run dir holds its temporary files and the context file. Blocking.
+pub fn hand_over(
+    cfg: &Config,
+    task: &Task,
+    paths: &AgentPaths,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<AgentDirs> {
+    let run = run_dir(cfg, task);
+    let tmp = run.join("tmp");
+    private_dir(&tmp)?;
+    let context = match &task.meta.request.context {
+        Some(ctx) => {
+            let path = run.join("context.json");
+            super::write_json_atomic(&path, ctx)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut home = None;
+    if let Some((uid, gid)) = owner {
+        let h = cfg.data_dir.join("home").join(task.slot().to_string());
+        private_dir(&h)?;
+        chown_tree(&h, uid, gid, 1)?;
+        chown_tree(&run, uid, gid, 2)?;
+        for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
+            chown_tree(p, uid, gid, 4096)?;
+        }
+        let user = crate::process::identity::name_of(uid).unwrap_or_else(|| uid.to_string());
+        home = Some((h, user));
+    }
+    Ok(AgentDirs { home, tmp, context })
+}
+
+fn private_dir(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("creating {}", p.display()))
+}
+
+/// Makes `root` and everything below it (to `depth` levels) owned by uid:gid, never
+/// following a symbolic link.
+fn chown_tree(root: &Path, uid: u32, gid: u32, depth: usize) -> anyhow::Result<()> {
+    let own = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to uid {uid}", p.display()))
+    };
+    own(root)?;
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    // Bounded by the tree: each directory is visited once (links are not followed).
+    while let Some((dir, level)) = stack.pop() {
+        if level >= depth {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            own(&p)?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((p, level + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The git settings of a worker.
@@ -84,7 +187,7 @@ fn commit_message(task: &Task, what: &str) -> String {
 pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace> {
     let req = task.meta.request.clone();
     let Some(url) = req.rig_url.clone() else {
-        let dir = task.dir().join("work");
+        let dir = run_dir(cfg, task).join("work");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
         return Ok(Workspace::Scratch(dir));
@@ -181,8 +284,11 @@ pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Optio
     }
 }
 
-/// Removes the working directory so the disk does not grow without bound.
-pub async fn cleanup(_cfg: &Config, ws: &Workspace) {
+/// Removes the working directory and the task's run dir so the disk does not grow
+/// without bound.
+pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {
+    let run = run_dir(cfg, task);
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run)).await;
     match ws {
         Workspace::Scratch(dir) => {
             let dir = dir.clone();

@@ -405,3 +405,12 @@ pub async fn cancel(c: &reqwest::Client, w: &Worker, id: &str) -> reqwest::Respo
         .await
         .unwrap()
 }
+
+/// A temporary directory every user may write (the agent runs as an unprivileged user
+/// when the tests run as root).
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}

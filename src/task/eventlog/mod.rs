@@ -5,7 +5,11 @@
 //! any client can see it. Ids start at 1 and strictly increase. Readers keep their own
 //! cursor: recent records are served from a bounded in-memory tail shared by every
 //! reader (zero-copy `Bytes`), older ones are read back from the file, found by binary
-//! search on the ids. Output bytes are also appended raw to `output.raw` for `/log`.
+//! search on the ids. Output is stored once, in its records (`/log` decodes them).
+//!
+//! What is served is what the worker wrote: reads stop at the length the worker knows,
+//! every record read back must parse and carry the next id in sequence, and anything
+//! else is reported as damage (the stream then ends with an error), never served.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -21,8 +25,9 @@ use scan::{last_record, read_line_at, seek};
 
 /// The file of records.
 pub const EVENTS_FILE: &str = "events.ndjson";
-/// The raw output bytes.
-pub const OUTPUT_FILE: &str = "output.raw";
+/// Where output bytes were kept (a second time) before they lived only in the records;
+/// still read for the size of logs written then.
+const OLD_OUTPUT_FILE: &str = "output.raw";
 
 /// The in-memory tail is trimmed back to `TAIL_KEEP` bytes when it passes `TAIL_MAX`.
 const TAIL_MAX: usize = 512 * 1024;
@@ -84,7 +89,6 @@ pub enum Read {
 
 struct Inner {
     events: Option<File>,
-    raw: Option<File>,
     next_id: u64,
     len: u64,
     output_bytes: u64,
@@ -111,46 +115,41 @@ impl EventLog {
                 .open(dir.join(name))
         };
         let events = open(EVENTS_FILE)?;
-        let raw = open(OUTPUT_FILE)?;
-        Ok(Self::from_parts(
-            dir,
-            Some(events),
-            Some(raw),
-            1,
-            0,
-            0,
-            false,
-        ))
+        Ok(Self::from_parts(dir, Some(events), 1, 0, 0, false))
     }
 
-    /// Opens the log of a task from an earlier run. A torn last line (the process died
-    /// mid-write) is cut off. Returns the log (open for appends) and its last record.
+    /// Opens the log of a task from an earlier run. A log that was still open (the
+    /// worker died under it) is checked record by record and cut after its last good
+    /// one (a torn or damaged tail); a closed one is taken as its `done` says.
+    /// Returns the log (open for appends) and its last record.
     pub fn reopen(dir: &Path) -> io::Result<(EventLog, Option<Record>)> {
         let path = dir.join(EVENTS_FILE);
         let events = OpenOptions::new().read(true).append(true).open(&path)?;
         let mut len = events.metadata()?.len();
-        let last = last_record(&events, len)?;
-        let good_end = last.as_ref().map(|r| r.end()).unwrap_or(0);
-        if good_end < len {
-            events.set_len(good_end)?;
-            len = good_end;
-        }
-        let raw = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(OUTPUT_FILE))?;
-        let output_bytes = raw.metadata()?.len();
-        let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
+        let last = last_record(&events, len).ok().flatten();
         let closed = last.as_ref().is_some_and(|r| r.is_done());
-        let log = Self::from_parts(
-            dir,
-            Some(events),
-            Some(raw),
-            next_id,
-            len,
-            output_bytes,
-            false,
-        );
+        let (last, output_bytes) = match last {
+            Some(done) if closed => {
+                let bytes = done_output_bytes(&done)
+                    .or_else(|| {
+                        std::fs::metadata(dir.join(OLD_OUTPUT_FILE))
+                            .ok()
+                            .map(|m| m.len())
+                    })
+                    .map_or_else(|| verify(&events, len).map(|v| v.output_bytes), Ok)?;
+                (Some(done), bytes)
+            }
+            _ => {
+                let v = verify(&events, len)?;
+                if v.good_end < len {
+                    events.set_len(v.good_end)?;
+                    len = v.good_end;
+                }
+                (v.last, v.output_bytes)
+            }
+        };
+        let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
+        let log = Self::from_parts(dir, Some(events), next_id, len, output_bytes, false);
         if closed {
             log.close();
         }
@@ -160,7 +159,6 @@ impl EventLog {
     fn from_parts(
         dir: &Path,
         events: Option<File>,
-        raw: Option<File>,
         next_id: u64,
         len: u64,
         output_bytes: u64,
@@ -171,7 +169,6 @@ impl EventLog {
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner {
                 events,
-                raw,
                 next_id,
                 len,
                 output_bytes,
@@ -216,13 +213,6 @@ impl EventLog {
         }
         let id = g.next_id;
         let (line, raw) = payload.record(id, event)?;
-        if !raw.is_empty() {
-            let f = g
-                .raw
-                .as_mut()
-                .ok_or_else(|| io::Error::other("output file is not open"))?;
-            f.write_all(raw)?;
-        }
         let f = g
             .events
             .as_mut()
@@ -247,7 +237,6 @@ impl EventLog {
         if event == "done" {
             g.closed = true;
             g.events = None;
-            g.raw = None;
             trim_tail(&mut g, TAIL_CLOSED);
         }
         drop(g);
@@ -260,7 +249,6 @@ impl EventLog {
         let mut g = self.lock();
         g.closed = true;
         g.events = None;
-        g.raw = None;
     }
 
     /// Flushes appended records to stable storage.
@@ -282,6 +270,12 @@ impl EventLog {
 
     pub fn output_bytes(&self) -> u64 {
         self.lock().output_bytes
+    }
+
+    /// The last id and the output bytes up to it, read together (for `/log`).
+    pub fn output_mark(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.next_id - 1, g.output_bytes)
     }
 
     /// A receiver that changes whenever a record is appended.
@@ -338,12 +332,23 @@ impl EventLog {
         };
         let mut out = Vec::new();
         let mut size = 0;
+        let mut expect = cursor.after + 1;
         while offset < len && size < max_bytes {
             let Some(rec) = read_line_at(&file, offset, len)? else {
-                break;
+                return Err(damaged(offset, "a record without its end"));
             };
+            if serde_json::from_slice::<serde::de::IgnoredAny>(rec.json()).is_err() {
+                return Err(damaged(offset, "a record that is not JSON"));
+            }
             offset = rec.end();
             if rec.id > cursor.after {
+                if rec.id != expect {
+                    return Err(damaged(
+                        rec.offset,
+                        &format!("record {} where {expect} was next", rec.id),
+                    ));
+                }
+                expect += 1;
                 size += rec.line.len();
                 out.push(rec);
             }
@@ -410,6 +415,77 @@ impl<'a> Payload<'a> {
         line.extend_from_slice(b"}\n");
         Ok((line, raw))
     }
+}
+
+fn damaged(offset: u64, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the event log is damaged at byte {offset}: {what}"),
+    )
+}
+
+/// The `output_bytes` a `done` record carries (logs written since it does).
+fn done_output_bytes(done: &Record) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(done.json()).ok()?;
+    v.get("output_bytes")?.as_u64()
+}
+
+/// The bytes an `output` record carries (its `data` text or its `b64` bytes).
+pub fn output_of(rec: &Record) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Out<'a> {
+        #[serde(borrow)]
+        data: Option<std::borrow::Cow<'a, str>>,
+        b64: Option<&'a str>,
+    }
+    if &rec.event[..] != b"output" {
+        return None;
+    }
+    let o: Out<'_> = serde_json::from_slice(rec.json()).ok()?;
+    match (o.data, o.b64) {
+        (Some(t), _) => Some(t.into_owned().into_bytes()),
+        (None, Some(b)) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(b).ok()
+        }
+        (None, None) => None,
+    }
+}
+
+/// What a check of a whole log found.
+struct Verified {
+    last: Option<Record>,
+    /// The end of the last good record: what follows is torn or damaged.
+    good_end: u64,
+    output_bytes: u64,
+}
+
+/// Reads every record from the start: each must parse and carry the next id; stops at
+/// the first that does not (bounded by the file's length).
+fn verify(file: &File, len: u64) -> io::Result<Verified> {
+    let mut v = Verified {
+        last: None,
+        good_end: 0,
+        output_bytes: 0,
+    };
+    let mut expect = 1;
+    while v.good_end < len {
+        let rec = match read_line_at(file, v.good_end, len) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => break,
+        };
+        if rec.id != expect || serde_json::from_slice::<serde::de::IgnoredAny>(rec.json()).is_err()
+        {
+            break;
+        }
+        if let Some(bytes) = output_of(&rec) {
+            v.output_bytes += bytes.len() as u64;
+        }
+        expect += 1;
+        v.good_end = rec.end();
+        v.last = Some(rec);
+    }
+    Ok(v)
 }
 
 fn trim_tail(g: &mut Inner, keep: usize) {

@@ -1,4 +1,5 @@
-//! Starting an agent process on a terminal: `posix_spawn` in a new session whose
+//! Starting an agent process on a terminal (through the shim of `exec` when it must be
+//! contained or change user): `posix_spawn` in a new session whose
 //! controlling terminal is the PTY (opened by path after `setsid`, so the kernel makes
 //! it the session's terminal and the agent's group its foreground group), with the
 //! terminal as stdin, stdout and stderr, every signal at its default and none blocked.
@@ -20,6 +21,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::exec::ExecPlan;
+
 /// What to start.
 pub(crate) struct Spawn<'a> {
     /// The program as given (a name looked up on `PATH`, or a path).
@@ -31,7 +34,13 @@ pub(crate) struct Spawn<'a> {
     pub cwd: &'a Path,
     /// The PTY's slave device (`/dev/pts/N`).
     pub tty: &'a Path,
+    /// What the shim does before the program runs (cgroups, user, limits); empty:
+    /// the program is started directly.
+    pub plan: &'a ExecPlan,
 }
+
+/// This binary, as the child sees it right after the spawn (it still runs our image).
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// Starts the process; returns its pid (also its process group and session id).
 pub(crate) fn spawn(s: &Spawn<'_>) -> anyhow::Result<i32> {
@@ -49,11 +58,17 @@ pub(crate) fn spawn(s: &Spawn<'_>) -> anyhow::Result<i32> {
             return Err(e).with_context(|| format!("the working directory {}", s.cwd.display()))
         }
     }
-    let exe_c = cstring(exe.as_os_str())?;
     let tty = cstring(s.tty.as_os_str())?;
     let cwd = cstring(s.cwd.as_os_str())?;
-    let argv: Vec<CString> = s
-        .argv
+    // With a plan, the shim (this binary) runs first and then executes the program.
+    let (exe_c, words) = if s.plan.is_empty() {
+        (cstring(exe.as_os_str())?, s.argv.to_vec())
+    } else {
+        let mut words = vec!["outpost".to_string()];
+        words.extend(s.plan.args(&exe.to_string_lossy(), s.argv));
+        (cstring(OsStr::new(SELF_EXE))?, words)
+    };
+    let argv: Vec<CString> = words
         .iter()
         .map(|a| cstring(OsStr::new(a)))
         .collect::<anyhow::Result<_>>()?;

@@ -1,13 +1,12 @@
 //! The process table: one owner reaps every child of this process (and, as PID 1 or a
 //! child subreaper, every orphan that is re-parented to it) and hands each exit status
-//! to whoever asked for it. Nobody else calls `waitpid`, so no status is ever stolen.
+//! to whoever asked for it, with the resource usage the kernel reports for it. Nobody
+//! else calls `waitpid`, so no status is ever stolen.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 /// How a process ended.
@@ -35,10 +34,32 @@ impl Exit {
 /// `watch`); orphans nobody asks for fall off the end.
 const UNCLAIMED_MAX: usize = 256;
 
+/// What the kernel reported for a reaped process: its exit and its resource usage
+/// (its own, plus that of the descendants it waited for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub exit: Exit,
+    /// User plus system CPU time, in microseconds.
+    pub cpu_us: u64,
+    /// The largest resident set of the process or a waited-for descendant, in bytes.
+    pub max_rss: u64,
+}
+
+impl Reaped {
+    /// A status for a process whose end was not seen (its watch was dropped).
+    pub fn lost() -> Reaped {
+        Reaped {
+            exit: Exit::Signal(9),
+            cpu_us: 0,
+            max_rss: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Table {
-    waiting: HashMap<i32, oneshot::Sender<Exit>>,
-    unclaimed: VecDeque<(i32, Exit)>,
+    waiting: HashMap<i32, oneshot::Sender<Reaped>>,
+    unclaimed: VecDeque<(i32, Reaped)>,
     reaped_orphans: u64,
 }
 
@@ -61,7 +82,7 @@ impl Reaper {
     }
 
     /// Asks for the exit status of `pid`, a child of this process.
-    pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<Reaped> {
         let (tx, rx) = oneshot::channel();
         let mut t = self.lock();
         if let Some(i) = t.unclaimed.iter().position(|(p, _)| *p == pid) {
@@ -79,23 +100,17 @@ impl Reaper {
         let mut n = 0;
         // Bounded: each turn reaps one process; there cannot be more zombies than pids.
         for _ in 0..1_000_000 {
-            let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            };
+            let Some(reaped) = wait_any() else { break };
             n += 1;
+            let (pid, r) = reaped;
             let mut t = self.lock();
-            match t.waiting.remove(&exit.0) {
+            match t.waiting.remove(&pid) {
                 Some(tx) => {
-                    let _ = tx.send(exit.1);
+                    let _ = tx.send(r);
                 }
                 None => {
                     t.reaped_orphans += 1;
-                    t.unclaimed.push_back(exit);
+                    t.unclaimed.push_back((pid, r));
                     if t.unclaimed.len() > UNCLAIMED_MAX {
                         t.unclaimed.pop_front();
                     }
@@ -109,6 +124,45 @@ impl Reaper {
     pub fn orphans_reaped(&self) -> u64 {
         self.lock().reaped_orphans
     }
+}
+
+/// One `wait4(-1, WNOHANG)`: the next ended child with its usage, or `None` when no
+/// child has ended (or there are none).
+fn wait_any() -> Option<(i32, Reaped)> {
+    // Bounded: EINTR and stopped/continued children are the only reasons to go round.
+    for _ in 0..1_000 {
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into `status` and `ru`, both valid for the call.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
+        if pid == 0 {
+            return None;
+        }
+        if pid < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return None;
+        }
+        let exit = if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            continue;
+        };
+        let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        return Some((
+            pid,
+            Reaped {
+                exit,
+                cpu_us: tv(ru.ru_utime) + tv(ru.ru_stime),
+                max_rss: (ru.ru_maxrss.max(0) as u64) * 1024,
+            },
+        ));
+    }
+    None
 }
 
 /// Runs the reaper on the async runtime: on every SIGCHLD, and once a second as a

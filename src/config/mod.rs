@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::AgentCommand;
+use crate::process::Kind;
+
+mod source;
+pub use source::help;
+use source::{parse_flags, Source, SETTINGS};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,42 +52,37 @@ pub struct Config {
     pub idle_shutdown: Option<Duration>,
     pub idle_shutdown_cmd: String,
     pub on_cloud_run: bool,
+    /// `OUTPOST_AGENT_USER` as given (resolved at start by `process::identity`).
+    pub agent_user: Option<String>,
+    /// `OUTPOST_CONTAINMENT`: None is automatic (a cgroup per task where possible).
+    pub containment: Option<Kind>,
+    pub limits: TaskLimits,
+    pub min_free_disk: u64,
+    pub pricing: Pricing,
 }
 
-/// One setting: its variable, its flag, and a line of help.
-struct Setting {
-    var: &'static str,
-    flag: &'static str,
-    help: &'static str,
+/// Limits of one task.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskLimits {
+    /// None: the worker's memory limit minus a reserve (decided at start).
+    pub memory: Option<u64>,
+    pub pids: u64,
+    pub max_output: u64,
 }
 
-#[rustfmt::skip]
-const SETTINGS: &[Setting] = &[
-    Setting { var: "PORT", flag: "--port", help: "listen port (default 8080)" },
-    Setting { var: "OUTPOST_BIND", flag: "--bind", help: "listen address (default 127.0.0.1; 0.0.0.0 on Cloud Run)" },
-    Setting { var: "OUTPOST_DATA", flag: "--data", help: "data dir: repo cache, worktrees, task logs (default ./.outpost)" },
-    Setting { var: "OUTPOST_TOKEN", flag: "--token", help: "bearer token required on every route but /hello and /healthz" },
-    Setting { var: "OUTPOST_INSECURE_NO_AUTH", flag: "--insecure-no-auth", help: "1: allow a non-loopback bind without a token" },
-    Setting { var: "OUTPOST_AGENT", flag: "--agent", help: "agent command line (default: shell, i.e. sh -c \"<prompt>\")" },
-    Setting { var: "OUTPOST_MAX_TASKS", flag: "--max-tasks", help: "tasks at once (default 1)" },
-    Setting { var: "OUTPOST_WORKER_ID", flag: "--worker-id", help: "workerId in /hello (default: hostname)" },
-    Setting { var: "OUTPOST_ALLOWED_HOSTS", flag: "--allowed-hosts", help: "comma list of git hosts allowed (default: any public host)" },
-    Setting { var: "OUTPOST_ALLOW_HTTP", flag: "--allow-http", help: "1: allow http:// git URLs" },
-    Setting { var: "OUTPOST_GIT_TOKEN", flag: "--git-token", help: "token for git over HTTPS (also GH_TOKEN)" },
-    Setting { var: "OUTPOST_GIT_AUTHOR", flag: "--git-author", help: "commit author, \"Name <email>\" (default outpost <outpost@localhost>)" },
-    Setting { var: "OUTPOST_PUSH_ON_FAILURE", flag: "--push-on-failure", help: "1: push the branch even when the agent fails" },
-    Setting { var: "OUTPOST_TLS_CERT", flag: "--tls-cert", help: "PEM certificate chain: serve TLS (ALPN h2, http/1.1)" },
-    Setting { var: "OUTPOST_TLS_KEY", flag: "--tls-key", help: "PEM private key for --tls-cert" },
-    Setting { var: "OUTPOST_SWAP", flag: "--swap", help: "swap file size to ensure at start (1G), 0 off (default off)" },
-    Setting { var: "OUTPOST_SWAPPINESS", flag: "--swappiness", help: "vm.swappiness to set with the swap file (0-200)" },
-    Setting { var: "OUTPOST_GRACE_S", flag: "--grace-s", help: "seconds between SIGTERM and SIGKILL for agents (default 8)" },
-    Setting { var: "OUTPOST_HEARTBEAT_S", flag: "--heartbeat-s", help: "SSE keep-alive interval in seconds (default 15)" },
-    Setting { var: "OUTPOST_LOG_FORMAT", flag: "--log-format", help: "json or text (default json on Cloud Run, else text)" },
-    Setting { var: "OUTPOST_MIN_AVAILABLE", flag: "--min-available", help: "memory below which new work is refused (default 10% of the limit)" },
-    Setting { var: "OUTPOST_KEEP_TASKS", flag: "--keep-tasks", help: "finished tasks kept (logs on disk, objects in /work); older ones are deleted (default 1000)" },
-    Setting { var: "OUTPOST_IDLE_SHUTDOWN", flag: "--idle-shutdown", help: "run the idle command after this long without a task (30m); off by default" },
-    Setting { var: "OUTPOST_IDLE_SHUTDOWN_CMD", flag: "--idle-shutdown-cmd", help: "command run on idle shutdown (default poweroff)" },
-];
+/// What a task's compute costs: the instance's size (None: found at start) and prices.
+#[derive(Debug, Clone, Copy)]
+pub struct Pricing {
+    pub instance_cpu: Option<f64>,
+    pub instance_memory: Option<u64>,
+    pub usd_per_vcpu_s: f64,
+    pub usd_per_gib_s: f64,
+}
+
+/// Cloud Run's list prices (request-based billing, Tier 1 regions), per vCPU-second and
+/// per GiB-second; see docs/api.md.
+pub const CLOUD_RUN_USD_PER_VCPU_S: f64 = 0.000_024;
+pub const CLOUD_RUN_USD_PER_GIB_S: f64 = 0.000_002_5;
 
 /// A setting that could not be accepted; its Display is the one line the user sees.
 #[derive(Debug, thiserror::Error)]
@@ -91,79 +91,6 @@ pub struct ConfigError {
     pub name: String,
     pub value: String,
     pub allowed: String,
-}
-
-/// The help text for `outpost serve --help`.
-pub fn help() -> String {
-    let mut s = String::from(
-        "Usage: outpost serve [--flag VALUE]...\n\nEvery flag has a matching environment variable; the flag wins.\n\n",
-    );
-    for st in SETTINGS {
-        s.push_str(&format!("  {:<22} {:<26} {}\n", st.flag, st.var, st.help));
-    }
-    s
-}
-
-/// Where the raw values come from: the environment plus `--flag value` pairs.
-struct Source {
-    /// (variable, value, how the user named it)
-    values: Vec<(&'static str, String, String)>,
-}
-
-impl Source {
-    fn get(&self, var: &str) -> Option<(&str, &str)> {
-        self.values
-            .iter()
-            .rev()
-            .find(|(v, _, _)| *v == var)
-            .map(|(_, val, origin)| (val.as_str(), origin.as_str()))
-    }
-
-    fn err(&self, var: &str, allowed: &str) -> ConfigError {
-        let (value, origin) = self.get(var).unwrap_or(("", var));
-        ConfigError {
-            name: origin.to_string(),
-            value: value.to_string(),
-            allowed: allowed.to_string(),
-        }
-    }
-
-    fn string(&self, var: &str) -> Option<String> {
-        self.get(var)
-            .map(|(v, _)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn flag(&self, var: &str) -> Result<bool, ConfigError> {
-        match self.get(var).map(|(v, _)| v.trim().to_ascii_lowercase()) {
-            None => Ok(false),
-            Some(v) => match v.as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "" | "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(self.err(var, "expected 1 or 0")),
-            },
-        }
-    }
-
-    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-        &self,
-        var: &str,
-        default: T,
-        min: T,
-        max: T,
-    ) -> Result<T, ConfigError> {
-        match self.string(var) {
-            None => Ok(default),
-            Some(v) => match v.parse::<T>() {
-                Ok(n) if n >= min && n <= max => Ok(n),
-                _ => Err(self.err(var, &format!("expected a whole number from {min} to {max}"))),
-            },
-        }
-    }
-
-    fn path(&self, var: &str) -> Option<PathBuf> {
-        self.string(var).map(PathBuf::from)
-    }
 }
 
 impl Config {
@@ -207,7 +134,7 @@ impl Config {
         let data_dir = src
             .path("OUTPOST_DATA")
             .unwrap_or_else(|| PathBuf::from("./.outpost"));
-        let token = src.string("OUTPOST_TOKEN");
+        let token = src.secret("OUTPOST_TOKEN", "OUTPOST_TOKEN_FILE")?;
         let insecure_no_auth = src.flag("OUTPOST_INSECURE_NO_AUTH")?;
         let agent = match src.string("OUTPOST_AGENT") {
             None => AgentCommand::Shell,
@@ -226,7 +153,7 @@ impl Config {
             .unwrap_or_default();
         let allow_http = src.flag("OUTPOST_ALLOW_HTTP")?;
         let git_token = src
-            .string("OUTPOST_GIT_TOKEN")
+            .secret("OUTPOST_GIT_TOKEN", "OUTPOST_GIT_TOKEN_FILE")?
             .or(gh_token.filter(|t| !t.is_empty()));
         let (git_author_name, git_author_email) = match src.string("OUTPOST_GIT_AUTHOR") {
             None => ("outpost".to_string(), "outpost@localhost".to_string()),
@@ -286,6 +213,41 @@ impl Config {
         let idle_shutdown_cmd = src
             .string("OUTPOST_IDLE_SHUTDOWN_CMD")
             .unwrap_or_else(|| "poweroff".into());
+        let containment = match src.string("OUTPOST_CONTAINMENT") {
+            None => None,
+            Some(v) => Kind::parse(&v.to_ascii_lowercase())
+                .map_err(|e| src.err("OUTPOST_CONTAINMENT", &e))?,
+        };
+        let limits = TaskLimits {
+            memory: src.size("OUTPOST_TASK_MEMORY")?.filter(|m| *m > 0),
+            pids: src.number::<u64>("OUTPOST_TASK_PIDS", 512, 8, 1 << 22)?,
+            max_output: src.size("OUTPOST_TASK_MAX_OUTPUT")?.unwrap_or(1 << 30),
+        };
+        if limits.max_output == 0 {
+            return Err(src.err(
+                "OUTPOST_TASK_MAX_OUTPUT",
+                "expected a size above 0, such as 1G",
+            ));
+        }
+        let min_free_disk = src.size("OUTPOST_MIN_FREE_DISK")?.unwrap_or(512 << 20);
+        let instance_cpu = src.decimal("OUTPOST_INSTANCE_CPU")?;
+        if instance_cpu == Some(0.0) {
+            return Err(src.err(
+                "OUTPOST_INSTANCE_CPU",
+                "expected vCPUs above 0, such as 1 or 0.5",
+            ));
+        }
+        let pricing = Pricing {
+            instance_cpu,
+            instance_memory: src.size("OUTPOST_INSTANCE_MEMORY")?.filter(|m| *m > 0),
+            usd_per_vcpu_s: src
+                .decimal("OUTPOST_PRICE_VCPU_S")?
+                .unwrap_or(CLOUD_RUN_USD_PER_VCPU_S),
+            usd_per_gib_s: src
+                .decimal("OUTPOST_PRICE_GIB_S")?
+                .unwrap_or(CLOUD_RUN_USD_PER_GIB_S),
+        };
+        let agent_user = src.string("OUTPOST_AGENT_USER");
 
         Ok(Config {
             port,
@@ -314,6 +276,11 @@ impl Config {
             idle_shutdown,
             idle_shutdown_cmd,
             on_cloud_run,
+            agent_user,
+            containment,
+            limits,
+            min_free_disk,
+            pricing,
         })
     }
 
@@ -328,49 +295,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Collects `--flag value` and `--flag=value` pairs; boolean flags may stand alone.
-fn parse_flags(
-    args: &[String],
-    values: &mut Vec<(&'static str, String, String)>,
-) -> Result<(), ConfigError> {
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let Some(st) = SETTINGS.iter().find(|s| s.flag == name) else {
-            return Err(ConfigError {
-                name: "argument".into(),
-                value: arg.clone(),
-                allowed: "unknown flag; see `outpost serve --help`".into(),
-            });
-        };
-        let boolean = matches!(
-            st.var,
-            "OUTPOST_INSECURE_NO_AUTH" | "OUTPOST_ALLOW_HTTP" | "OUTPOST_PUSH_ON_FAILURE"
-        );
-        let value = match inline {
-            Some(v) => v,
-            None if boolean && args.get(i + 1).is_none_or(|n| n.starts_with("--")) => {
-                "1".to_string()
-            }
-            None => {
-                i += 1;
-                args.get(i).cloned().ok_or_else(|| ConfigError {
-                    name: st.flag.into(),
-                    value: String::new(),
-                    allowed: format!("{} needs a value: {}", st.flag, st.help),
-                })?
-            }
-        };
-        values.push((st.var, value, st.flag.to_string()));
-        i += 1;
-    }
-    Ok(())
 }
 
 fn parse_author(v: &str) -> Option<(String, String)> {
@@ -469,6 +393,40 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn secrets_from_files_and_task_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = Config::from_parts(
+            &env(&[
+                ("OUTPOST_TOKEN_FILE", f.to_str().unwrap()),
+                ("OUTPOST_GIT_TOKEN_FILE", f.to_str().unwrap()),
+                ("OUTPOST_TASK_MEMORY", "300M"),
+                ("OUTPOST_PRICE_VCPU_S", "0.5"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.git_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.limits.memory, Some(300 << 20));
+        assert_eq!(c.limits.pids, 512);
+        assert_eq!(c.limits.max_output, 1 << 30);
+        assert_eq!(c.pricing.usd_per_vcpu_s, 0.5);
+        assert_eq!(c.pricing.usd_per_gib_s, CLOUD_RUN_USD_PER_GIB_S);
+        let e =
+            Config::from_parts(&env(&[("OUTPOST_TOKEN_FILE", "/nonexistent/t")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_TOKEN_FILE"), "{e}");
+        let e = Config::from_parts(&env(&[("OUTPOST_CONTAINMENT", "jail")]), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("auto, cgroup, uid or session"),
+            "{e}"
+        );
+        let e = Config::from_parts(&env(&[("OUTPOST_PRICE_GIB_S", "-1")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_PRICE_GIB_S"), "{e}");
     }
 
     #[test]

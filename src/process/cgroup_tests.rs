@@ -1,0 +1,136 @@
+//! The cgroup code against sample trees: plain directories laid out as cgroupfs is.
+//! (Real v1 cgroups are exercised by the integration tests; real v2 in the VM test.)
+
+use super::*;
+
+fn sample_v2(controllers: &str, procs: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let proc_self = t.path().join("proc");
+    let root = t.path().join("cg");
+    fs::create_dir_all(&proc_self).unwrap();
+    fs::write(
+        proc_self.join("cgroup"),
+        "0::/system.slice/outpost.service\n",
+    )
+    .unwrap();
+    let own = root.join("system.slice/outpost.service");
+    fs::create_dir_all(&own).unwrap();
+    fs::write(
+        root.join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .unwrap();
+    fs::write(own.join("cgroup.controllers"), controllers).unwrap();
+    fs::write(own.join("cgroup.procs"), procs).unwrap();
+    (t, proc_self, root)
+}
+
+#[test]
+fn v2_parent_gets_controllers_and_tasks_get_limits() {
+    let (_t, proc_self, root) = sample_v2("cpu memory pids\n", "");
+    let cg = Cgroups::setup_at(&proc_self, &root, "k1").unwrap();
+    assert_eq!(cg.version(), Version::V2);
+    let own = root.join("system.slice/outpost.service");
+    assert_eq!(
+        fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+        "+memory +pids +cpu"
+    );
+    let parent = own.join("outpost-k1");
+    assert_eq!(
+        fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(),
+        "+memory +pids +cpu"
+    );
+    let limits = Limits {
+        memory: Some(300 << 20),
+        pids: Some(64),
+    };
+    let task = cg.create("t-1", limits).unwrap();
+    let dir = parent.join("t-1");
+    assert_eq!(
+        fs::read_to_string(dir.join("memory.max")).unwrap(),
+        "314572800"
+    );
+    assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
+    assert_eq!(
+        fs::read_to_string(dir.join("memory.swap.max")).unwrap(),
+        "0"
+    );
+    assert_eq!(task.procs_files(), vec![dir.join("cgroup.procs")]);
+
+    fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 1500000\nuser_usec 1000000\n",
+    )
+    .unwrap();
+    fs::write(dir.join("memory.peak"), "262144000\n").unwrap();
+    fs::write(
+        dir.join("memory.events"),
+        "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        task.usage(),
+        Usage {
+            cpu_us: 1_500_000,
+            memory_peak: 262_144_000
+        }
+    );
+    assert!(task.oom_killed());
+    // An empty sample cgroup is empty at once.
+    assert!(task.kill_all());
+    assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+}
+
+#[test]
+fn v2_without_memory_controller_is_refused_with_advice() {
+    let (_t, proc_self, root) = sample_v2("cpu\n", "");
+    let e = Cgroups::setup_at(&proc_self, &root, "k").unwrap_err();
+    assert!(e.contains("Delegate=yes"), "{e}");
+}
+
+#[test]
+fn v1_uses_each_hierarchys_own_path() {
+    let t = tempfile::tempdir().unwrap();
+    let proc_self = t.path().join("proc");
+    let root = t.path().join("cg");
+    fs::create_dir_all(&proc_self).unwrap();
+    fs::write(
+        proc_self.join("cgroup"),
+        "8:pids:/\n6:freezer:/\n4:memory:/box/abc\n2:cpu,cpuacct:/\n0::/\n",
+    )
+    .unwrap();
+    for d in ["pids", "freezer", "memory/box/abc", "cpuacct"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let cg = Cgroups::setup_at(&proc_self, &root, "k2").unwrap();
+    assert_eq!(cg.version(), Version::V1);
+    let task = cg
+        .create(
+            "t-9",
+            Limits {
+                memory: Some(1 << 30),
+                pids: Some(100),
+            },
+        )
+        .unwrap();
+    let mem = root.join("memory/box/abc/outpost-k2/t-9");
+    assert_eq!(
+        fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+        "1073741824"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("pids/outpost-k2/t-9/pids.max")).unwrap(),
+        "100"
+    );
+    assert_eq!(task.procs_files().len(), 4);
+    fs::write(
+        root.join("cpuacct/outpost-k2/t-9/cpuacct.usage"),
+        "2000000000\n",
+    )
+    .unwrap();
+    fs::write(mem.join("memory.max_usage_in_bytes"), "5000\n").unwrap();
+    assert_eq!(task.usage().cpu_us, 2_000_000);
+    assert_eq!(task.usage().memory_peak, 5000);
+    // Sweeping finds the task cgroup an earlier run left behind.
+    assert_eq!(cg.sweep(), 1);
+}
