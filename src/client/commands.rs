@@ -380,6 +380,7 @@ async fn status(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
     .map(String::from)
     .to_vec()];
     let mut json = Vec::new();
+    let mut errors = Vec::new();
     let mut code = exit::OK;
     for o in &pool.outposts {
         match o.hello().await {
@@ -401,9 +402,8 @@ async fn status(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
             }
             Err(e) => {
                 code = 1;
-                let mut row = vec![o.url().to_string(), "unreachable".into()];
-                row.push(e.to_string());
-                rows.push(row);
+                rows.push(vec![o.url().to_string(), "unreachable".into()]);
+                errors.push(e.to_string());
                 json.push(serde_json::json!({"url": o.url(), "error": e.to_string()}));
             }
         }
@@ -412,6 +412,9 @@ async fn status(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
         println!("{}", serde_json::Value::Array(json));
     } else {
         print!("{}", table(&rows));
+        for e in errors {
+            eprintln!("outpost status: {e}");
+        }
     }
     Ok(code)
 }
