@@ -84,7 +84,10 @@ impl Attached {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("the screen never showed {needle:?} x{times}:\n{}", self.text());
+        panic!(
+            "the screen never showed {needle:?} x{times}:\n{}",
+            self.text()
+        );
     }
 
     fn type_keys(&mut self, keys: &[u8]) {
@@ -135,7 +138,11 @@ fn typed_text_reaches_cat_and_comes_back_and_ctrl_bracket_detaches() {
     a.type_keys(&[0x1d]);
     assert_eq!(a.wait_exit(), 130, "{}", a.text());
     assert!(a.text().contains("detached"), "{}", a.text());
-    assert_eq!(status_of(&w, &id), "working", "detaching leaves the task running");
+    assert_eq!(
+        status_of(&w, &id),
+        "working",
+        "detaching leaves the task running"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(cancel(&h1(), &w, &id));
     let log = rt.block_on(async {
@@ -167,7 +174,11 @@ fn a_window_size_change_reaches_stty_size_and_the_task_end_ends_the_attach() {
     // The resize and the next line travel separately: ask until the new size shows.
     let end = Instant::now() + T;
     while !a.text().contains("50 132") {
-        assert!(Instant::now() < end, "the new size never arrived:\n{}", a.text());
+        assert!(
+            Instant::now() < end,
+            "the new size never arrived:\n{}",
+            a.text()
+        );
         a.type_keys(b"size\r");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -73,9 +73,15 @@ fn run_lands_on_the_free_outpost_and_a_live_issue_is_attached_not_started_twice(
     let (code, out, stderr) = with_pool(&["run", "echo placed"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(out, b"placed\r\n");
-    assert!(stderr.contains(&format!("skipping {}: busy", full.url(""))), "{stderr}");
+    assert!(
+        stderr.contains(&format!("skipping {}: busy", full.url(""))),
+        "{stderr}"
+    );
     assert!(stderr.contains(&stopped.url("")), "{stderr}");
-    assert!(stderr.contains(&format!("started on {}", free.url(""))), "{stderr}");
+    assert!(
+        stderr.contains(&format!("started on {}", free.url(""))),
+        "{stderr}"
+    );
     assert_eq!(tasks(&full).len(), 1, "only the sleeping task");
     assert_eq!(authed_tasks(&free, "c-secret").len(), 1);
 
@@ -85,8 +91,14 @@ fn run_lands_on_the_free_outpost_and_a_live_issue_is_attached_not_started_twice(
     assert!(table.starts_with("OUTPOST"), "{table}");
     assert!(table.contains("busy") && table.contains("1/1"), "{table}");
     assert!(table.contains("unreachable"), "{table}");
-    assert!(table.contains("available") && table.contains("0/4"), "{table}");
-    assert!(stderr.contains(&stopped.url("")) && stderr.contains("connect"), "{stderr}");
+    assert!(
+        table.contains("available") && table.contains("0/4"),
+        "{table}"
+    );
+    assert!(
+        stderr.contains(&stopped.url("")) && stderr.contains("connect"),
+        "{stderr}"
+    );
 
     // The same issue twice: the second run attaches to the first's task.
     let urls = [full.url(""), stopped.url(""), free.url("")];

@@ -80,8 +80,16 @@ fn output_is_exact_across_a_kill_9_and_restart_then_interrupted() {
     });
     assert_eq!(out, logged.to_vec(), "stdout is the task's whole output");
     let full = rows_expected(400);
-    assert!(out.len() > 25 * 20 && out.len() < full.len(), "{}", out.len());
-    assert_eq!(out[..], full[..out.len()], "a prefix of what the agent wrote");
+    assert!(
+        out.len() > 25 * 20 && out.len() < full.len(),
+        "{}",
+        out.len()
+    );
+    assert_eq!(
+        out[..],
+        full[..out.len()],
+        "a prefix of what the agent wrote"
+    );
 }
 
 fn through_cutting_proxy(http2: bool) {
@@ -98,11 +106,7 @@ fn through_cutting_proxy(http2: bool) {
     let (code, out, stderr) = run(&args, T);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     assert_eq!(proxy.cuts(), 3, "the proxy cut three streams");
-    assert_eq!(
-        out.len(),
-        rows_expected(400).len(),
-        "stderr:\n{stderr}"
-    );
+    assert_eq!(out.len(), rows_expected(400).len(), "stderr:\n{stderr}");
     assert!(out == rows_expected(400), "bytes differ");
     assert_eq!(stderr.matches("resumed after event").count(), 3, "{stderr}");
 }
@@ -141,7 +145,9 @@ fn exit_codes_for_done_failed_refused_and_json_events() {
         assert_eq!(e["id"], i as u64 + 1);
     }
     assert_eq!(events.last().unwrap()["event"], "done");
-    assert!(events.iter().any(|e| e["event"] == "output" && e["data"] == "x"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "output" && e["data"] == "x"));
 }
 
 #[test]
@@ -179,14 +185,24 @@ fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let files: Vec<(String, String)> = (0..60)
         .map(|i| (format!("f{i}.txt"), format!("file {i}\n").repeat(50)))
         .collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     srv.create_repo("rig", &refs);
     let w = Worker::start(&[
         ("OUTPOST_ALLOW_HTTP", "1"),
         ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
     ]);
     let (code, out, stderr) = run(
-        &["run", "--url", &w.url(""), "--repo", &srv.url("rig"), "ls | wc -l"],
+        &[
+            "run",
+            "--url",
+            &w.url(""),
+            "--repo",
+            &srv.url("rig"),
+            "ls | wc -l",
+        ],
         T,
     );
     assert_eq!(code, 0, "{stderr}");
@@ -194,6 +210,12 @@ fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("clone ")).collect();
     assert!(!lines.is_empty(), "{stderr}");
     assert!(lines.iter().any(|l| l.contains("clone 100%")), "{stderr}");
-    assert!(!stderr.contains('\r') && !stderr.contains("\x1b["), "{stderr:?}");
-    assert!(stderr.contains("commit") || stderr.contains("done"), "{stderr}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("\x1b["),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains("commit") || stderr.contains("done"),
+        "{stderr}"
+    );
 }

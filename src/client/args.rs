@@ -182,6 +182,9 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         let p = parse(&s(&["--after", "x"]), OPTS).unwrap();
-        assert!(p.number::<u64>("after").unwrap_err().contains("not a number"));
+        assert!(p
+            .number::<u64>("after")
+            .unwrap_err()
+            .contains("not a number"));
     }
 }

@@ -168,7 +168,10 @@ fn pool_file() -> Option<PathBuf> {
 
 fn reconnect(p: &Parsed) -> Result<Reconnect, ClientError> {
     let mut r = Reconnect::default();
-    if let Some(s) = p.number::<f64>("reconnect-for").map_err(ClientError::Setup)? {
+    if let Some(s) = p
+        .number::<f64>("reconnect-for")
+        .map_err(ClientError::Setup)?
+    {
         r.give_up_after = Duration::from_secs_f64(s.max(0.0));
     }
     Ok(r)
@@ -222,7 +225,12 @@ async fn run(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
         max_cost_usd: p.number("max-cost").map_err(setup)?,
         fresh: p.has("fresh").then_some(true),
     };
-    let wait = Duration::from_secs_f64(p.number::<f64>("wait").map_err(setup)?.unwrap_or(300.0).max(0.0));
+    let wait = Duration::from_secs_f64(
+        p.number::<f64>("wait")
+            .map_err(setup)?
+            .unwrap_or(300.0)
+            .max(0.0),
+    );
     let policy = reconnect(p)?;
     let mut view = View::new(p.has("json"), p.has("quiet"));
     let placed = {

@@ -84,7 +84,10 @@ impl Connector {
     }
 
     /// Sends one request; `path_and_query` starts with `/`.
-    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let sender = self.sender().await?;
         let path = req
             .uri()
@@ -96,17 +99,17 @@ impl Connector {
                 let host = hyper::header::HeaderValue::from_str(&self.authority())
                     .map_err(|e| ClientError::Setup(format!("{}: bad host: {e}", self.url)))?;
                 req.headers_mut().insert(hyper::header::HOST, host);
-                *req.uri_mut() = path
-                    .parse()
-                    .map_err(|e| ClientError::Setup(format!("{}: bad path {path:?}: {e}", self.url)))?;
+                *req.uri_mut() = path.parse().map_err(|e| {
+                    ClientError::Setup(format!("{}: bad path {path:?}: {e}", self.url))
+                })?;
                 s.send_request(req).await
             }
             Sender::H2(mut s) => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
                 let uri = format!("{scheme}://{}{path}", self.authority());
-                *req.uri_mut() = uri
-                    .parse()
-                    .map_err(|e| ClientError::Setup(format!("{}: bad URL {uri:?}: {e}", self.url)))?;
+                *req.uri_mut() = uri.parse().map_err(|e| {
+                    ClientError::Setup(format!("{}: bad URL {uri:?}: {e}", self.url))
+                })?;
                 let r = s.send_request(req).await;
                 if r.is_err() {
                     // The connection may be dead: the next request opens a new one.
@@ -161,7 +164,11 @@ impl Connector {
                 )
                 .await
                 .map_err(|_| self.unreachable("no TLS handshake within 10 s"))?
-                .map_err(|e| self.unreachable(format!("TLS handshake: {e} (for a self-signed outpost pass --cacert FILE)")))?;
+                .map_err(|e| {
+                    self.unreachable(format!(
+                        "TLS handshake: {e} (for a self-signed outpost pass --cacert FILE)"
+                    ))
+                })?;
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 self.handshake(tls, h2).await
             }

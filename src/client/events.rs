@@ -61,11 +61,7 @@ impl EventStream {
                 });
             }
             match tokio::time::timeout(idle, self.body.frame()).await {
-                Err(_) => {
-                    return Err(StreamEnd::Broken(format!(
-                        "nothing arrived for {idle:?}"
-                    )))
-                }
+                Err(_) => return Err(StreamEnd::Broken(format!("nothing arrived for {idle:?}"))),
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => return Err(StreamEnd::Broken(format!("{e}"))),
                 Ok(Some(Ok(frame))) => {
@@ -115,7 +111,9 @@ pub enum Item {
         delay: Duration,
     },
     /// A new stream is open again after a drop.
-    Resumed { after_id: u64 },
+    Resumed {
+        after_id: u64,
+    },
 }
 
 /// Why [`Follow`] stopped before `done`.

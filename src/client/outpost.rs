@@ -28,7 +28,11 @@ pub struct Outpost {
 
 impl Outpost {
     /// A client for the outpost at `url` (`http://host:port` or `https://...`).
-    pub fn new(url: &str, token: Option<String>, opts: &ConnectOptions) -> Result<Outpost, ClientError> {
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        opts: &ConnectOptions,
+    ) -> Result<Outpost, ClientError> {
         let parsed = url::Url::parse(url).map_err(|e| {
             ClientError::Setup(format!(
                 "{url:?} is not a URL ({e}); pass --url like http://127.0.0.1:8080"
@@ -73,9 +77,9 @@ impl Outpost {
         for (k, v) in headers {
             b = b.header(*k, v.as_str());
         }
-        let req = b
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| ClientError::Setup(format!("{}{path}: building the request: {e}", self.url)))?;
+        let req = b.body(Full::new(body.unwrap_or_default())).map_err(|e| {
+            ClientError::Setup(format!("{}{path}: building the request: {e}", self.url))
+        })?;
         let resp = self.conn.send(req).await?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -136,7 +140,10 @@ impl Outpost {
         let bytes = self.read_body(resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             url: self.url.clone(),
-            message: format!("{path}: {e}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
+            message: format!(
+                "{path}: {e}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
         })
     }
 
@@ -175,7 +182,9 @@ impl Outpost {
     pub async fn input(&self, id: &str, bytes: Bytes) -> Result<u64, ClientError> {
         let path = format!("/work/{}/input", path_part(id)?);
         let v: serde_json::Value = self.json(Method::POST, &path, Some(bytes)).await?;
-        Ok(v.get("written").and_then(serde_json::Value::as_u64).unwrap_or(0))
+        Ok(v.get("written")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0))
     }
 
     /// `POST /work/<id>/resize`.
@@ -189,7 +198,10 @@ impl Outpost {
     /// `GET /work/<id>/log`: the raw output so far, as a streaming body.
     pub async fn log(&self, id: &str) -> Result<Incoming, ClientError> {
         let path = format!("/work/{}/log", path_part(id)?);
-        Ok(self.request(Method::GET, &path, &[], None).await?.into_body())
+        Ok(self
+            .request(Method::GET, &path, &[], None)
+            .await?
+            .into_body())
     }
 
     /// `GET /work/<id>/events` after event `after` (0: from the start), one connection;

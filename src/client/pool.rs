@@ -27,7 +27,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub enum Placement {
     /// Started on `outposts[index]`.
-    Started { index: usize, task: Task },
+    Started { index: usize, task: Box<Task> },
     /// A task with this `issue_id` was already live there: this is its id.
     Attached { index: usize, id: String },
 }
@@ -98,13 +98,22 @@ impl Pool {
                     Ok(_) => {}
                 }
                 match o.submit(req).await {
-                    Ok(task) => return Ok(Placement::Started { index, task }),
+                    Ok(task) => {
+                        return Ok(Placement::Started {
+                            index,
+                            task: Box::new(task),
+                        })
+                    }
                     Err(ClientError::Api {
                         status: 409,
                         id: Some(id),
                         ..
                     }) => return Ok(Placement::Attached { index, id }),
-                    Err(e @ ClientError::Api { status: 429 | 503, .. }) => {
+                    Err(
+                        e @ ClientError::Api {
+                            status: 429 | 503, ..
+                        },
+                    ) => {
                         any_full = true;
                         if let ClientError::Api {
                             retry_after: Some(s),
@@ -116,9 +125,12 @@ impl Pool {
                         note(&format!("skipping {e}"));
                         reasons.push(e.to_string());
                     }
-                    Err(e @ ClientError::Api { status: 400 | 413 | 415, .. }) => {
-                        return Err(PlaceError::Refused(e))
-                    }
+                    Err(
+                        e @ ClientError::Api {
+                            status: 400 | 413 | 415,
+                            ..
+                        },
+                    ) => return Err(PlaceError::Refused(e)),
                     Err(e) => {
                         note(&format!("skipping {e}"));
                         reasons.push(e.to_string());
@@ -201,9 +213,9 @@ impl TokenSource {
                 .map_err(|e| {
                     ClientError::Setup(format!("reading the token file {}: {e}", p.display()))
                 }),
-            TokenSource::Env(v) => std::env::var(v).map(Some).map_err(|_| {
-                ClientError::Setup(format!("the token variable {v} is not set"))
-            }),
+            TokenSource::Env(v) => std::env::var(v)
+                .map(Some)
+                .map_err(|_| ClientError::Setup(format!("the token variable {v} is not set"))),
         }
     }
 }
@@ -273,7 +285,11 @@ pub fn parse_pool_file(text: &str, dir: &Path) -> Result<Vec<PoolEntry>, String>
                     _ => return Err(at("expected true or false")),
                 })
             }
-            _ => return Err(at("unknown key (url, token, token_file, token_env, cacert, http2)")),
+            _ => {
+                return Err(at(
+                    "unknown key (url, token, token_file, token_env, cacert, http2)",
+                ))
+            }
         }
     }
     if let Some(i) = out.iter().position(|e| e.url.is_empty()) {

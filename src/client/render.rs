@@ -158,8 +158,7 @@ mod tests {
             s,
             "t-1 done · exit 0 · branch polecat/x · commit 0123456789ab · 2.5s · cpu 1.2s · peak 3.0 MiB · $0.0312"
         );
-        let d: Done =
-            serde_json::from_value(json!({"status": "failed", "exit_code": 3})).unwrap();
+        let d: Done = serde_json::from_value(json!({"status": "failed", "exit_code": 3})).unwrap();
         assert_eq!(summary("t-2", &d), "t-2 failed · exit 3");
     }
 }

@@ -141,8 +141,8 @@ impl RawEvent {
 
 /// Reads one NDJSON event line (the same objects, with `id` and `event` inside).
 pub fn ndjson_event(line: &[u8]) -> Result<Event, String> {
-    let data: Value = serde_json::from_slice(line)
-        .map_err(|e| format!("an NDJSON line is not JSON ({e})"))?;
+    let data: Value =
+        serde_json::from_slice(line).map_err(|e| format!("an NDJSON line is not JSON ({e})"))?;
     let id = data
         .get("id")
         .and_then(Value::as_u64)
@@ -202,7 +202,10 @@ mod tests {
         p.feed(b"id: 5\nevent: output\ndata: {\"data\":\"x", &mut out);
         assert!(out.is_empty());
         p.reset_partial();
-        p.feed(b"id: 5\nevent: output\ndata: {\"data\":\"y\"}\n\n", &mut out);
+        p.feed(
+            b"id: 5\nevent: output\ndata: {\"data\":\"y\"}\n\n",
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         let e = out.remove(0).into_event().unwrap();
         assert_eq!(e.id, 5);

@@ -254,10 +254,7 @@ pub async fn interactive(
         None
     };
     view.raw = raw.is_some();
-    view.note(&format!(
-        "attached to {id} on {}; Ctrl-] detaches",
-        o.url()
-    ));
+    view.note(&format!("attached to {id} on {}; Ctrl-] detaches", o.url()));
     let mut winch =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) {
             Ok(s) => Some(s),

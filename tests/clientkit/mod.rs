@@ -77,7 +77,10 @@ impl Client {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
-        panic!("client did not exit within {max:?}; stderr:\n{}", self.stderr_text());
+        panic!(
+            "client did not exit within {max:?}; stderr:\n{}",
+            self.stderr_text()
+        );
     }
 
     pub fn stdout_bytes(&self) -> Vec<u8> {
