@@ -6,106 +6,13 @@
 mod clientkit;
 mod common;
 
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clientkit::Pty;
 use common::*;
-use portable_pty::{CommandBuilder, PtySize};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
-
-struct Attached {
-    master: Box<dyn portable_pty::MasterPty + Send>,
-    writer: Box<dyn Write + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    screen: Arc<Mutex<Vec<u8>>>,
-    _home: tempfile::TempDir,
-}
-
-fn size(rows: u16, cols: u16) -> PtySize {
-    PtySize {
-        rows,
-        cols,
-        pixel_width: 0,
-        pixel_height: 0,
-    }
-}
-
-impl Attached {
-    fn start(url: &str, id: &str) -> Attached {
-        let pair = portable_pty::native_pty_system()
-            .openpty(size(30, 100))
-            .unwrap();
-        let home = tempfile::tempdir().unwrap();
-        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_outpost"));
-        cmd.args(["attach", "-i", "--url", url, id]);
-        cmd.env_remove("OUTPOST_TOKEN");
-        cmd.env_remove("OUTPOST_POOL");
-        cmd.env("HOME", home.path());
-        let child = pair.slave.spawn_command(cmd).unwrap();
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let s = screen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // Bounded by the PTY: ends when the client side closes.
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => s.lock().unwrap().extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-        let a = Attached {
-            master: pair.master,
-            writer,
-            child,
-            screen,
-            _home: home,
-        };
-        a.wait_for("Ctrl-] detaches", 1);
-        a
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (bounded) until the screen shows `needle` at least `times` times.
-    fn wait_for(&self, needle: &str, times: usize) {
-        let end = Instant::now() + T;
-        while Instant::now() < end {
-            if self.text().matches(needle).count() >= times {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the screen never showed {needle:?} x{times}:\n{}",
-            self.text()
-        );
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        self.writer.write_all(keys).unwrap();
-        self.writer.flush().unwrap();
-    }
-
-    fn wait_exit(&mut self) -> u32 {
-        let end = Instant::now() + T;
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.exit_code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("attach did not exit:\n{}", self.text());
-    }
-}
 
 fn status_of(w: &Worker, id: &str) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -128,7 +35,8 @@ fn start_task(w: &Worker, prompt: &str) -> String {
 fn typed_text_reaches_cat_and_comes_back_and_ctrl_bracket_detaches() {
     let w = Worker::start(&[]);
     let id = start_task(&w, "cat");
-    let mut a = Attached::start(&w.url(""), &id);
+    let mut a = Pty::start(&["attach", "-i", "--url", &w.url(""), &id]);
+    a.wait_for("Ctrl-] detaches", 1);
     a.type_keys(b"hello-outpost\r");
     // Once echoed by the agent's terminal, once written back by cat.
     a.wait_for("hello-outpost", 2);
@@ -166,11 +74,12 @@ fn a_window_size_change_reaches_stty_size_and_the_task_end_ends_the_attach() {
         &w,
         "while IFS= read -r l; do if [ \"$l\" = size ]; then stty size; else echo \"got:$l\"; fi; done; exit 4",
     );
-    let mut a = Attached::start(&w.url(""), &id);
+    let mut a = Pty::start(&["attach", "-i", "--url", &w.url(""), &id]);
+    a.wait_for("Ctrl-] detaches", 1);
     // The size on attach is sent first.
     a.type_keys(b"size\r");
     a.wait_for("30 100", 1);
-    a.master.resize(size(50, 132)).unwrap();
+    a.resize(50, 132);
     // The resize and the next line travel separately: ask until the new size shows.
     let end = Instant::now() + T;
     while !a.text().contains("50 132") {

@@ -2,7 +2,7 @@
 //! agent's (binary and split UTF-8 included) across a SIGKILL and restart of the worker
 //! and across connections a proxy cuts mid-stream (HTTP/1.1 and h2c); the exit codes
 //! for done, failed, cancelled, refused, interrupted and lost; clone progress as plain
-//! lines when stderr is not a terminal.
+//! lines when stderr is not a terminal, and as a bar redrawn in place on a terminal.
 
 mod clientkit;
 mod common;
@@ -10,7 +10,7 @@ mod gitserver;
 
 use std::time::Duration;
 
-use clientkit::{run, Client, Proxy};
+use clientkit::{run, Client, Proxy, Pty};
 use common::*;
 use serde_json::Value;
 
@@ -179,8 +179,8 @@ fn exit_codes_for_cancelled_and_lost() {
     assert!(c.stderr_text().contains("gave up reconnecting"));
 }
 
-#[test]
-fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
+/// A git server with a repository `rig` of 60 files, and a worker allowed to clone it.
+fn git_setup() -> (gitserver::GitServer, Worker) {
     let srv = gitserver::GitServer::start(false);
     let files: Vec<(String, String)> = (0..60)
         .map(|i| (format!("f{i}.txt"), format!("file {i}\n").repeat(50)))
@@ -194,6 +194,32 @@ fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
         ("OUTPOST_ALLOW_HTTP", "1"),
         ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
     ]);
+    (srv, w)
+}
+
+#[test]
+fn clone_progress_is_a_bar_on_a_terminal() {
+    let (srv, w) = git_setup();
+    let mut pty = Pty::start(&[
+        "run",
+        "--url",
+        &w.url(""),
+        "--repo",
+        &srv.url("rig"),
+        "echo the-end",
+    ]);
+    assert_eq!(pty.wait_exit(), 0, "{}", pty.text());
+    let screen = pty.text();
+    assert!(
+        screen.contains("\r\x1b[2Kclone [") && screen.contains("] 100% "),
+        "{screen:?}"
+    );
+    assert!(screen.contains("the-end"), "{screen:?}");
+}
+
+#[test]
+fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
+    let (srv, w) = git_setup();
     let (code, out, stderr) = run(
         &[
             "run",

@@ -1,6 +1,6 @@
 //! Test support for the client: runs the real `outpost` client subcommands as
 //! processes (stdout and stderr collected as they come), and a TCP proxy on 127.0.0.1
-//! that cuts connections mid-stream.
+//! that cuts connections mid-stream, and the client on a PTY the test drives.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -9,6 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use portable_pty::{CommandBuilder, PtySize};
+
+const PTY_WAIT: Duration = Duration::from_secs(30);
 
 /// A client process with its output collected.
 pub struct Client {
@@ -199,4 +203,101 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Option<(Arc<AtomicUsize>, u
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
+}
+
+/// A client process on a PTY the test holds (its stdin, stdout and stderr).
+pub struct Pty {
+    master: Box<dyn portable_pty::MasterPty + Send>,
+    writer: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    screen: Arc<Mutex<Vec<u8>>>,
+    _home: tempfile::TempDir,
+}
+
+pub fn size(rows: u16, cols: u16) -> PtySize {
+    PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    }
+}
+
+impl Pty {
+    /// Starts the client with `args` on a 30x100 terminal.
+    pub fn start(args: &[&str]) -> Pty {
+        let pair = portable_pty::native_pty_system()
+            .openpty(size(30, 100))
+            .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args);
+        cmd.env_remove("OUTPOST_TOKEN");
+        cmd.env_remove("OUTPOST_POOL");
+        cmd.env("HOME", home.path());
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let s = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Bounded by the PTY: ends when the client side closes.
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => s.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        Pty {
+            master: pair.master,
+            writer,
+            child,
+            screen,
+            _home: home,
+        }
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) {
+        self.master.resize(size(rows, cols)).unwrap();
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (bounded) until the screen shows `needle` at least `times` times.
+    pub fn wait_for(&self, needle: &str, times: usize) {
+        let end = Instant::now() + PTY_WAIT;
+        while Instant::now() < end {
+            if self.text().matches(needle).count() >= times {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the screen never showed {needle:?} x{times} within {PTY_WAIT:?}:\n{}",
+            self.text()
+        );
+    }
+
+    pub fn type_keys(&mut self, keys: &[u8]) {
+        self.writer.write_all(keys).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    pub fn wait_exit(&mut self) -> u32 {
+        let end = Instant::now() + PTY_WAIT;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last bytes off the PTY.
+                std::thread::sleep(Duration::from_millis(200));
+                return st.exit_code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("attach did not exit:\n{}", self.text());
+    }
 }
