@@ -111,40 +111,26 @@ pub struct AgentInfo {
     pub cost_usd: Option<f64>,
 }
 
-/// The task object: `GET /work/<id>`, `GET /work`, the `202` of `POST /work`.
+/// The task object: `GET /work/<id>`, `GET /work`, the `202` of `POST /work`. (serde
+/// reads a missing `Option` field as `None`.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Task {
     pub id: String,
-    #[serde(default)]
     pub issue_id: Option<String>,
     pub status: Status,
-    #[serde(default)]
     pub created_at: Option<String>,
-    #[serde(default)]
     pub started_at: Option<String>,
-    #[serde(default)]
     pub finished_at: Option<String>,
-    #[serde(default)]
     pub exit_code: Option<i32>,
-    #[serde(default)]
     pub branch: Option<String>,
-    #[serde(default)]
     pub commit: Option<String>,
-    #[serde(default)]
     pub pr_url: Option<String>,
-    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default)]
     pub output_bytes: Option<u64>,
-    #[serde(default)]
     pub last_event_id: Option<u64>,
-    #[serde(default)]
     pub resources: Option<Resources>,
-    #[serde(default)]
     pub cost: Option<Cost>,
-    #[serde(default)]
     pub agent: Option<AgentInfo>,
-    #[serde(default)]
     pub resumed_from: Option<String>,
 }
 
@@ -153,25 +139,15 @@ pub struct Task {
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
     pub status: String,
-    #[serde(default)]
     pub worker_id: Option<String>,
-    #[serde(default)]
     pub uptime: Option<u64>,
-    #[serde(default)]
     pub active_tasks: Option<u64>,
-    #[serde(default)]
     pub total_tasks_executed: Option<u64>,
-    #[serde(default)]
     pub version: Option<String>,
-    #[serde(default)]
     pub max_tasks: Option<u64>,
-    #[serde(default)]
     pub agent: Option<String>,
-    #[serde(default)]
     pub isolation: Option<String>,
-    #[serde(default)]
     pub containment: Option<String>,
-    #[serde(default)]
     pub memory: Option<Value>,
 }
 
@@ -192,23 +168,14 @@ impl Hello {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Done {
     pub status: Status,
-    #[serde(default)]
     pub exit_code: Option<i32>,
-    #[serde(default)]
     pub branch: Option<String>,
-    #[serde(default)]
     pub commit: Option<String>,
-    #[serde(default)]
     pub pr_url: Option<String>,
-    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default)]
     pub duration_ms: Option<u64>,
-    #[serde(default)]
     pub resources: Option<Resources>,
-    #[serde(default)]
     pub cost: Option<Cost>,
-    #[serde(default)]
     pub agent: Option<AgentInfo>,
 }
 
@@ -288,9 +255,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
-    #[serde(default)]
     pub field: Option<String>,
-    #[serde(default)]
     pub id: Option<String>,
 }
 
