@@ -1,5 +1,6 @@
 //! `outpost attach -i` under a PTY the test drives (portable-pty): the local terminal
-//! goes raw, typed text reaches a task running `cat` and comes back, Ctrl-] detaches
+//! goes raw, typed text reaches a task running `cat` and comes back (over reused
+//! HTTP/1.1 connections), Ctrl-] detaches
 //! and leaves the task running, a window size change reaches `stty size` in the agent,
 //! and the end of the task ends the attach with its exit code.
 
@@ -35,11 +36,24 @@ fn start_task(w: &Worker, prompt: &str) -> String {
 fn typed_text_reaches_cat_and_comes_back_and_ctrl_bracket_detaches() {
     let w = Worker::start(&[]);
     let id = start_task(&w, "cat");
-    let mut a = Pty::start(&["attach", "-i", "--url", &w.url(""), &id]);
+    // Through a proxy that only counts connections.
+    let proxy = clientkit::Proxy::start(w.port, 0, usize::MAX);
+    let mut a = Pty::start(&["attach", "-i", "--url", &proxy.url(), &id]);
     a.wait_for("Ctrl-] detaches", 1);
     a.type_keys(b"hello-outpost\r");
     // Once echoed by the agent's terminal, once written back by cat.
     a.wait_for("hello-outpost", 2);
+    for i in 0..10 {
+        a.type_keys(format!("key-{i}\r").as_bytes());
+        a.wait_for(&format!("key-{i}"), 2);
+    }
+    // Keystrokes reuse an idle HTTP/1.1 connection: the stream holds one, the lookup,
+    // the resize and every input share a few more.
+    let conns = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        conns <= 4,
+        "{conns} connections for 12 requests and a stream"
+    );
     // Raw mode: Ctrl-C is a key for the agent, not a signal for the client.
     a.type_keys(b"second line\r");
     a.wait_for("second line", 2);

@@ -66,6 +66,26 @@ pub fn dispatch(cmd: &str, rest: &[String]) -> Option<i32> {
     if needs_id && p.positional.len() != 1 {
         return Some(usage_error(cmd, "give one task id (see `outpost ls`)"));
     }
+    // Files (pool, tokens, CAs, the context) are read before the runtime starts.
+    let pool = match build_pool(&p) {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("outpost {cmd}: {e}");
+            return Some(exit::USAGE);
+        }
+    };
+    let request = if cmd == "run" {
+        match run_request(&p) {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => return Some(usage_error(cmd, "give a PROMPT or an --issue")),
+            Err(e) => {
+                eprintln!("outpost {cmd}: {e}");
+                return Some(exit::USAGE);
+            }
+        }
+    } else {
+        None
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,19 +97,12 @@ pub fn dispatch(cmd: &str, rest: &[String]) -> Option<i32> {
         }
     };
     Some(rt.block_on(async {
-        let pool = match build_pool(&p) {
-            Ok(pool) => pool,
-            Err(e) => {
-                eprintln!("outpost {cmd}: {e}");
-                return exit::USAGE;
-            }
-        };
-        let result = match cmd {
-            "run" => run(&pool, &p).await,
-            "attach" => attach(&pool, &p).await,
-            "ls" => ls(&pool, &p).await,
-            "logs" => logs(&pool, &p.positional[0]).await,
-            "cancel" => cancel(&pool, &p.positional[0]).await,
+        let result = match (cmd, request) {
+            ("run", Some(req)) => run(&pool, &p, req).await,
+            ("attach", _) => attach(&pool, &p).await,
+            ("ls", _) => ls(&pool, &p).await,
+            ("logs", _) => logs(&pool, &p.positional[0]).await,
+            ("cancel", _) => cancel(&pool, &p.positional[0]).await,
             _ => status(&pool, &p).await,
         };
         result.unwrap_or_else(|e| {
@@ -192,11 +205,12 @@ const RUN_OPTS: &[Opt] = &[
     switch("cancel-on-interrupt"),
 ];
 
-async fn run(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
+/// The `POST /work` body from `run`'s options; `None` without a prompt or an issue.
+fn run_request(p: &Parsed) -> Result<Option<WorkRequest>, ClientError> {
     let setup = ClientError::Setup;
     let prompt = p.positional.join(" ");
     if prompt.is_empty() && p.get("issue").is_none() {
-        return Ok(usage_error("run", "give a PROMPT or an --issue"));
+        return Ok(None);
     }
     let context = match p.get("context") {
         None => None,
@@ -225,6 +239,11 @@ async fn run(pool: &Pool, p: &Parsed) -> Result<i32, ClientError> {
         max_cost_usd: p.number("max-cost").map_err(setup)?,
         fresh: p.has("fresh").then_some(true),
     };
+    Ok(Some(req))
+}
+
+async fn run(pool: &Pool, p: &Parsed, req: WorkRequest) -> Result<i32, ClientError> {
+    let setup = ClientError::Setup;
     let wait = Duration::from_secs_f64(
         p.number::<f64>("wait")
             .map_err(setup)?

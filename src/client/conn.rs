@@ -1,8 +1,9 @@
-//! The connection layer to one outpost: HTTP/1.1 (a connection per request, as a
-//! long-lived stream holds its connection anyway), HTTP/2 cleartext with prior
+//! The connection layer to one outpost: HTTP/1.1, HTTP/2 cleartext with prior
 //! knowledge, and TLS by rustls with ALPN `h2` / `http/1.1`. An HTTP/2 connection is
 //! opened once and kept for every request and stream to that outpost; when it dies the
-//! next request opens a new one.
+//! next request opens a new one. HTTP/1.1 connections are kept (a few) and reused once
+//! idle, so keystrokes of `attach -i` do not each pay a connect (and TLS handshake);
+//! a long-lived stream holds its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +41,12 @@ pub struct Connector {
     tls: Option<Arc<rustls::ClientConfig>>,
     http2: bool,
     shared: tokio::sync::Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    /// HTTP/1.1 connections, busy or idle; an idle one is reused.
+    h1: std::sync::Mutex<Vec<http1::SendRequest<Full<Bytes>>>>,
 }
+
+/// HTTP/1.1 connections kept per outpost.
+const KEEP_H1: usize = 4;
 
 enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
@@ -73,6 +79,7 @@ impl Connector {
             tls,
             http2: opts.http2,
             shared: tokio::sync::Mutex::new(None),
+            h1: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -102,7 +109,11 @@ impl Connector {
                 *req.uri_mut() = path.parse().map_err(|e| {
                     ClientError::Setup(format!("{}: bad path {path:?}: {e}", self.url))
                 })?;
-                s.send_request(req).await
+                let r = s.send_request(req).await;
+                if r.is_ok() {
+                    self.keep_h1(s);
+                }
+                r
             }
             Sender::H2(mut s) => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -129,7 +140,28 @@ impl Connector {
         }
     }
 
+    /// Keeps an HTTP/1.1 connection for reuse once its response has been read.
+    fn keep_h1(&self, s: http1::SendRequest<Full<Bytes>>) {
+        if let Ok(mut pool) = self.h1.lock() {
+            pool.retain(|c| !c.is_closed());
+            if pool.len() < KEEP_H1 {
+                pool.push(s);
+            }
+        }
+    }
+
+    /// An idle kept HTTP/1.1 connection, taken out of the pool.
+    fn idle_h1(&self) -> Option<http1::SendRequest<Full<Bytes>>> {
+        let mut pool = self.h1.lock().ok()?;
+        pool.retain(|c| !c.is_closed());
+        let i = pool.iter().position(|c| c.is_ready())?;
+        Some(pool.swap_remove(i))
+    }
+
     async fn sender(&self) -> Result<Sender, ClientError> {
+        if let Some(s) = self.idle_h1() {
+            return Ok(Sender::H1(s));
+        }
         let mut shared = self.shared.lock().await;
         if let Some(s) = shared.as_ref() {
             if !s.is_closed() {
