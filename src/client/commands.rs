@@ -19,8 +19,9 @@ use super::watch::{self, Interrupt, View};
 
 pub const USAGE: &str = "\
 Client commands (each talks to one or more outposts):
-  outpost run [--issue ID] [--repo URL] [--ref REF] [--branch B] [--timeout S]
-              [--max-cost USD] [--context FILE] [--json] [--cancel-on-interrupt] PROMPT
+  outpost run [--issue ID] [--repo URL] [--ref REF] [--branch B] [--beads URL]
+              [--timeout S] [--max-cost USD] [--context FILE|-] [--fresh] [--wait S]
+              [--json] [--cancel-on-interrupt] PROMPT...
   outpost attach ID [--from-start | --after N] [-i | --interactive] [--json]
   outpost ls [--limit N] [--json]
   outpost logs ID
@@ -31,6 +32,8 @@ Common options: --url URL (repeatable; in order of preference), --token T,
   --reconnect-for S (default 300), --wait S (run: wait for room, default 300).
 Without --url: the pool file OUTPOST_POOL or ~/.config/outpost/pool.toml, else
   OUTPOST_URL, else http://127.0.0.1:8080. See docs/client.md.
+Exit codes of run / attach: 0 done; the task's own code when it failed; 130 detached;
+  200 refused; 201 cancelled; 202 interrupted; 203 lost (gave up reconnecting).
 ";
 
 const COMMON: &[Opt] = &[
