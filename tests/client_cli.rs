@@ -131,3 +131,49 @@ fn ctrl_c_detaches_or_cancels() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(cancel(&h1(), &w, &tasks[1].0));
 }
+
+#[test]
+fn run_sends_issue_context_and_timeout() {
+    let w = Worker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx.json");
+    std::fs::write(&ctx, r#"{"ticket": {"n": 7}}"#).unwrap();
+    let (code, out, stderr) = run(
+        &[
+            "run",
+            "--url",
+            &w.url(""),
+            "--issue",
+            "gt-7",
+            "--context",
+            ctx.to_str().unwrap(),
+            "--timeout",
+            "1",
+            "cat \"$OUTPOST_CONTEXT\"; echo; echo \"issue=$OUTPOST_ISSUE_ID\"; sleep 5",
+        ],
+        T,
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(r#"{"ticket":{"n":7}}"#), "{out:?}");
+    assert!(out.contains("issue=gt-7"), "{out:?}");
+    assert!(stderr.contains("branch polecat/gt-7"), "{stderr}");
+    assert!(
+        stderr.contains("timed out"),
+        "the 1 s timeout reached the worker: {stderr}"
+    );
+    assert_ne!(code, 0);
+    std::fs::write(&ctx, "not json").unwrap();
+    let (code, _, stderr) = run(
+        &[
+            "run",
+            "--url",
+            &w.url(""),
+            "--context",
+            ctx.to_str().unwrap(),
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is not JSON"), "{stderr}");
+}
