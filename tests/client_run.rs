@@ -197,17 +197,25 @@ fn git_setup() -> (gitserver::GitServer, Worker) {
     (srv, w)
 }
 
-#[test]
-fn clone_progress_is_a_bar_on_a_terminal() {
-    let (srv, w) = git_setup();
-    let mut pty = Pty::start(&[
+/// `outpost run` of `prompt` on a clone of `rig`.
+fn clone_args(srv: &gitserver::GitServer, w: &Worker, prompt: &str) -> Vec<String> {
+    [
         "run",
         "--url",
         &w.url(""),
         "--repo",
         &srv.url("rig"),
-        "echo the-end",
-    ]);
+        prompt,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn clone_progress_is_a_bar_on_a_terminal() {
+    let (srv, w) = git_setup();
+    let args = clone_args(&srv, &w, "echo the-end");
+    let mut pty = Pty::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(pty.wait_exit(), 0, "{}", pty.text());
     let screen = pty.text();
     assert!(
@@ -220,17 +228,8 @@ fn clone_progress_is_a_bar_on_a_terminal() {
 #[test]
 fn clone_progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let (srv, w) = git_setup();
-    let (code, out, stderr) = run(
-        &[
-            "run",
-            "--url",
-            &w.url(""),
-            "--repo",
-            &srv.url("rig"),
-            "ls | wc -l",
-        ],
-        T,
-    );
+    let args = clone_args(&srv, &w, "ls | wc -l");
+    let (code, out, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), T);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out).trim(), "60");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("clone ")).collect();
