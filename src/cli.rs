@@ -1,5 +1,7 @@
 //! The command line: `outpost serve`, `outpost swap ...`, `outpost install`,
-//! `outpost uninstall`, `outpost version`. Errors print one line that says what to do.
+//! `outpost uninstall`, `outpost version`, and the client commands (`run`, `attach`,
+//! `ls`, `logs`, `cancel`, `status`; see `client::commands`). Errors print one line that
+//! says what to do.
 
 const USAGE: &str = "\
 outpost: runs AI coding agents in a PTY and streams their output over HTTP.
@@ -11,6 +13,7 @@ Usage:
   outpost install [--root DIR] [--init openrc|systemd|auto] [...]
   outpost uninstall [--root DIR] [--purge]
   outpost version
+  outpost run | attach | ls | logs | cancel | status ...   (the client; `outpost run --help`)
 ";
 
 /// Runs a subcommand; returns the process exit code.
@@ -20,6 +23,9 @@ pub fn run(args: Vec<String>) -> i32 {
         return 2;
     };
     let rest = &args[1..];
+    if let Some(code) = crate::client::commands::dispatch(cmd, rest) {
+        return code;
+    }
     let result = match cmd.as_str() {
         "serve" => {
             if rest.iter().any(|a| a == "--help" || a == "-h") {

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod git;
 pub mod http;
