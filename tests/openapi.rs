@@ -272,13 +272,27 @@ async fn conforms(method: &str, template: &str, r: reqwest::Response) -> Value {
             v
         }
         "text/event-stream" | "application/x-ndjson" => {
-            let events = if mime == "text/event-stream" {
-                sse_events(&body)
+            let events: Vec<Value> = if mime == "text/event-stream" {
+                // Each event as an SSE parser reads it, then its data as an Event.
+                let blocks = sse_events(&body);
+                for b in &blocks {
+                    check("#/components/schemas/SseEvent", b);
+                }
+                blocks
+                    .iter()
+                    .map(|b| serde_json::from_str(b["data"].as_str().unwrap()).unwrap())
+                    .collect()
             } else {
-                body.split(|b| *b == b'\n')
+                let lines: Vec<Value> = body
+                    .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
                     .map(|l| serde_json::from_slice(l).unwrap())
-                    .collect()
+                    .collect();
+                check(
+                    "#/components/schemas/NdjsonStream",
+                    &Value::Array(lines.clone()),
+                );
+                lines
             };
             assert!(!events.is_empty(), "{method} {template}: an empty stream");
             for e in &events {
@@ -295,25 +309,28 @@ async fn conforms(method: &str, template: &str, r: reqwest::Response) -> Value {
     }
 }
 
-/// The `data:` objects of an SSE body, checking `id:` and `event:` agree with them.
+/// The events of an SSE body as an SSE parser reads them (`{id, event, data}`, all
+/// strings), checking `id` and `event` agree with the data's own.
 fn sse_events(body: &[u8]) -> Vec<Value> {
     let text = std::str::from_utf8(body).unwrap();
     let mut out = Vec::new();
     for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let (mut id, mut event, mut data) = (None, None, None);
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.parse::<u64>().unwrap());
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                event = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = Some(serde_json::from_str::<Value>(v).unwrap());
-            }
+        let mut ev = serde_json::Map::new();
+        for line in block.lines().filter(|l| !l.starts_with(':')) {
+            let (k, v) = line.split_once(": ").unwrap_or((line, ""));
+            ev.insert(k.to_string(), json!(v));
         }
-        let Some(data) = data else { continue };
-        assert_eq!(Some(data["id"].as_u64().unwrap()), id, "{block}");
-        assert_eq!(data["event"].as_str().map(str::to_string), event, "{block}");
-        out.push(data);
+        if ev.is_empty() {
+            continue;
+        }
+        let data: Value = serde_json::from_str(ev["data"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            data["id"].to_string(),
+            ev["id"].as_str().unwrap(),
+            "{block}"
+        );
+        assert_eq!(data["event"], ev["event"], "{block}");
+        out.push(Value::Object(ev));
     }
     out
 }
@@ -826,6 +843,21 @@ async fn refusals_name_the_field_and_what_is_allowed() {
             "{v}"
         );
     }
+    // The largest cursor is fine (nothing after it), one more is refused.
+    let r = c
+        .get(w.url(&format!("/work/{id}/events")))
+        .header("last-event-id", "9223372036854775807")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "");
+    let r = c
+        .get(w.url(&format!("/work/{id}/events?after=9223372036854775808")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // Resize names the field; a wrong method lists the allowed ones; an unknown route
     // points at the document.
     let r = c

@@ -414,19 +414,30 @@ pub fn cancel(state: &AppState, id: &str) -> Result<Resp, ApiError> {
     Ok(json_resp(StatusCode::ACCEPTED, &task.view()))
 }
 
+/// Largest event id a client may name as its cursor (`after`, `Last-Event-ID`): far
+/// beyond any log, and small enough that the cursor's arithmetic cannot overflow.
+pub const MAX_EVENT_ID: u64 = i64::MAX as u64;
+
 /// `GET /work/<id>/events`: from `Last-Event-ID` or `?after=N`.
 pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let after = match req.headers().get("last-event-id") {
+    // Both are checked when both are sent; the header (what EventSource resends) wins.
+    let query = match query_param(req, "after") {
+        Some(v) => Some(validate::query_number("after", &v, 0..=MAX_EVENT_ID)?),
+        None => None,
+    };
+    let header = match req.headers().get("last-event-id") {
         Some(h) => {
             let v = h.to_str().unwrap_or("\u{fffd}");
-            validate::query_number("Last-Event-ID", v, 0..=u64::MAX)?
+            Some(validate::query_number(
+                "Last-Event-ID",
+                v,
+                0..=MAX_EVENT_ID,
+            )?)
         }
-        None => match query_param(req, "after") {
-            Some(v) => validate::query_number("after", &v, 0..=u64::MAX)?,
-            None => 0,
-        },
+        None => None,
     };
+    let after = header.or(query).unwrap_or(0);
     let format = match reply_kind(req) {
         Reply::Stream(f) => f,
         Reply::Json => Format::Ndjson,
