@@ -333,7 +333,9 @@ pub async fn check_url(field: &'static str, s: &str, policy: &UrlPolicy) -> Resu
     if !policy.allowed_hosts.is_empty() && !listed {
         return Err(bad(
             field,
-            format!("host {host} is not in OUTPOST_ALLOWED_HOSTS"),
+            format!(
+                "host {host} is not in OUTPOST_ALLOWED_HOSTS: use one of the hosts listed there"
+            ),
         ));
     }
     if host == "metadata.google.internal" || host == "metadata" {

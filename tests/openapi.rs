@@ -106,22 +106,22 @@ fn router_and_document_list_the_same_routes() {
 #[test]
 fn document_references_resolve() {
     let d = doc();
-    fn walk(v: &Value, d: &Value, refs: &mut Vec<String>) {
+    fn walk(v: &Value, refs: &mut Vec<String>) {
         match v {
             Value::Object(m) => {
                 if let Some(Value::String(r)) = m.get("$ref") {
                     refs.push(r.clone());
                 }
                 for x in m.values() {
-                    walk(x, d, refs);
+                    walk(x, refs);
                 }
             }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, d, refs)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, refs)),
             _ => {}
         }
     }
     let mut refs = Vec::new();
-    walk(&d, &d, &mut refs);
+    walk(&d, &mut refs);
     assert!(refs.len() > 50);
     for r in &refs {
         let ptr = r

@@ -185,7 +185,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the body is larger than {MAX_BODY} bytes"),
+            format!("the body is larger than {MAX_BODY} bytes (1 MiB): send less; large material belongs in the repository"),
         ));
     }
     Ok(buf.freeze())
@@ -222,11 +222,16 @@ fn check_json_type(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+/// Reads a JSON body; `example` shows the client what to send when it is not JSON.
+async fn read_json(req: Request<Incoming>, example: &str) -> Result<Value, ApiError> {
     check_json_type(&req)?;
     let body = read_body(req).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the body is not valid JSON ({e}): send a JSON object such as {example}"),
+        )
+    })
 }
 
 /// What the client asked to get back.
@@ -260,7 +265,7 @@ pub async fn create(
     run_compat: bool,
 ) -> Result<Resp, ApiError> {
     let reply = reply_kind(&req);
-    let body = read_json(req).await?;
+    let body = read_json(req, r#"{"prompt": "echo hi"}"#).await?;
     let request = if run_compat {
         validate::parse_run_request(&body)?
     } else {
@@ -526,7 +531,7 @@ pub async fn input(state: &AppState, id: &str, req: Request<Incoming>) -> Result
 /// `POST /work/<id>/resize` with `{"cols": 120, "rows": 40}`.
 pub async fn resize(state: &AppState, id: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let body = read_json(req).await?;
+    let body = read_json(req, r#"{"cols": 120, "rows": 40}"#).await?;
     if !body.is_object() {
         return Err(validate::FieldError {
             field: "body",
