@@ -114,12 +114,7 @@ pub fn query_number(
 /// `POST /run` (ClaudeCluster's shape): `prompt` (required), `priority` 1..10,
 /// `workerId` and `metadata`, which are checked and then not used (there is no queue).
 pub fn parse_run_request(body: &Value) -> Result<WorkRequest, FieldError> {
-    let obj = body.as_object().ok_or_else(|| {
-        bad(
-            "body",
-            format!("expected a JSON object, got {}", kind(body)),
-        )
-    })?;
+    let obj = object(body)?;
     let prompt = match obj.get("prompt") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
@@ -135,36 +130,35 @@ pub fn parse_run_request(body: &Value) -> Result<WorkRequest, FieldError> {
     if let Some(v) = obj.get("priority").filter(|v| !v.is_null()) {
         whole_in("priority", v, 1..=10, "")?;
     }
-    match obj.get("workerId") {
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(v) => {
-            return Err(bad(
-                "workerId",
-                format!("expected a string, got {}", kind(v)),
-            ))
-        }
-    }
-    match obj.get("metadata") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(v) => {
-            return Err(bad(
-                "metadata",
-                format!("expected an object, got {}", kind(v)),
-            ))
+    for (field, fits, what) in [
+        (
+            "workerId",
+            Value::is_string as fn(&Value) -> bool,
+            "a string",
+        ),
+        ("metadata", Value::is_object, "an object"),
+    ] {
+        if let Some(v) = obj.get(field).filter(|v| !v.is_null() && !fits(v)) {
+            return Err(bad(field, format!("expected {what}, got {}", kind(v))));
         }
     }
     parse_request(&serde_json::json!({ "prompt": prompt }))
 }
 
-/// Turns a JSON body into a request, checking every field's type and shape (but not
-/// URLs' hosts, which needs DNS: see [`check_url`]).
-pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
-    let obj = body.as_object().ok_or_else(|| {
+/// The body as a JSON object, or a refusal naming `body`.
+fn object(body: &Value) -> Result<&serde_json::Map<String, Value>, FieldError> {
+    body.as_object().ok_or_else(|| {
         bad(
             "body",
             format!("expected a JSON object, got {}", kind(body)),
         )
-    })?;
+    })
+}
+
+/// Turns a JSON body into a request, checking every field's type and shape (but not
+/// URLs' hosts, which needs DNS: see [`check_url`]).
+pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
+    let obj = object(body)?;
     let string = |field: &'static str| -> Result<Option<String>, FieldError> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),

@@ -391,57 +391,52 @@ async fn health_responses_fit_the_document() {
     }
 }
 
+/// Sends a request, checks its status, and checks the response against the document
+/// (`conforms`); returns what `conforms` returns.
+async fn call(rb: reqwest::RequestBuilder, status: u16, method: &str, template: &str) -> Value {
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), status, "{method} {template}");
+    conforms(method, template, r).await
+}
+
 #[tokio::test]
 async fn task_responses_and_streams_fit_the_document() {
     let w = Worker::start(&token_env());
     let c = authed();
-    let json_accept = |rb: reqwest::RequestBuilder| rb.header("accept", "application/json");
+    let url = |p: &str| w.url(p);
+    let post_json = |p: &str, body: Value| {
+        c.post(url(p))
+            .header("accept", "application/json")
+            .json(&body)
+    };
 
     // POST /work, all three replies.
-    let r = json_accept(c.post(w.url("/work")))
-        .json(&json!({"prompt": "printf 'a\\377b'", "issue_id": "gt-1", "timeout_s": 60}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let task = conforms("POST", "/work", r).await;
+    let body = json!({"prompt": "printf 'a\\377b'", "issue_id": "gt-1", "timeout_s": 60});
+    let task = call(post_json("/work", body), 202, "POST", "/work").await;
     let id = task["id"].as_str().unwrap().to_string();
     wait_terminal(&c, &w, &id, Duration::from_secs(30)).await;
-    let r = c
-        .post(w.url("/work"))
-        .json(&json!({"prompt": "echo sse"}))
-        .send()
-        .await
-        .unwrap();
-    let events = conforms("POST", "/work", r).await;
+    let sse = c.post(url("/work")).json(&json!({"prompt": "echo sse"}));
+    let events = call(sse, 200, "POST", "/work").await;
     assert!(events
         .as_array()
         .unwrap()
         .iter()
         .any(|e| e["event"] == "output"));
-    let r = c
-        .post(w.url("/work"))
+    let nd = c
+        .post(url("/work"))
         .header("accept", "application/x-ndjson")
-        .json(&json!({"prompt": "echo nd"}))
-        .send()
-        .await
-        .unwrap();
-    conforms("POST", "/work", r).await;
+        .json(&json!({"prompt": "echo nd"}));
+    call(nd, 200, "POST", "/work").await;
 
     // The task, the list, the events both ways (an output event with b64 among them),
     // the log.
-    let r = c.get(w.url(&format!("/work/{id}"))).send().await.unwrap();
-    let t = conforms("GET", "/work/{id}", r).await;
+    let task_url = |suffix: &str| url(&format!("/work/{id}{suffix}"));
+    let t = call(c.get(task_url("")), 200, "GET", "/work/{id}").await;
     assert_eq!(t["status"], "done");
-    let r = c.get(w.url("/work?limit=2")).send().await.unwrap();
-    let list = conforms("GET", "/work", r).await;
+    let list = call(c.get(url("/work?limit=2")), 200, "GET", "/work").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
-    let r = c
-        .get(w.url(&format!("/work/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    let events = conforms("GET", "/work/{id}/events", r).await;
+    let ev = "/work/{id}/events";
+    let events = call(c.get(task_url("/events")), 200, "GET", ev).await;
     assert!(
         events
             .as_array()
@@ -450,50 +445,26 @@ async fn task_responses_and_streams_fit_the_document() {
             .any(|e| e.get("b64").is_some()),
         "{events}"
     );
-    let r = c
-        .get(w.url(&format!("/work/{id}/events?after=1")))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    let after = conforms("GET", "/work/{id}/events", r).await;
+    let nd = c
+        .get(task_url("/events?after=1"))
+        .header("accept", "application/x-ndjson");
+    let after = call(nd, 200, "GET", ev).await;
     assert_eq!(after[0]["id"], 2);
-    let r = c
-        .get(w.url(&format!("/work/{id}/log")))
-        .send()
-        .await
-        .unwrap();
-    conforms("GET", "/work/{id}/log", r).await;
+    call(c.get(task_url("/log")), 200, "GET", "/work/{id}/log").await;
 
-    // A finished task: cancel, input and resize are 409.
-    let r = c
-        .delete(w.url(&format!("/work/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    conforms("DELETE", "/work/{id}", r).await;
-    let r = c
-        .post(w.url(&format!("/work/{id}/input")))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    conforms("POST", "/work/{id}/input", r).await;
+    // A finished task: cancel and input are 409.
+    call(c.delete(task_url("")), 409, "DELETE", "/work/{id}").await;
+    let input = c.post(task_url("/input")).body("x");
+    call(input, 409, "POST", "/work/{id}/input").await;
 
     // A running task: input, resize, cancel.
-    let r = json_accept(c.post(w.url("/work")))
-        .json(&json!({"prompt": "read line; echo got $line; sleep 30"}))
-        .send()
-        .await
-        .unwrap();
-    let live = conforms("POST", "/work", r).await;
-    let live = live["id"].as_str().unwrap().to_string();
+    let body = json!({"prompt": "read line; echo got $line; sleep 30"});
+    let live = call(post_json("/work", body), 202, "POST", "/work").await;
+    let live_url = |suffix: &str| url(&format!("/work/{}{suffix}", live["id"].as_str().unwrap()));
     let mut input_ok = false;
     for _ in 0..100 {
         let r = c
-            .post(w.url(&format!("/work/{live}/input")))
+            .post(live_url("/input"))
             .body("hi\n")
             .send()
             .await
@@ -507,76 +478,36 @@ async fn task_responses_and_streams_fit_the_document() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(input_ok, "input was never taken");
-    let r = c
-        .post(w.url(&format!("/work/{live}/resize")))
-        .json(&json!({"cols": 100, "rows": 30}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    conforms("POST", "/work/{id}/resize", r).await;
+    let resize = c
+        .post(live_url("/resize"))
+        .json(&json!({"cols": 100, "rows": 30}));
+    call(resize, 200, "POST", "/work/{id}/resize").await;
     // At capacity (OUTPOST_MAX_TASKS is 1): 429 with Retry-After.
-    let r = json_accept(c.post(w.url("/run")))
-        .json(&json!({"prompt": "echo x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
-    conforms("POST", "/run", r).await;
-    let r = c
-        .delete(w.url(&format!("/work/{live}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    conforms("DELETE", "/work/{id}", r).await;
-    let end = wait_terminal(&c, &w, &live, Duration::from_secs(30)).await;
+    call(
+        post_json("/run", json!({"prompt": "echo x"})),
+        429,
+        "POST",
+        "/run",
+    )
+    .await;
+    call(c.delete(live_url("")), 202, "DELETE", "/work/{id}").await;
+    let live_id = live["id"].as_str().unwrap();
+    let end = wait_terminal(&c, &w, live_id, Duration::from_secs(30)).await;
     assert_eq!(end["status"], "cancelled");
 
     // Refusals.
-    let r = c.get(w.url("/work/t-nope")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    conforms("GET", "/work/{id}", r).await;
-    let r = c
-        .post(w.url("/work"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    conforms("POST", "/work", r).await;
-    let r = c
-        .post(w.url("/work"))
+    call(c.get(url("/work/t-nope")), 404, "GET", "/work/{id}").await;
+    call(c.post(url("/work")).body("{not json"), 400, "POST", "/work").await;
+    let xml = c
+        .post(url("/work"))
         .header("content-type", "application/xml")
-        .body("<a/>")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    conforms("POST", "/work", r).await;
-    let r = c
-        .post(w.url("/work"))
-        .body(vec![b' '; 2 << 20])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    conforms("POST", "/work", r).await;
-    let r = c
-        .get(w.url(&format!("/work/{id}/events?after=x")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    conforms("GET", "/work/{id}/events", r).await;
-    let r = h1()
-        .post(w.url("/run"))
-        .json(&json!({"prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    conforms("POST", "/run", r).await;
+        .body("<a/>");
+    call(xml, 415, "POST", "/work").await;
+    let big = c.post(url("/work")).body(vec![b' '; 2 << 20]);
+    call(big, 413, "POST", "/work").await;
+    call(c.get(task_url("/events?after=x")), 400, "GET", ev).await;
+    let anon = h1().post(url("/run")).json(&json!({"prompt": "x"}));
+    call(anon, 401, "POST", "/run").await;
 }
 
 /// ClaudeCluster's guide documents one /hello shape and its code reads another: both
