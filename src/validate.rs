@@ -36,17 +36,137 @@ const MAX_ISSUE_ID: usize = 128;
 const MAX_BRANCH: usize = 200;
 const MAX_PROMPT: usize = 512 * 1024;
 
+/// The JSON type of a value, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON whole number (`5` or `5.0`, as JSON Schema's `integer` allows), if `v` is one
+/// that fits a u64.
+pub fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    })
+}
+
+/// A whole number within `range` in a JSON field, or a refusal that says what is allowed.
+pub fn whole_in(
+    field: &'static str,
+    v: &Value,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, FieldError> {
+    match whole_number(v) {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => Err(bad(
+            field,
+            format!(
+                "expected a whole number{unit} from {} to {}, got {}",
+                range.start(),
+                range.end(),
+                shown(v)
+            ),
+        )),
+    }
+}
+
+/// A value as a short text for a message (long ones are cut).
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// A whole number in a query parameter or header: ASCII digits only, within `range`.
+pub fn query_number(
+    field: &'static str,
+    s: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, FieldError> {
+    let n = (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse::<u64>().ok())
+        .flatten();
+    match n {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => Err(bad(
+            field,
+            format!(
+                "expected a whole number from {} to {} (digits only), got {:?}",
+                range.start(),
+                range.end(),
+                s.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// `POST /run` (ClaudeCluster's shape): `prompt` (required), `priority` 1..10,
+/// `workerId` and `metadata`, which are checked and then not used (there is no queue).
+pub fn parse_run_request(body: &Value) -> Result<WorkRequest, FieldError> {
+    let obj = object(body)?;
+    let prompt = match obj.get("prompt") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(bad("prompt", "required: a non-empty string"))
+        }
+        Some(v) => {
+            return Err(bad(
+                "prompt",
+                format!("expected a non-empty string, got {}", kind(v)),
+            ))
+        }
+    };
+    if let Some(v) = obj.get("priority").filter(|v| !v.is_null()) {
+        whole_in("priority", v, 1..=10, "")?;
+    }
+    for (field, fits, what) in [
+        (
+            "workerId",
+            Value::is_string as fn(&Value) -> bool,
+            "a string",
+        ),
+        ("metadata", Value::is_object, "an object"),
+    ] {
+        if let Some(v) = obj.get(field).filter(|v| !v.is_null() && !fits(v)) {
+            return Err(bad(field, format!("expected {what}, got {}", kind(v))));
+        }
+    }
+    parse_request(&serde_json::json!({ "prompt": prompt }))
+}
+
+/// The body as a JSON object, or a refusal naming `body`.
+fn object(body: &Value) -> Result<&serde_json::Map<String, Value>, FieldError> {
+    body.as_object().ok_or_else(|| {
+        bad(
+            "body",
+            format!("expected a JSON object, got {}", kind(body)),
+        )
+    })
+}
+
 /// Turns a JSON body into a request, checking every field's type and shape (but not
 /// URLs' hosts, which needs DNS: see [`check_url`]).
 pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| bad("body", "expected a JSON object"))?;
+    let obj = object(body)?;
     let string = |field: &'static str| -> Result<Option<String>, FieldError> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(bad(field, "expected a string")),
+            Some(v) => Err(bad(
+                field,
+                format!("expected a string (or null), got {}", kind(v)),
+            )),
         }
     };
     let mut req = WorkRequest {
@@ -61,21 +181,25 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
     };
     req.timeout_s = match obj.get("timeout_s") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=7 * 86_400).contains(&n) => Some(n),
-            _ => {
-                return Err(bad(
-                    "timeout_s",
-                    "expected a whole number of seconds from 1 to 604800",
-                ))
-            }
-        },
+        Some(v) => Some(whole_in("timeout_s", v, 1..=7 * 86_400, " of seconds")?),
     };
     if req.prompt.as_deref().is_none_or(str::is_empty) && req.issue_id.is_none() {
-        return Err(bad("prompt", "a task needs a prompt or an issue_id"));
+        return Err(bad(
+            "prompt",
+            "a task needs a non-empty prompt or an issue_id (send at least one)",
+        ));
     }
-    if req.prompt.as_ref().is_some_and(|p| p.len() > MAX_PROMPT) {
-        return Err(bad("prompt", format!("longer than {MAX_PROMPT} bytes")));
+    if req
+        .prompt
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PROMPT)
+    {
+        return Err(bad(
+            "prompt",
+            format!(
+                "longer than {MAX_PROMPT} characters: shorten it, or put the material in `context`"
+            ),
+        ));
     }
     if let Some(id) = &req.issue_id {
         check_ref_part("issue_id", id, MAX_ISSUE_ID, false)?;
@@ -103,9 +227,9 @@ pub fn check_ref_part(
     slashes: bool,
 ) -> Result<(), FieldError> {
     if s.is_empty() {
-        return Err(bad(field, "must not be empty"));
+        return Err(bad(field, "must not be empty: leave it out instead"));
     }
-    if s.len() > max {
+    if s.chars().count() > max {
         return Err(bad(field, format!("longer than {max} characters")));
     }
     if s.starts_with('-') {
@@ -115,10 +239,18 @@ pub fn check_ref_part(
         .chars()
         .find(|c| c.is_control() || " ~^:?*[\\".contains(*c))
     {
-        return Err(bad(field, format!("must not contain {c:?}")));
+        return Err(bad(
+            field,
+            format!(
+                "must not contain {c:?} (git ref rules: no spaces, control characters or ~^:?*[\\)"
+            ),
+        ));
     }
     if !slashes && s.contains('/') {
-        return Err(bad(field, "must not contain '/'"));
+        return Err(bad(
+            field,
+            "must not contain '/' (it names one ref component)",
+        ));
     }
     if s.contains("..") || s.contains("@{") || s.contains("//") || s == "@" {
         return Err(bad(field, "must not contain '..', '@{' or '//'"));
@@ -145,7 +277,12 @@ fn check_url_shape(field: &'static str, s: &str) -> Result<url::Url, FieldError>
             "transport helpers (ext::, fd::) are not allowed",
         ));
     }
-    let u = url::Url::parse(s).map_err(|e| bad(field, format!("not a URL ({e})")))?;
+    let u = url::Url::parse(s).map_err(|e| {
+        bad(
+            field,
+            format!("not a URL ({e}): expected https://host/owner/repo"),
+        )
+    })?;
     match u.scheme() {
         "https" | "http" => {}
         other => {
@@ -190,7 +327,9 @@ pub async fn check_url(field: &'static str, s: &str, policy: &UrlPolicy) -> Resu
     if !policy.allowed_hosts.is_empty() && !listed {
         return Err(bad(
             field,
-            format!("host {host} is not in OUTPOST_ALLOWED_HOSTS"),
+            format!(
+                "host {host} is not in OUTPOST_ALLOWED_HOSTS: use one of the hosts listed there"
+            ),
         ));
     }
     if host == "metadata.google.internal" || host == "metadata" {

@@ -46,7 +46,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
     pub extra: Option<Box<(&'static str, Value)>>,
 }
 
@@ -66,19 +66,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: String) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("this route answers {allow} only"),
+            format!("this route answers {allow} only: use one of those methods"),
         );
         e.allow = Some(allow);
         e
@@ -104,8 +96,8 @@ impl ApiError {
         if let Some(s) = self.retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(s));
         }
-        if let Some(a) = self.allow {
-            h.insert(ALLOW, HeaderValue::from_static(a));
+        if let Some(v) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            h.insert(ALLOW, v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

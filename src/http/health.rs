@@ -1,4 +1,5 @@
-//! Health and introspection: `/hello` (seed-compatible), `/pty/status`, `/healthz`,
+//! Health and introspection: `/hello` (seed-compatible, in both of ClaudeCluster's
+//! shapes), `/pty/status`, `/healthz`,
 //! `/readyz` and `/metrics` (Prometheus text). They read cached figures only, so they
 //! stay cheap under load.
 
@@ -90,6 +91,20 @@ struct Hello<'a> {
     containment: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<MemoryFigures>,
+    // ClaudeCluster's worker code and controller read these beside the fields above.
+    id: &'a str,
+    name: &'a str,
+    current_tasks: usize,
+    capabilities: Capabilities<'a>,
+    timestamp: String,
+}
+
+/// ClaudeCluster's `capabilities`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Capabilities<'a> {
+    max_concurrent_tasks: usize,
+    supported_commands: [&'a str; 1],
 }
 
 #[derive(Serialize)]
@@ -132,6 +147,7 @@ pub fn hello(state: &AppState) -> Resp {
 
 fn render_hello(state: &AppState, uptime: u64) -> Bytes {
     let live = state.reg.live_count();
+    let agent = state.cfg.agent.name();
     let body = Hello {
         status: status_word(state, live),
         worker_id: &state.cfg.worker_id,
@@ -140,12 +156,20 @@ fn render_hello(state: &AppState, uptime: u64) -> Bytes {
         total_tasks_executed: state.reg.total_executed(),
         version: env!("CARGO_PKG_VERSION"),
         max_tasks: state.cfg.max_tasks,
-        agent: state.cfg.agent.name(),
+        agent,
         isolation: state.reg.containment.identity().isolation(),
         containment: state.reg.containment.kind().name(),
         memory: memwatch::watch()
             .latest()
             .map(|(snapshot, level)| MemoryFigures { snapshot, level }),
+        id: &state.cfg.worker_id,
+        name: &state.cfg.worker_id,
+        current_tasks: live,
+        capabilities: Capabilities {
+            max_concurrent_tasks: state.cfg.max_tasks,
+            supported_commands: [agent],
+        },
+        timestamp: crate::timefmt::rfc3339_ms(started_unix_ms(uptime) + uptime),
     };
     let mut out = Vec::with_capacity(512);
     if serde_json::to_writer(&mut out, &body).is_err() {
@@ -154,6 +178,13 @@ fn render_hello(state: &AppState, uptime: u64) -> Bytes {
     }
     out.push(b'\n');
     Bytes::from(out)
+}
+
+/// The wall-clock time the worker started, in ms since the epoch (fixed at the first
+/// call), so `timestamp` moves with `uptime` and the cached body stays exact.
+fn started_unix_ms(uptime: u64) -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| crate::timefmt::now_unix_ms().saturating_sub(uptime))
 }
 
 #[derive(Serialize)]

@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod health;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod stream;
@@ -53,52 +54,54 @@ pub fn handle(state: &'static AppState, req: Request<Incoming>) -> Handled {
 
 async fn route(state: &'static AppState, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = req.method().clone();
-    let open = matches!(segs.as_slice(), ["hello"] | ["healthz"]);
-    if !open {
+    let (route, id) = match routes::lookup(req.method().as_str(), &path) {
+        routes::Lookup::Found(r, id) => (r, id.unwrap_or("")),
+        routes::Lookup::WrongMethod { allow, open } => {
+            let auth = if open {
+                Ok(())
+            } else {
+                check_auth(&state.cfg, &req)
+            };
+            return respond(auth.and(Err(ApiError::method_not_allowed(allow))));
+        }
+        routes::Lookup::NotFound => {
+            let auth = check_auth(&state.cfg, &req);
+            let e = ApiError::new(
+                hyper::StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "there is no route {} {path}: GET /openapi.json lists every route",
+                    req.method()
+                ),
+            );
+            return respond(auth.and(Err(e)));
+        }
+    };
+    if !route.open {
         if let Err(e) = check_auth(&state.cfg, &req) {
             return respond(Err(e));
         }
     }
-    let r = match (segs.as_slice(), &method) {
-        (["hello"], &Method::GET) => Ok(health::hello(state)),
-        (["healthz"], &Method::GET) => Ok(health::healthz()),
-        (["readyz"], &Method::GET) => health::readyz(state),
-        (["metrics"], &Method::GET) => Ok(health::metrics(state)),
-        (["pty", "status"], &Method::GET) => Ok(health::pty_status(state)),
-        (["work"], &Method::GET) => Ok(routes::list(state, &req)),
-        (["work"], &Method::POST) => routes::create(state, req, false).await,
-        (["run"], &Method::POST) => routes::create(state, req, true).await,
-        (["work", id], &Method::GET) => routes::get(state, id),
-        (["work", id], &Method::DELETE) => routes::cancel(state, id),
-        (["work", id, "events"], &Method::GET) => routes::events(state, id, &req),
-        (["work", id, "log"], &Method::GET) => routes::log(state, id).await,
-        (["work", id, "input"], &Method::POST) => {
-            let id = id.to_string();
-            routes::input(state, &id, req).await
-        }
-        (["work", id, "resize"], &Method::POST) => {
-            let id = id.to_string();
-            routes::resize(state, &id, req).await
-        }
-        (s, _) => Err(not_allowed_or_found(s)),
+    use routes::Op;
+    let r = match route.op {
+        Op::Hello => Ok(health::hello(state)),
+        Op::Healthz => Ok(health::healthz()),
+        Op::Readyz => health::readyz(state),
+        Op::Metrics => Ok(health::metrics(state)),
+        Op::PtyStatus => Ok(health::pty_status(state)),
+        Op::OpenapiJson => Ok(openapi::json()),
+        Op::OpenapiYaml => Ok(openapi::yaml()),
+        Op::ListWork => routes::list(state, &req),
+        Op::CreateWork => routes::create(state, req, false).await,
+        Op::Run => routes::create(state, req, true).await,
+        Op::GetWork => routes::get(state, id),
+        Op::CancelWork => routes::cancel(state, id),
+        Op::Events => routes::events(state, id, &req),
+        Op::Log => routes::log(state, id).await,
+        Op::Input => routes::input(state, id, req).await,
+        Op::Resize => routes::resize(state, id, req).await,
     };
     respond(r)
-}
-
-fn not_allowed_or_found(segs: &[&str]) -> ApiError {
-    match segs {
-        ["hello"] | ["healthz"] | ["readyz"] | ["metrics"] | ["pty", "status"] => {
-            ApiError::method_not_allowed("GET")
-        }
-        ["work"] => ApiError::method_not_allowed("GET, POST"),
-        ["run"] => ApiError::method_not_allowed("POST"),
-        ["work", _] => ApiError::method_not_allowed("GET, DELETE"),
-        ["work", _, "events"] | ["work", _, "log"] => ApiError::method_not_allowed("GET"),
-        ["work", _, "input"] | ["work", _, "resize"] => ApiError::method_not_allowed("POST"),
-        _ => ApiError::not_found("route"),
-    }
 }
 
 /// Bearer token check, in constant time.

@@ -1,5 +1,6 @@
-//! The task routes: create (`POST /work`, `POST /run`), list, get, cancel, events,
-//! log, input and resize.
+//! The route table of the contract (every method and path the router answers, which
+//! `docs/openapi.yaml` must match) and the task routes: create (`POST /work`,
+//! `POST /run`), list, get, cancel, events, log, input and resize.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,129 @@ use super::stream::{self as events_stream, Format};
 use super::AppState;
 use crate::task::{runner, Refusal, StopReason, Task};
 use crate::validate::{self, UrlPolicy};
+
+/// What a route does; the router matches a request against [`ROUTES`] and then
+/// dispatches on this (one exhaustive `match`, so a route cannot lack a handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Hello,
+    Healthz,
+    Readyz,
+    Metrics,
+    PtyStatus,
+    OpenapiJson,
+    OpenapiYaml,
+    ListWork,
+    CreateWork,
+    Run,
+    GetWork,
+    CancelWork,
+    Events,
+    Log,
+    Input,
+    Resize,
+}
+
+/// One route: method, path (`{id}` stands for one non-empty path segment, a task id),
+/// and whether it answers without the bearer token.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub op: Op,
+    pub open: bool,
+}
+
+const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
+    Route {
+        method,
+        path,
+        op,
+        open: false,
+    }
+}
+
+/// Every route the worker answers. The OpenAPI document lists exactly these
+/// (tests/openapi.rs fails when the two differ).
+pub const ROUTES: &[Route] = &[
+    Route {
+        open: true,
+        ..route("GET", "/hello", Op::Hello)
+    },
+    Route {
+        open: true,
+        ..route("GET", "/healthz", Op::Healthz)
+    },
+    route("GET", "/readyz", Op::Readyz),
+    route("GET", "/metrics", Op::Metrics),
+    route("GET", "/pty/status", Op::PtyStatus),
+    route("GET", "/openapi.json", Op::OpenapiJson),
+    route("GET", "/openapi.yaml", Op::OpenapiYaml),
+    route("GET", "/work", Op::ListWork),
+    route("POST", "/work", Op::CreateWork),
+    route("POST", "/run", Op::Run),
+    route("GET", "/work/{id}", Op::GetWork),
+    route("DELETE", "/work/{id}", Op::CancelWork),
+    route("GET", "/work/{id}/events", Op::Events),
+    route("GET", "/work/{id}/log", Op::Log),
+    route("POST", "/work/{id}/input", Op::Input),
+    route("POST", "/work/{id}/resize", Op::Resize),
+];
+
+/// What the table says about a request path.
+pub enum Lookup<'a> {
+    /// A route matched: its operation and the `{id}` segment, if the path has one.
+    Found(&'static Route, Option<&'a str>),
+    /// The path is known but not with this method; `allow` lists the methods it has.
+    WrongMethod {
+        allow: String,
+        open: bool,
+    },
+    NotFound,
+}
+
+/// Matches `method` and `path` against [`ROUTES`]. Paths match exactly (no trailing
+/// `/`); `{id}` matches one non-empty segment.
+pub fn lookup<'a>(method: &str, path: &'a str) -> Lookup<'a> {
+    let mut allow: Vec<&'static str> = Vec::new();
+    let mut open = false;
+    for r in ROUTES {
+        let Some(id) = match_path(r.path, path) else {
+            continue;
+        };
+        if r.method == method {
+            return Lookup::Found(r, id);
+        }
+        open |= r.open;
+        allow.push(r.method);
+    }
+    if allow.is_empty() {
+        Lookup::NotFound
+    } else {
+        Lookup::WrongMethod {
+            allow: allow.join(", "),
+            open,
+        }
+    }
+}
+
+/// `Some(id)` when `path` fits `template` (`id` is the `{id}` segment, if any).
+fn match_path<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let mut id = None;
+    let mut got = path.strip_prefix('/')?.split('/');
+    for want in template.trim_start_matches('/').split('/') {
+        let seg = got.next()?;
+        if want == "{id}" {
+            if seg.is_empty() {
+                return None;
+            }
+            id = Some(seg);
+        } else if want != seg {
+            return None;
+        }
+    }
+    got.next().is_none().then_some(id)
+}
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -59,7 +183,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the body is larger than {MAX_BODY} bytes"),
+            format!("the body is larger than {MAX_BODY} bytes (1 MiB): send less; large material belongs in the repository"),
         ));
     }
     Ok(buf.freeze())
@@ -96,11 +220,16 @@ fn check_json_type(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+/// Reads a JSON body; `example` shows the client what to send when it is not JSON.
+async fn read_json(req: Request<Incoming>, example: &str) -> Result<Value, ApiError> {
     check_json_type(&req)?;
     let body = read_body(req).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the body is not valid JSON ({e}): send a JSON object such as {example}"),
+        )
+    })
 }
 
 /// What the client asked to get back.
@@ -134,10 +263,9 @@ pub async fn create(
     run_compat: bool,
 ) -> Result<Resp, ApiError> {
     let reply = reply_kind(&req);
-    let body = read_json(req).await?;
+    let body = read_json(req, r#"{"prompt": "echo hi"}"#).await?;
     let request = if run_compat {
-        let prompt = body.get("prompt").cloned().unwrap_or(Value::Null);
-        validate::parse_request(&json!({ "prompt": prompt }))?
+        validate::parse_run_request(&body)?
     } else {
         validate::parse_request(&body)?
     };
@@ -158,7 +286,11 @@ pub async fn create(
     runner::spawn(state.reg.clone(), task.clone());
     Ok(match reply {
         Reply::Json => {
-            let mut r = json_resp(StatusCode::ACCEPTED, &task.view());
+            let mut r = if run_compat {
+                json_resp(StatusCode::ACCEPTED, &run_reply(&task))
+            } else {
+                json_resp(StatusCode::ACCEPTED, &task.view())
+            };
             if let Ok(v) = HeaderValue::from_str(&format!("/work/{}", task.id())) {
                 r.headers_mut().insert(LOCATION, v);
             }
@@ -168,6 +300,25 @@ pub async fn create(
             events_stream::response(task.clone(), 0, f, state.cfg.heartbeat),
             &task,
         ),
+    })
+}
+
+/// `POST /run`'s JSON reply in ClaudeCluster's shape (`taskId`, `status: "pending"`,
+/// `estimatedDuration` in ms: outpost makes no guess, so it is the task's time limit,
+/// or 0 when it has none), with outpost's task object beside it.
+fn run_reply(task: &Task) -> Value {
+    let estimate = task
+        .meta
+        .request
+        .timeout_s
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    json!({
+        "taskId": task.id(),
+        "status": "pending",
+        "estimatedDuration": estimate,
+        "events": format!("/work/{}/events", task.id()),
+        "task": task.view(),
     })
 }
 
@@ -231,16 +382,31 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {
     state
         .reg
         .get(id)
-        .ok_or_else(|| ApiError::not_found(&format!("task {id}")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("task {id} not found: it never ran on this worker, or it was pruned (OUTPOST_KEEP_TASKS); GET /work lists the tasks kept"),
+            )
+        })
 }
 
-/// `GET /work`: newest first; `?limit=N` (default 100).
-pub fn list(state: &AppState, req: &Request<Incoming>) -> Resp {
-    let limit = query_param(req, "limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100usize);
-    let tasks: Vec<_> = state.reg.list(limit).iter().map(|t| t.view()).collect();
-    json_resp(StatusCode::OK, &tasks)
+/// Largest `?limit=` of `GET /work`.
+pub const MAX_LIST: u64 = 1_000_000;
+
+/// `GET /work`: newest first; `?limit=N` (1..=1000000, default 100).
+pub fn list(state: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let limit = match query_param(req, "limit") {
+        None => 100,
+        Some(v) => validate::query_number("limit", &v, 1..=MAX_LIST)?,
+    };
+    let tasks: Vec<_> = state
+        .reg
+        .list(limit as usize)
+        .iter()
+        .map(|t| t.view())
+        .collect();
+    Ok(json_resp(StatusCode::OK, &tasks))
 }
 
 pub fn get(state: &AppState, id: &str) -> Result<Resp, ApiError> {
@@ -261,24 +427,30 @@ pub fn cancel(state: &AppState, id: &str) -> Result<Resp, ApiError> {
     Ok(json_resp(StatusCode::ACCEPTED, &task.view()))
 }
 
+/// Largest event id a client may name as its cursor (`after`, `Last-Event-ID`): far
+/// beyond any log, and small enough that the cursor's arithmetic cannot overflow.
+pub const MAX_EVENT_ID: u64 = i64::MAX as u64;
+
 /// `GET /work/<id>/events`: from `Last-Event-ID` or `?after=N`.
 pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let header = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let after = match header.or_else(|| query_param(req, "after")) {
-        None => 0,
-        Some(v) => v.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_field",
-                "after / Last-Event-ID must be an event id (a whole number)",
-            )
-            .with("field", json!("after"))
-        })?,
+    // Both are checked when both are sent; the header (what EventSource resends) wins.
+    let query = match query_param(req, "after") {
+        Some(v) => Some(validate::query_number("after", &v, 0..=MAX_EVENT_ID)?),
+        None => None,
     };
+    let header = match req.headers().get("last-event-id") {
+        Some(h) => {
+            let v = h.to_str().unwrap_or("\u{fffd}");
+            Some(validate::query_number(
+                "Last-Event-ID",
+                v,
+                0..=MAX_EVENT_ID,
+            )?)
+        }
+        None => None,
+    };
+    let after = header.or(query).unwrap_or(0);
     let format = match reply_kind(req) {
         Reply::Stream(f) => f,
         Reply::Json => Format::Ndjson,
@@ -335,19 +507,20 @@ pub async fn input(state: &AppState, id: &str, req: Request<Incoming>) -> Result
 /// `POST /work/<id>/resize` with `{"cols": 120, "rows": 40}`.
 pub async fn resize(state: &AppState, id: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
-    let body = read_json(req).await?;
+    let body = read_json(req, r#"{"cols": 120, "rows": 40}"#).await?;
+    if !body.is_object() {
+        return Err(validate::FieldError {
+            field: "body",
+            message: format!(
+                "expected a JSON object like {{\"cols\": 120, \"rows\": 40}}, got {}",
+                validate::kind(&body)
+            ),
+        }
+        .into());
+    }
     let dim = |field: &'static str| -> Result<u16, ApiError> {
-        body.get(field)
-            .and_then(Value::as_u64)
-            .filter(|n| (1..=1000).contains(n))
-            .map(|n| n as u16)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_field",
-                    format!("{field}: expected a whole number from 1 to 1000"),
-                )
-                .with("field", json!(field))
-            })
+        let v = body.get(field).unwrap_or(&Value::Null);
+        Ok(validate::whole_in(field, v, 1..=1000, "")? as u16)
     };
     let (cols, rows) = (dim("cols")?, dim("rows")?);
     let agent = task.agent().ok_or_else(|| not_running(&task))?;
