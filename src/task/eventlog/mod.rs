@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 mod scan;
-use scan::{last_record, read_line_at, seek};
+use scan::{read_line_at, seek, valid_prefix};
 
 /// The file of records.
 pub const EVENTS_FILE: &str = "events.ndjson";
@@ -123,15 +123,17 @@ impl EventLog {
         ))
     }
 
-    /// Opens the log of a task from an earlier run. A torn last line (the process died
-    /// mid-write) is cut off. Returns the log (open for appends) and its last record.
+    /// Opens the log of a task from an earlier run, keeping its valid prefix: a torn last
+    /// line (the process died mid-write) and anything after a damaged line are cut off
+    /// (and kept aside in `events.ndjson.cut`). Returns the log (open for appends) and
+    /// its last record.
     pub fn reopen(dir: &Path) -> io::Result<(EventLog, Option<Record>)> {
         let path = dir.join(EVENTS_FILE);
         let events = OpenOptions::new().read(true).append(true).open(&path)?;
         let mut len = events.metadata()?.len();
-        let last = last_record(&events, len)?;
-        let good_end = last.as_ref().map(|r| r.end()).unwrap_or(0);
+        let (good_end, last) = valid_prefix(&events, len)?;
         if good_end < len {
+            keep_cut(&events, &path, good_end, len)?;
             events.set_len(good_end)?;
             len = good_end;
         }
@@ -412,6 +414,25 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// Copies the bytes `[from, len)` that reopening cuts off to `<log>.cut` (replacing an
+/// older one), so that a damaged log can still be looked at.
+fn keep_cut(events: &File, path: &Path, from: u64, len: u64) -> io::Result<()> {
+    use std::io::{Read as _, Seek, SeekFrom};
+    let cut_path = path.with_extension("ndjson.cut");
+    let mut src = events.try_clone()?;
+    src.seek(SeekFrom::Start(from))?;
+    let mut cut = File::create(&cut_path)?;
+    io::copy(&mut src.take(len - from), &mut cut)?;
+    tracing::warn!(
+        log = %path.display(),
+        kept_bytes = from,
+        cut_bytes = len - from,
+        "the event log ends in a torn or damaged record: kept its valid prefix, the rest is in {}",
+        cut_path.display()
+    );
+    Ok(())
+}
+
 fn trim_tail(g: &mut Inner, keep: usize) {
     while g.tail_bytes > keep && g.tail.len() > 1 {
         if let Some(r) = g.tail.pop_front() {
@@ -515,6 +536,48 @@ mod tests {
         );
         let mut c = Cursor::after(0);
         assert_eq!(ids(log.read_file(&mut c, 1 << 20).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn damage_anywhere_keeps_the_valid_prefix_on_reopen() {
+        let good = "{\"id\":1,\"event\":\"status\",\"status\":\"queued\"}\n\
+                    {\"id\":2,\"event\":\"output\",\"data\":\"a\"}\n";
+        // What follows the two good records: a damaged middle line (a flipped byte makes
+        // it not JSON), a repeated id, a gap, a repeated key, a complete but garbage last
+        // line (this made reopen fail, and the task vanish), records after done.
+        for rest in [
+            "{\"id\":3,\"event\":\"output\",\"data\":\"b}\n{\"id\":4,\"event\":\"done\"}\n",
+            "{\"id\":2,\"event\":\"output\",\"data\":\"b\"}\n",
+            "{\"id\":5,\"event\":\"output\",\"data\":\"b\"}\n",
+            "{\"id\":3,\"event\":\"output\",\"id\":9}\n",
+            "\u{0}\u{0}\u{0}\n",
+            "{\"id\":3,\"event\":\"done\"}\n{\"id\":4,\"event\":\"output\"}\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(EVENTS_FILE), format!("{good}{rest}")).unwrap();
+            let (log, last) = EventLog::reopen(dir.path()).unwrap();
+            let kept = if rest.starts_with("{\"id\":3,\"event\":\"done\"}") {
+                3
+            } else {
+                2
+            };
+            assert_eq!(last.unwrap().id, kept, "{rest:?}");
+            let cut = std::fs::read(dir.path().join("events.ndjson.cut")).unwrap();
+            assert!(rest.as_bytes().ends_with(&cut), "{rest:?}");
+            if kept == 2 {
+                assert_eq!(
+                    std::fs::read_to_string(log.dir().join(EVENTS_FILE)).unwrap(),
+                    good
+                );
+                assert_eq!(
+                    log.append("done", r#"{"status":"interrupted"}"#).unwrap(),
+                    3
+                );
+            }
+            let mut c = Cursor::after(0);
+            let v = ids(log.read_file(&mut c, 1 << 20).unwrap());
+            assert_eq!(v, vec![1, 2, 3], "{rest:?}");
+        }
     }
 
     #[test]
