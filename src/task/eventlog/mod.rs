@@ -540,35 +540,31 @@ mod tests {
 
     #[test]
     fn damage_anywhere_keeps_the_valid_prefix_on_reopen() {
-        let good = "{\"id\":1,\"event\":\"status\",\"status\":\"queued\"}\n\
-                    {\"id\":2,\"event\":\"output\",\"data\":\"a\"}\n";
+        let good: &[u8] = b"{\"id\":1,\"event\":\"status\",\"status\":\"queued\"}\n\
+                            {\"id\":2,\"event\":\"output\",\"data\":\"a\"}\n";
         // What follows the two good records: a damaged middle line (a flipped byte makes
-        // it not JSON), a repeated id, a gap, a repeated key, a complete but garbage last
-        // line (this made reopen fail, and the task vanish), records after done.
+        // it not JSON), a repeated id, a gap, a repeated key, a byte that is not UTF-8, a
+        // complete but garbage last line (this made reopen fail, and the task vanish),
+        // records after done.
+        let done3: &[u8] = b"{\"id\":3,\"event\":\"done\"}\n";
         for rest in [
-            "{\"id\":3,\"event\":\"output\",\"data\":\"b}\n{\"id\":4,\"event\":\"done\"}\n",
-            "{\"id\":2,\"event\":\"output\",\"data\":\"b\"}\n",
-            "{\"id\":5,\"event\":\"output\",\"data\":\"b\"}\n",
-            "{\"id\":3,\"event\":\"output\",\"id\":9}\n",
-            "\u{0}\u{0}\u{0}\n",
-            "{\"id\":3,\"event\":\"done\"}\n{\"id\":4,\"event\":\"output\"}\n",
+            &b"{\"id\":3,\"event\":\"output\",\"data\":\"b}\n{\"id\":4,\"event\":\"done\"}\n"[..],
+            b"{\"id\":2,\"event\":\"output\",\"data\":\"b\"}\n",
+            b"{\"id\":5,\"event\":\"output\",\"data\":\"b\"}\n",
+            b"{\"id\":3,\"event\":\"output\",\"id\":9}\n",
+            b"{\"id\":3,\"event\":\"output\",\"data\":\"\xe2\x9d\"}\n",
+            b"\0\0\0\n",
+            &[done3, b"{\"id\":4,\"event\":\"output\"}\n"].concat(),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join(EVENTS_FILE), format!("{good}{rest}")).unwrap();
+            std::fs::write(dir.path().join(EVENTS_FILE), [good, rest].concat()).unwrap();
             let (log, last) = EventLog::reopen(dir.path()).unwrap();
-            let kept = if rest.starts_with("{\"id\":3,\"event\":\"done\"}") {
-                3
-            } else {
-                2
-            };
+            let kept = if rest.starts_with(done3) { 3 } else { 2 };
             assert_eq!(last.unwrap().id, kept, "{rest:?}");
             let cut = std::fs::read(dir.path().join("events.ndjson.cut")).unwrap();
-            assert!(rest.as_bytes().ends_with(&cut), "{rest:?}");
+            assert!(rest.ends_with(&cut), "{rest:?}");
             if kept == 2 {
-                assert_eq!(
-                    std::fs::read_to_string(log.dir().join(EVENTS_FILE)).unwrap(),
-                    good
-                );
+                assert_eq!(std::fs::read(log.dir().join(EVENTS_FILE)).unwrap(), good);
                 assert_eq!(
                     log.append("done", r#"{"status":"interrupted"}"#).unwrap(),
                     3

@@ -101,7 +101,7 @@ fn next_line_start(file: &File, pos: u64, len: u64) -> io::Result<u64> {
 }
 
 /// The valid prefix of a log file: where it ends, and its last record. A line belongs to
-/// it when it is complete (ends in `\n`), is one JSON object whose head is
+/// it when it is complete (ends in `\n`), is UTF-8 and one JSON object whose head is
 /// `{"id":N,"event":"T"` (saying its id and event once, as its head does), N is one
 /// more than the line before's (1 for the first), and no `done` came before it. What a
 /// crash (a torn write), a full disk or a damaged block leaves after that is not.
@@ -141,8 +141,10 @@ fn record_event(line: &[u8], want: u64) -> Option<Bytes> {
         event: std::borrow::Cow<'a, str>,
     }
     let (id, event) = parse_head(line)?;
-    // serde rejects a repeated `id` or `event`, and checks the whole line is JSON.
-    let head: Head<'_> = serde_json::from_slice(line).ok()?;
+    // serde checks the whole line is JSON and rejects a repeated `id` or `event`, but
+    // does not look at the UTF-8 of strings it skips.
+    let text = std::str::from_utf8(line).ok()?;
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
     (id == want && head.id == id && head.event.as_bytes() == event)
         .then(|| Bytes::copy_from_slice(event))
 }
