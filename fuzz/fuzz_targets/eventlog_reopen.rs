@@ -44,7 +44,12 @@ fn check_records(recs: &[Record]) {
         let v: serde_json::Value = serde_json::from_slice(r.json())
             .unwrap_or_else(|e| panic!("record {} served is not JSON ({e}): {:?}", r.id, r.line));
         assert_eq!(v["id"].as_u64(), Some(r.id), "{:?}", r.line);
-        assert_eq!(v["event"].as_str().map(str::as_bytes), Some(&r.event[..]), "{:?}", r.line);
+        assert_eq!(
+            v["event"].as_str().map(str::as_bytes),
+            Some(&r.event[..]),
+            "{:?}",
+            r.line
+        );
         assert!(r.line.ends_with(b"\n"));
         if i + 1 < recs.len() {
             assert!(!r.is_done(), "a record after done");
@@ -58,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(d.join(EVENTS_FILE), data).unwrap();
     let (log, last) = EventLog::reopen(d).unwrap_or_else(|e| panic!("reopen failed: {e}"));
     let kept = std::fs::read(d.join(EVENTS_FILE)).unwrap();
-    assert!(data.starts_with(&kept), "what is kept is not a prefix of the file");
+    assert!(
+        data.starts_with(&kept),
+        "what is kept is not a prefix of the file"
+    );
     let recs = read_all(&log, 0);
     check_records(&recs);
     assert_eq!(recs.iter().map(|r| r.line.len()).sum::<usize>(), kept.len());
@@ -67,12 +75,22 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(log.is_closed(), recs.last().is_some_and(Record::is_done));
     for after in [1, recs.len() as u64 / 2, recs.len() as u64] {
         let tail = read_all(&log, after);
-        assert_eq!(tail.first().map(|r| r.id), recs.get(after as usize).map(|r| r.id), "after {after}");
+        assert_eq!(
+            tail.first().map(|r| r.id),
+            recs.get(after as usize).map(|r| r.id),
+            "after {after}"
+        );
     }
     if !log.is_closed() {
         let n = recs.len() as u64;
-        assert_eq!(log.append("status", r#"{"status":"interrupted"}"#).unwrap(), n + 1);
-        assert_eq!(log.append("done", r#"{"status":"interrupted"}"#).unwrap(), n + 2);
+        assert_eq!(
+            log.append("status", r#"{"status":"interrupted"}"#).unwrap(),
+            n + 1
+        );
+        assert_eq!(
+            log.append("done", r#"{"status":"interrupted"}"#).unwrap(),
+            n + 2
+        );
         let all = read_all(&log, 0);
         check_records(&all);
         assert_eq!(all.len() as u64, n + 2);

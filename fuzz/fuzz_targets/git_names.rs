@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     if check_ref_part("issue_id", s, 128, false).is_ok() {
         assert!(!s.contains('/'));
         assert!(git_accepts_branch(s), "issue_id {s:?}");
-        assert!(git_accepts_branch(&format!("polecat/{s}")), "issue_id {s:?}");
+        assert!(
+            git_accepts_branch(&format!("polecat/{s}")),
+            "issue_id {s:?}"
+        );
     }
     if check_ref_part("branch", s, 200, true).is_ok() {
         assert!(git_accepts_branch(s), "branch {s:?}");
@@ -24,29 +27,45 @@ fuzz_target!(|data: &[u8]| {
         let Ok(r) = remote_url(s, allow_http) else {
             continue;
         };
-        assert!(r.url.starts_with("https://") || (allow_http && r.url.starts_with("http://")), "{r:?}");
+        assert!(
+            r.url.starts_with("https://") || (allow_http && r.url.starts_with("http://")),
+            "{r:?}"
+        );
         assert!(!r.origin.is_empty(), "{r:?}");
         assert!(
-            !r.origin.contains(['@', '/', '?', '#', ' ']) && r.origin == r.origin.to_ascii_lowercase(),
+            !r.origin.contains(['@', '/', '?', '#', ' '])
+                && r.origin == r.origin.to_ascii_lowercase(),
             "origin {:?} of {s:?}",
             r.origin
         );
         // The transport finds the same origin in the stored URL.
-        assert_eq!(origin_of(&r.url).as_deref(), Some(r.origin.as_str()), "{s:?}");
+        assert_eq!(
+            origin_of(&r.url).as_deref(),
+            Some(r.origin.as_str()),
+            "{s:?}"
+        );
         // The stored URL is accepted again as itself.
-        let again = remote_url(&r.url, allow_http).unwrap_or_else(|e| panic!("{s:?} -> {r:?}: {e}"));
+        let again =
+            remote_url(&r.url, allow_http).unwrap_or_else(|e| panic!("{s:?} -> {r:?}: {e}"));
         assert_eq!(again, r, "{s:?}");
         // The cache directory is one safe path component.
         let k = &r.cache_key;
         assert!(!k.is_empty() && k.len() <= 80, "{k:?}");
         assert!(!k.starts_with('.') && !k.contains(".."), "{k:?}");
-        assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'), "{k:?}");
+        assert!(
+            k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'),
+            "{k:?}"
+        );
     }
     // Messages never show a user name or password.
     let shown = display_safe(s);
     if let Ok(u) = url::Url::parse(&shown) {
         if url::Url::parse(s).is_ok_and(|o| o.password().is_some() || !o.username().is_empty()) {
-            assert!(u.username().is_empty() && u.password().is_none(), "{s:?} shown as {shown:?}");
+            assert!(
+                u.username().is_empty() && u.password().is_none(),
+                "{s:?} shown as {shown:?}"
+            );
         }
     }
 });

@@ -7,14 +7,32 @@
 use libfuzzer_sys::fuzz_target;
 use outpost::memory::{format_size, parse_size};
 
-const UNITS: [(&str, u64); 5] = [("", 1), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)];
+const UNITS: [(&str, u64); 5] = [
+    ("", 1),
+    ("K", 1 << 10),
+    ("M", 1 << 20),
+    ("G", 1 << 30),
+    ("T", 1 << 40),
+];
 
 fn check_count(n: u64) {
     let shown = format_size(n);
-    let back = parse_size(&shown).unwrap_or_else(|e| panic!("format_size({n}) = {shown:?} does not parse: {e}"));
-    let unit = UNITS.iter().rev().map(|u| u.1).find(|&u| n >= u).unwrap_or(1);
-    assert!(back <= n, "{n} shown as {shown:?} reads back as more: {back}");
-    assert!(u128::from(n - back) * 10 <= u128::from(unit) + 10, "{n} shown as {shown:?} reads back as {back}");
+    let back = parse_size(&shown)
+        .unwrap_or_else(|e| panic!("format_size({n}) = {shown:?} does not parse: {e}"));
+    let unit = UNITS
+        .iter()
+        .rev()
+        .map(|u| u.1)
+        .find(|&u| n >= u)
+        .unwrap_or(1);
+    assert!(
+        back <= n,
+        "{n} shown as {shown:?} reads back as more: {back}"
+    );
+    assert!(
+        u128::from(n - back) * 10 <= u128::from(unit) + 10,
+        "{n} shown as {shown:?} reads back as {back}"
+    );
     if n % unit == 0 {
         assert_eq!(back, n, "{shown:?}");
     }

@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
     let (cuts, input) = rest.split_at(n);
     let mut cuts: Vec<usize> = cuts
         .iter()
-        .map(|&c| if input.is_empty() { 0 } else { usize::from(c) % (input.len() + 1) })
+        .map(|&c| {
+            if input.is_empty() {
+                0
+            } else {
+                usize::from(c) % (input.len() + 1)
+            }
+        })
         .collect();
     cuts.sort_unstable();
     let mut out = Vec::with_capacity(input.len());
@@ -43,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(!empty, "an empty piece for {input:?}");
     assert_eq!(out, input, "pieces do not add up to the input");
     if std::str::from_utf8(input).is_ok() {
-        assert_eq!(bytes_pieces, 0, "valid UTF-8 {input:?} came out partly as bytes");
+        assert_eq!(
+            bytes_pieces, 0,
+            "valid UTF-8 {input:?} came out partly as bytes"
+        );
     }
 });

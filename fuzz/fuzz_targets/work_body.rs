@@ -16,11 +16,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(branch) = &req.branch {
-        assert!(git_accepts_branch(branch), "accepted branch {branch:?} git refuses");
+        assert!(
+            git_accepts_branch(branch),
+            "accepted branch {branch:?} git refuses"
+        );
     }
     if let Some(issue) = &req.issue_id {
         let default = format!("polecat/{issue}");
-        assert!(git_accepts_branch(&default), "accepted issue_id {issue:?} makes the branch {default:?} that git refuses");
+        assert!(
+            git_accepts_branch(&default),
+            "accepted issue_id {issue:?} makes the branch {default:?} that git refuses"
+        );
     }
     if let Some(r) = &req.git_ref {
         assert!(git_accepts_branch(r), "accepted ref {r:?} git refuses");
