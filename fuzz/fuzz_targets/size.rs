@@ -33,7 +33,7 @@ fn check_count(n: u64) {
         u128::from(n - back) * 10 <= u128::from(unit) + 10,
         "{n} shown as {shown:?} reads back as {back}"
     );
-    if n % unit == 0 {
+    if n.is_multiple_of(unit) {
         assert_eq!(back, n, "{shown:?}");
     }
     for (name, mult) in UNITS {
