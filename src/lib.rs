@@ -11,6 +11,8 @@ pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod config;
+/// Entry points for the fuzz targets (`fuzz/`).
+pub mod fuzzing;
 pub mod git;
 pub mod http;
 pub mod install;

@@ -301,6 +301,9 @@ fn check_url_shape(field: &'static str, s: &str) -> Result<url::Url, FieldError>
     if u.host_str().is_none_or(str::is_empty) {
         return Err(bad(field, "the URL has no host"));
     }
+    // A URL the git layer would refuse (a query, a space...) is refused now, with the
+    // field's name, instead of failing the task after it was accepted.
+    crate::git::remote_url::parse(s, true).map_err(|e| bad(field, e.to_string()))?;
     Ok(u)
 }
 
@@ -455,6 +458,14 @@ mod tests {
         assert!(e("ext::sh -c touch% /tmp/pwned").is_err());
         assert!(e("https://user:pw@github.com/o/r").is_err());
         assert!(e("ssh://github.com/o/r").is_err());
+        // Accepted here but refused by the git layer when the task ran (fuzz/work_body).
+        for u in [
+            "https://h/o/r?x=1",
+            "https://h/o/r#f",
+            "https://gith\tub.com/o/r",
+        ] {
+            assert_eq!(e(u).unwrap_err().field, "rig_url", "{u}");
+        }
         assert!(check_url("rig_url", "http://1.1.1.1/o/r", &p)
             .await
             .is_err());

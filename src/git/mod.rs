@@ -17,7 +17,7 @@ mod commit;
 mod error;
 mod lock;
 mod progress;
-mod remote_url;
+pub(crate) mod remote_url;
 mod template;
 mod tls;
 mod transport;

@@ -20,6 +20,13 @@ pub(crate) fn parse(url: &str, allow_http: bool) -> Result<RemoteUrl, GitError> 
         url: display_safe(trimmed),
         reason: reason.to_string(),
     };
+    // The URL parser would drop tabs and newlines anywhere and control characters at the
+    // ends, so the text git is given would not be the URL that was checked.
+    if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            "it contains a space or a control character: percent-encode it (%20)",
+        ));
+    }
     let parsed = url::Url::parse(trimmed).map_err(|e| match e {
         url::ParseError::RelativeUrlWithoutBase => {
             invalid("it is not an https:// URL (SSH and local paths are not supported)")
@@ -58,8 +65,10 @@ pub(crate) fn parse(url: &str, allow_http: bool) -> Result<RemoteUrl, GitError> 
         Some(port) => format!("{host}:{port}"),
         None => host,
     };
+    // Stored (and given to git) as the parser wrote it back: `https:H/o` and
+    // `https://h/o/` become the same `https://h/o` that the origin was taken from.
     Ok(RemoteUrl {
-        url: trimmed.trim_end_matches('/').to_string(),
+        url: parsed.as_str().trim_end_matches('/').to_string(),
         origin,
     })
 }
@@ -147,6 +156,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn stored_url_is_the_checked_one() {
+        // Found by fuzzing (fuzz/git_names): the text was stored as given, so git was
+        // handed `http:''''''''''` and four NUL bytes, not the URL whose host was checked.
+        assert!(parse("http:''''''''''\0\0\0\0", true).is_err());
+        assert!(parse("https://gith\tub.com/o/r", false).is_err());
+        assert!(parse("https://h/o r", false).is_err());
+        let r = parse("https:H:8443/o/r", false).unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.origin.as_str()),
+            ("https://h:8443/o/r", "h:8443")
+        );
+        assert_eq!(origin_of(&r.url).as_deref(), Some("h:8443"));
     }
 
     #[test]

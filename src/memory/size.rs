@@ -72,7 +72,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Formats bytes with the largest binary unit that fits: `0`, `512B`, `300MiB`, `1.5GiB`.
-/// Exact multiples print without a fraction, so they read back with [`parse_size`].
+/// Exact multiples print without a fraction; others are cut (not rounded) to a tenth of
+/// the unit, so every result reads back with [`parse_size`], never to more than it was.
 pub fn format_size(bytes: u64) -> String {
     if bytes == 0 {
         return "0".to_string();
@@ -82,7 +83,8 @@ pub fn format_size(bytes: u64) -> String {
             if bytes.is_multiple_of(unit) {
                 return format!("{}{name}", bytes / unit);
             }
-            return format!("{:.1}{name}", bytes as f64 / unit as f64);
+            let tenths = u128::from(bytes) * 10 / u128::from(unit);
+            return format!("{}.{}{name}", tenths / 10, tenths % 10);
         }
     }
     format!("{bytes}B")
@@ -138,6 +140,18 @@ mod tests {
         assert_eq!(format_size(3 << 29), "1.5GiB");
         for n in [1u64 << 10, 7 << 20, 3 << 30, 5 << 40] {
             assert_eq!(parse_size(&format_size(n)), Ok(n));
+        }
+    }
+
+    #[test]
+    fn formatted_sizes_never_read_back_as_more() {
+        // Found by fuzzing (fuzz/size): 113333 bytes printed as "110.7KiB", which reads
+        // back as 113356; u64::MAX printed as "16777216.0TiB", which does not read back.
+        assert_eq!(format_size(113_333), "110.6KiB");
+        assert_eq!(format_size((1 << 30) - 1), "1023.9MiB");
+        for n in [113_333u64, (1 << 30) - 1, u64::MAX, u64::MAX - (1 << 39)] {
+            let back = parse_size(&format_size(n)).unwrap();
+            assert!(back <= n && n - back <= (1 << 40) / 10 + 1, "{n}");
         }
     }
 }

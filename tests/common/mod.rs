@@ -204,10 +204,20 @@ impl Sse {
 
     /// The next event, or None at the end of the stream; panics after `max` of silence.
     pub async fn next(&mut self, max: Duration) -> Option<Event> {
+        match self.try_next(max).await {
+            Ok(e) => e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// As [`Sse::next`], but a broken connection, silence or a malformed event is an
+    /// `Err` instead of a panic (for clients of a worker that is being killed). An event
+    /// cut off by the connection's end is not returned: it was never whole.
+    pub async fn try_next(&mut self, max: Duration) -> Result<Option<Event>, String> {
         loop {
             if let Some(pos) = find(&self.buf, b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(block).unwrap();
+                let text = String::from_utf8(block).map_err(|e| format!("event not UTF-8: {e}"))?;
                 let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
                 let mut any = false;
                 for line in text.lines() {
@@ -222,7 +232,7 @@ impl Sse {
                     let v = v.strip_prefix(' ').unwrap_or(v);
                     any = true;
                     match k {
-                        "id" => id = Some(v.parse().unwrap()),
+                        "id" => id = Some(v.parse().map_err(|e| format!("bad id {v:?}: {e}"))?),
                         "event" => event = v.to_string(),
                         "data" => {
                             if !data.is_empty() {
@@ -236,17 +246,18 @@ impl Sse {
                 if !any {
                     continue;
                 }
-                return Some(Event {
-                    id: id.unwrap_or_else(|| panic!("event without id: {text:?}")),
+                return Ok(Some(Event {
+                    id: id.ok_or_else(|| format!("event without id: {text:?}"))?,
                     event,
-                    data: serde_json::from_str(&data).unwrap(),
-                });
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| format!("event data is not JSON ({e}): {text:?}"))?,
+                }));
             }
             match tokio::time::timeout(max, self.stream.next()).await {
                 Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
-                Ok(Some(Err(e))) => panic!("stream error: {e}"),
-                Ok(None) => return None,
-                Err(_) => panic!("no event within {max:?}"),
+                Ok(Some(Err(e))) => return Err(format!("stream error: {e}")),
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(format!("no event within {max:?}")),
             }
         }
     }

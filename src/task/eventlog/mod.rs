@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 mod scan;
-use scan::{last_record, read_line_at, seek};
+use scan::{read_line_at, seek, valid_prefix};
 
 /// The file of records.
 pub const EVENTS_FILE: &str = "events.ndjson";
@@ -118,35 +118,33 @@ impl EventLog {
         Ok(Self::from_parts(dir, Some(events), 1, 0, 0, false))
     }
 
-    /// Opens the log of a task from an earlier run. A log that was still open (the
-    /// worker died under it) is checked record by record and cut after its last good
-    /// one (a torn or damaged tail); a closed one is taken as its `done` says.
-    /// Returns the log (open for appends) and its last record.
+    /// Opens the log of a task from an earlier run, keeping its valid prefix: a torn last
+    /// line (the process died mid-write) and anything after a damaged line are cut off
+    /// (and kept aside in `events.ndjson.cut`). Returns the log (open for appends) and
+    /// its last record.
     pub fn reopen(dir: &Path) -> io::Result<(EventLog, Option<Record>)> {
         let path = dir.join(EVENTS_FILE);
         let events = OpenOptions::new().read(true).append(true).open(&path)?;
         let mut len = events.metadata()?.len();
-        let last = last_record(&events, len).ok().flatten();
+        let (good_end, last) = valid_prefix(&events, len)?;
+        if good_end < len {
+            keep_cut(&events, &path, good_end, len)?;
+            events.set_len(good_end)?;
+            len = good_end;
+        }
         let closed = last.as_ref().is_some_and(|r| r.is_done());
-        let (last, output_bytes) = match last {
-            Some(done) if closed => {
-                let bytes = done_output_bytes(&done)
-                    .or_else(|| {
-                        std::fs::metadata(dir.join(OLD_OUTPUT_FILE))
-                            .ok()
-                            .map(|m| m.len())
-                    })
-                    .map_or_else(|| verify(&events, len).map(|v| v.output_bytes), Ok)?;
-                (Some(done), bytes)
-            }
-            _ => {
-                let v = verify(&events, len)?;
-                if v.good_end < len {
-                    events.set_len(v.good_end)?;
-                    len = v.good_end;
-                }
-                (v.last, v.output_bytes)
-            }
+        // A closed log's done says how much output it holds (older logs: output.raw).
+        let output_bytes = match last.as_ref().filter(|_| closed) {
+            Some(done) => done_output_bytes(done).or_else(|| {
+                std::fs::metadata(dir.join(OLD_OUTPUT_FILE))
+                    .ok()
+                    .map(|m| m.len())
+            }),
+            None => None,
+        };
+        let output_bytes = match output_bytes {
+            Some(n) => n,
+            None => count_output(&events, len)?,
         };
         let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
         let log = Self::from_parts(dir, Some(events), next_id, len, output_bytes, false);
@@ -452,40 +450,38 @@ pub fn output_of(rec: &Record) -> Option<Vec<u8>> {
     }
 }
 
-/// What a check of a whole log found.
-struct Verified {
-    last: Option<Record>,
-    /// The end of the last good record: what follows is torn or damaged.
-    good_end: u64,
-    output_bytes: u64,
+/// The output bytes the records of the (valid) log `[0, len)` carry.
+fn count_output(file: &File, len: u64) -> io::Result<u64> {
+    let mut total = 0;
+    let mut offset = 0;
+    // Bounded by the file: every turn moves past one whole record.
+    while offset < len {
+        let Some(rec) = read_line_at(file, offset, len)? else {
+            break;
+        };
+        offset = rec.end();
+        total += output_of(&rec).map_or(0, |b| b.len() as u64);
+    }
+    Ok(total)
 }
 
-/// Reads every record from the start: each must parse and carry the next id; stops at
-/// the first that does not (bounded by the file's length).
-fn verify(file: &File, len: u64) -> io::Result<Verified> {
-    let mut v = Verified {
-        last: None,
-        good_end: 0,
-        output_bytes: 0,
-    };
-    let mut expect = 1;
-    while v.good_end < len {
-        let rec = match read_line_at(file, v.good_end, len) {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(_) => break,
-        };
-        if rec.id != expect || serde_json::from_slice::<serde::de::IgnoredAny>(rec.json()).is_err()
-        {
-            break;
-        }
-        if let Some(bytes) = output_of(&rec) {
-            v.output_bytes += bytes.len() as u64;
-        }
-        expect += 1;
-        v.good_end = rec.end();
-        v.last = Some(rec);
-    }
-    Ok(v)
+/// Copies the bytes `[from, len)` that reopening cuts off to `<log>.cut` (replacing an
+/// older one), so that a damaged log can still be looked at.
+fn keep_cut(events: &File, path: &Path, from: u64, len: u64) -> io::Result<()> {
+    use std::io::{Read as _, Seek, SeekFrom};
+    let cut_path = path.with_extension("ndjson.cut");
+    let mut src = events.try_clone()?;
+    src.seek(SeekFrom::Start(from))?;
+    let mut cut = File::create(&cut_path)?;
+    io::copy(&mut src.take(len - from), &mut cut)?;
+    tracing::warn!(
+        log = %path.display(),
+        kept_bytes = from,
+        cut_bytes = len - from,
+        "the event log ends in a torn or damaged record: kept its valid prefix, the rest is in {}",
+        cut_path.display()
+    );
+    Ok(())
 }
 
 fn trim_tail(g: &mut Inner, keep: usize) {
@@ -591,6 +587,44 @@ mod tests {
         );
         let mut c = Cursor::after(0);
         assert_eq!(ids(log.read_file(&mut c, 1 << 20).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn damage_anywhere_keeps_the_valid_prefix_on_reopen() {
+        let good: &[u8] = b"{\"id\":1,\"event\":\"status\",\"status\":\"queued\"}\n\
+                            {\"id\":2,\"event\":\"output\",\"data\":\"a\"}\n";
+        // What follows the two good records: a damaged middle line (a flipped byte makes
+        // it not JSON), a repeated id, a gap, a repeated key, a byte that is not UTF-8, a
+        // complete but garbage last line (this made reopen fail, and the task vanish),
+        // records after done.
+        let done3: &[u8] = b"{\"id\":3,\"event\":\"done\"}\n";
+        for rest in [
+            &b"{\"id\":3,\"event\":\"output\",\"data\":\"b}\n{\"id\":4,\"event\":\"done\"}\n"[..],
+            b"{\"id\":2,\"event\":\"output\",\"data\":\"b\"}\n",
+            b"{\"id\":5,\"event\":\"output\",\"data\":\"b\"}\n",
+            b"{\"id\":3,\"event\":\"output\",\"id\":9}\n",
+            b"{\"id\":3,\"event\":\"output\",\"data\":\"\xe2\x9d\"}\n",
+            b"\0\0\0\n",
+            &[done3, b"{\"id\":4,\"event\":\"output\"}\n"].concat(),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(EVENTS_FILE), [good, rest].concat()).unwrap();
+            let (log, last) = EventLog::reopen(dir.path()).unwrap();
+            let kept = if rest.starts_with(done3) { 3 } else { 2 };
+            assert_eq!(last.unwrap().id, kept, "{rest:?}");
+            let cut = std::fs::read(dir.path().join("events.ndjson.cut")).unwrap();
+            assert!(rest.ends_with(&cut), "{rest:?}");
+            if kept == 2 {
+                assert_eq!(std::fs::read(log.dir().join(EVENTS_FILE)).unwrap(), good);
+                assert_eq!(
+                    log.append("done", r#"{"status":"interrupted"}"#).unwrap(),
+                    3
+                );
+            }
+            let mut c = Cursor::after(0);
+            let v = ids(log.read_file(&mut c, 1 << 20).unwrap());
+            assert_eq!(v, vec![1, 2, 3], "{rest:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Finding records in an event log file: parse a record's head, read the line at an
-//! offset, binary-search the offset after an id, and read the last complete record.
+//! offset, binary-search the offset after an id, and find the valid prefix of a file
+//! (what survives a crash or a damaged block).
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -99,28 +100,51 @@ fn next_line_start(file: &File, pos: u64, len: u64) -> io::Result<u64> {
     Ok(len)
 }
 
-/// The last complete record of a file, reading backwards from its end.
-pub(super) fn last_record(file: &File, len: u64) -> io::Result<Option<Record>> {
-    if len == 0 {
-        return Ok(None);
-    }
-    let mut window = 64 * 1024u64;
+/// The valid prefix of a log file: where it ends, and its last record. A line belongs to
+/// it when it is complete (ends in `\n`), is UTF-8 and one JSON object whose head is
+/// `{"id":N,"event":"T"` (saying its id and event once, as its head does), N is one
+/// more than the line before's (1 for the first), and no `done` came before it. What a
+/// crash (a torn write), a full disk or a damaged block leaves after that is not.
+pub(super) fn valid_prefix(file: &File, len: u64) -> io::Result<(u64, Option<Record>)> {
+    let mut reader = BufReader::with_capacity(256 * 1024, file.take(len));
+    let (mut end, mut last): (u64, Option<Record>) = (0, None);
     loop {
-        let start = len.saturating_sub(window);
-        let mut buf = vec![0u8; (len - start) as usize];
-        file.read_exact_at(&mut buf, start)?;
-        // The last '\n' ends the last complete line; find where that line starts.
-        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
-            if start == 0 {
-                return Ok(None);
-            }
-            window *= 4;
-            continue;
-        };
-        match buf[..end].iter().rposition(|&c| c == b'\n') {
-            Some(prev) => return read_line_at(file, start + prev as u64 + 1, len),
-            None if start == 0 => return read_line_at(file, 0, len),
-            None => window *= 4,
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            break;
         }
+        if last.as_ref().is_some_and(Record::is_done) {
+            break;
+        }
+        let want = last.as_ref().map_or(1, |r| r.id + 1);
+        let Some(event) = record_event(&line, want) else {
+            break;
+        };
+        let rec = Record {
+            id: want,
+            event,
+            offset: end,
+            line: Bytes::from(line),
+        };
+        end = rec.end();
+        last = Some(rec);
     }
+    Ok((end, last))
+}
+
+/// The event of `line` if it is a whole record with id `want` (see [`valid_prefix`]).
+fn record_event(line: &[u8], want: u64) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        id: u64,
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+    }
+    let (id, event) = parse_head(line)?;
+    // serde checks the whole line is JSON and rejects a repeated `id` or `event`, but
+    // does not look at the UTF-8 of strings it skips.
+    let text = std::str::from_utf8(line).ok()?;
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    (id == want && head.id == id && head.event.as_bytes() == event)
+        .then(|| Bytes::copy_from_slice(event))
 }
