@@ -15,11 +15,12 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+mod durable;
 mod scan;
 use scan::{read_line_at, seek, valid_prefix};
 
@@ -88,9 +89,15 @@ pub enum Read {
 }
 
 struct Inner {
-    events: Option<File>,
+    events: Option<Arc<File>>,
     next_id: u64,
     len: u64,
+    /// How much of the file is on stable storage: readers are served up to here only.
+    durable: u64,
+    /// Whether the file system needs syncs (not on tmpfs: there is nothing to sync).
+    needs_sync: bool,
+    /// Whether the syncer has this log queued.
+    sync_queued: bool,
     output_bytes: u64,
     tail: VecDeque<Record>,
     tail_bytes: usize,
@@ -101,8 +108,45 @@ struct Inner {
 /// reads may come from any number of subscribers.
 pub struct EventLog {
     dir: PathBuf,
+    shared: Arc<Shared>,
+}
+
+/// What the log and its syncer share: the state, and the durable length readers follow.
+pub(super) struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (appends are whole).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For the syncer: the file and how far it reaches now (None: nothing to sync).
+    pub(super) fn to_sync(&self) -> Option<(Arc<File>, u64)> {
+        let mut g = self.lock();
+        g.sync_queued = false;
+        if g.durable >= g.len {
+            return None;
+        }
+        Some((g.events.clone()?, g.len))
+    }
+
+    /// For the syncer: `len` bytes are on stable storage; returns whether more came
+    /// meanwhile (so it queues the log again).
+    pub(super) fn synced(&self, len: u64) -> bool {
+        let mut g = self.lock();
+        if len > g.durable {
+            g.durable = len.min(g.len);
+            self.tx.send_replace(g.durable);
+        }
+        let again = g.durable < g.len && !g.sync_queued && g.events.is_some();
+        if again {
+            g.sync_queued = true;
+        }
+        again
+    }
 }
 
 impl EventLog {
@@ -115,7 +159,12 @@ impl EventLog {
                 .open(dir.join(name))
         };
         let events = open(EVENTS_FILE)?;
-        Ok(Self::from_parts(dir, Some(events), 1, 0, 0, false))
+        // The new file's directory entry must survive a power loss too.
+        let needs_sync = durable::needs_sync(dir);
+        if needs_sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Self::from_parts(dir, Some(events), 1, 0, 0, needs_sync))
     }
 
     /// Opens the log of a task from an earlier run, keeping its valid prefix: a torn last
@@ -147,7 +196,12 @@ impl EventLog {
             None => count_output(&events, len)?,
         };
         let next_id = last.as_ref().map(|r| r.id + 1).unwrap_or(1);
-        let log = Self::from_parts(dir, Some(events), next_id, len, output_bytes, false);
+        let needs_sync = durable::needs_sync(dir);
+        if needs_sync && !closed {
+            // What a crash left in the page cache is served from now on: make it stay.
+            events.sync_data()?;
+        }
+        let log = Self::from_parts(dir, Some(events), next_id, len, output_bytes, needs_sync);
         if closed {
             log.close();
         }
@@ -160,27 +214,31 @@ impl EventLog {
         next_id: u64,
         len: u64,
         output_bytes: u64,
-        closed: bool,
+        needs_sync: bool,
     ) -> EventLog {
         let (tx, _) = watch::channel(len);
         EventLog {
             dir: dir.to_path_buf(),
-            inner: Mutex::new(Inner {
-                events,
-                next_id,
-                len,
-                output_bytes,
-                tail: VecDeque::new(),
-                tail_bytes: 0,
-                closed,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    events: events.map(Arc::new),
+                    next_id,
+                    len,
+                    durable: len,
+                    needs_sync,
+                    sync_queued: false,
+                    output_bytes,
+                    tail: VecDeque::new(),
+                    tail_bytes: 0,
+                    closed: false,
+                }),
+                tx,
             }),
-            tx,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data (appends are whole).
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 
     pub fn dir(&self) -> &Path {
@@ -213,9 +271,9 @@ impl EventLog {
         let (line, raw) = payload.record(id, event)?;
         let f = g
             .events
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| io::Error::other("event log is not open"))?;
-        f.write_all(&line)?;
+        (&**f).write_all(&line)?;
         let offset = g.len;
         g.len += line.len() as u64;
         g.output_bytes += raw.len() as u64;
@@ -231,14 +289,33 @@ impl EventLog {
         if g.tail_bytes > TAIL_MAX {
             trim_tail(&mut g, TAIL_KEEP);
         }
-        let len = g.len;
         if event == "done" {
+            // The end is on stable storage before anyone is told of it.
+            if g.needs_sync {
+                if let Some(f) = g.events.as_ref() {
+                    f.sync_data()?;
+                }
+            }
+            g.durable = g.len;
             g.closed = true;
             g.events = None;
             trim_tail(&mut g, TAIL_CLOSED);
+        } else if !g.needs_sync {
+            g.durable = g.len;
+        } else {
+            // Served once the syncer has it on disk (one sync covers every append
+            // made meanwhile, so a fast writer costs few syncs).
+            let queue = !g.sync_queued;
+            g.sync_queued = true;
+            drop(g);
+            if queue {
+                durable::queue(self.shared.clone());
+            }
+            return Ok(id);
         }
+        let durable = g.durable;
         drop(g);
-        self.tx.send_replace(len);
+        self.shared.tx.send_replace(durable);
         Ok(id)
     }
 
@@ -249,12 +326,17 @@ impl EventLog {
         g.events = None;
     }
 
-    /// Flushes appended records to stable storage.
+    /// Flushes appended records to stable storage now (and serves them).
     pub fn sync(&self) -> io::Result<()> {
-        let g = self.lock();
-        if let Some(f) = g.events.as_ref() {
-            f.sync_data()?;
-        }
+        let (file, len) = {
+            let g = self.lock();
+            match g.events.as_ref() {
+                Some(f) => (f.clone(), g.len),
+                None => return Ok(()),
+            }
+        };
+        file.sync_data()?;
+        self.shared.synced(len);
         Ok(())
     }
 
@@ -278,12 +360,12 @@ impl EventLog {
 
     /// A receiver that changes whenever a record is appended.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.tx.subscribe()
+        self.shared.tx.subscribe()
     }
 
     /// Readers following this log right now.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.shared.tx.receiver_count()
     }
 
     /// Reads what is after `cursor` from memory, if the memory tail covers it; `None`
@@ -292,10 +374,10 @@ impl EventLog {
         let g = self.lock();
         let front = g.tail.front();
         let covered = match (cursor.offset, front) {
-            (Some(off), _) if off >= g.len => true,
+            (Some(off), _) if off >= g.durable => true,
             (Some(off), Some(f)) => off >= f.offset,
-            (None, Some(f)) => cursor.after + 1 >= f.id,
-            (None, None) => cursor.after + 1 >= g.next_id,
+            (None, Some(f)) => cursor.after.saturating_add(1) >= f.id,
+            (None, None) => cursor.after.saturating_add(1) >= g.next_id,
             (Some(_), None) => false,
         };
         if !covered {
@@ -303,25 +385,31 @@ impl EventLog {
         }
         let start = g.tail.partition_point(|r| r.id <= cursor.after);
         if cursor.offset.is_none() {
-            cursor.offset = Some(g.tail.get(start).map(|r| r.offset).unwrap_or(g.len));
+            cursor.offset = Some(
+                g.tail
+                    .get(start)
+                    .map(|r| r.offset)
+                    .unwrap_or(g.durable)
+                    .min(g.durable),
+            );
         }
         let mut out = Vec::new();
         let mut size = 0;
         for r in g.tail.iter().skip(start) {
-            if size > 0 && size + r.line.len() > max_bytes {
+            if r.end() > g.durable || (size > 0 && size + r.line.len() > max_bytes) {
                 break;
             }
             size += r.line.len();
             out.push(r.clone());
         }
-        Some(finish_read(cursor, out, g.closed, g.len))
+        Some(finish_read(cursor, out, g.closed, g.durable))
     }
 
     /// Reads what is after `cursor` from the file (blocking: call from a blocking thread).
     pub fn read_file(&self, cursor: &mut Cursor, max_bytes: usize) -> io::Result<Read> {
         let (len, closed) = {
             let g = self.lock();
-            (g.len, g.closed)
+            (g.durable, g.closed)
         };
         let file = File::open(self.dir.join(EVENTS_FILE))?;
         let mut offset = match cursor.offset {
@@ -330,7 +418,7 @@ impl EventLog {
         };
         let mut out = Vec::new();
         let mut size = 0;
-        let mut expect = cursor.after + 1;
+        let mut expect = cursor.after.saturating_add(1);
         while offset < len && size < max_bytes {
             let Some(rec) = read_line_at(&file, offset, len)? else {
                 return Err(damaged(offset, "a record without its end"));
@@ -507,136 +595,4 @@ fn finish_read(cursor: &mut Cursor, out: Vec<Record>, closed: bool, len: u64) ->
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(r: Read) -> Vec<u64> {
-        match r {
-            Read::Records(v) => v.iter().map(|r| r.id).collect(),
-            other => panic!("expected records, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn append_read_seek_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::create(dir.path()).unwrap();
-        assert_eq!(log.append("status", r#"{"status":"working"}"#).unwrap(), 1);
-        let mut total_text = 0u64;
-        for i in 0..2000 {
-            let text = format!("line {i} {}\r\n", "x".repeat(300 + i % 300));
-            total_text += text.len() as u64;
-            log.append_output_text(&text).unwrap();
-        }
-        // From memory: only the newest records are there.
-        let mut c = Cursor::after(1995);
-        assert_eq!(
-            ids(log.read_memory(&mut c, 1 << 20).unwrap()),
-            vec![1996, 1997, 1998, 1999, 2000, 2001]
-        );
-        assert!(matches!(
-            log.read_memory(&mut c, 1 << 20).unwrap(),
-            Read::Idle
-        ));
-        // Old records are not in memory; the file has them, found by binary search.
-        let mut c = Cursor::after(10);
-        assert!(log.read_memory(&mut c, 1 << 20).is_none());
-        for after in [0u64, 1, 2, 10, 999, 1500, 2000, 2001] {
-            let mut c = Cursor::after(after);
-            match log.read_file(&mut c, 1 << 16).unwrap() {
-                Read::Records(v) => assert_eq!(v[0].id, after + 1),
-                Read::Idle => assert_eq!(after, 2001),
-                Read::End => panic!("not closed"),
-            }
-        }
-        log.append("done", r#"{"status":"done"}"#).unwrap();
-        assert!(log.append("output", "{}").is_err());
-        let mut c = Cursor::after(2001);
-        let recs = ids(log.read_memory(&mut c, 1 << 20).unwrap());
-        assert_eq!(recs, vec![2002]);
-        assert!(matches!(
-            log.read_memory(&mut c, 1 << 20).unwrap(),
-            Read::End
-        ));
-        drop(log);
-
-        let (log, last) = EventLog::reopen(dir.path()).unwrap();
-        assert!(last.unwrap().is_done());
-        assert!(log.is_closed());
-        assert_eq!(log.last_id(), 2002);
-        assert_eq!(log.output_bytes(), total_text);
-    }
-
-    #[test]
-    fn torn_last_line_is_cut_on_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::create(dir.path()).unwrap();
-        log.append("status", r#"{"status":"queued"}"#).unwrap();
-        log.append("status", r#"{"status":"working"}"#).unwrap();
-        drop(log);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(EVENTS_FILE))
-            .unwrap();
-        f.write_all(b"{\"id\":3,\"event\":\"out").unwrap();
-        let (log, last) = EventLog::reopen(dir.path()).unwrap();
-        assert_eq!(last.unwrap().id, 2);
-        assert_eq!(
-            log.append("status", r#"{"status":"interrupted"}"#).unwrap(),
-            3
-        );
-        let mut c = Cursor::after(0);
-        assert_eq!(ids(log.read_file(&mut c, 1 << 20).unwrap()), vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn damage_anywhere_keeps_the_valid_prefix_on_reopen() {
-        let good: &[u8] = b"{\"id\":1,\"event\":\"status\",\"status\":\"queued\"}\n\
-                            {\"id\":2,\"event\":\"output\",\"data\":\"a\"}\n";
-        // What follows the two good records: a damaged middle line (a flipped byte makes
-        // it not JSON), a repeated id, a gap, a repeated key, a byte that is not UTF-8, a
-        // complete but garbage last line (this made reopen fail, and the task vanish),
-        // records after done.
-        let done3: &[u8] = b"{\"id\":3,\"event\":\"done\"}\n";
-        for rest in [
-            &b"{\"id\":3,\"event\":\"output\",\"data\":\"b}\n{\"id\":4,\"event\":\"done\"}\n"[..],
-            b"{\"id\":2,\"event\":\"output\",\"data\":\"b\"}\n",
-            b"{\"id\":5,\"event\":\"output\",\"data\":\"b\"}\n",
-            b"{\"id\":3,\"event\":\"output\",\"id\":9}\n",
-            b"{\"id\":3,\"event\":\"output\",\"data\":\"\xe2\x9d\"}\n",
-            b"\0\0\0\n",
-            &[done3, b"{\"id\":4,\"event\":\"output\"}\n"].concat(),
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join(EVENTS_FILE), [good, rest].concat()).unwrap();
-            let (log, last) = EventLog::reopen(dir.path()).unwrap();
-            let kept = if rest.starts_with(done3) { 3 } else { 2 };
-            assert_eq!(last.unwrap().id, kept, "{rest:?}");
-            let cut = std::fs::read(dir.path().join("events.ndjson.cut")).unwrap();
-            assert!(rest.ends_with(&cut), "{rest:?}");
-            if kept == 2 {
-                assert_eq!(std::fs::read(log.dir().join(EVENTS_FILE)).unwrap(), good);
-                assert_eq!(
-                    log.append("done", r#"{"status":"interrupted"}"#).unwrap(),
-                    3
-                );
-            }
-            let mut c = Cursor::after(0);
-            let v = ids(log.read_file(&mut c, 1 << 20).unwrap());
-            assert_eq!(v, vec![1, 2, 3], "{rest:?}");
-        }
-    }
-
-    #[test]
-    fn empty_payload_makes_valid_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::create(dir.path()).unwrap();
-        log.append("ping", "").unwrap();
-        let mut c = Cursor::after(0);
-        let Read::Records(v) = log.read_memory(&mut c, 100).unwrap() else {
-            panic!()
-        };
-        let parsed: serde_json::Value = serde_json::from_slice(v[0].json()).unwrap();
-        assert_eq!(parsed["event"], "ping");
-    }
-}
+mod tests;

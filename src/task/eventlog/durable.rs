@@ -1,0 +1,102 @@
+//! Durability of event logs: an event reaches a client only once it is on stable
+//! storage, so a machine that loses power never comes back without events a client
+//! already saw (nor hands out their ids again for other events). One syncer thread
+//! serves every log: a log with new records is queued once, and one `fdatasync` covers
+//! every record appended before it started, so a fast writer costs a sync per batch,
+//! not per record (group commit). On a file system held in memory (tmpfs, ramfs) there
+//! is nothing to sync: records are served as soon as they are written.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use super::Shared;
+
+/// Whether files in `dir` need syncing to survive a power loss.
+pub(super) fn needs_sync(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    match nix::sys::statfs::statfs(dir) {
+        Ok(st) => {
+            // The field's type differs between libcs (i64 on glibc, c_ulong on musl).
+            #[allow(clippy::unnecessary_cast)]
+            let kind = st.filesystem_type().0 as i64;
+            kind != TMPFS_MAGIC && kind != RAMFS_MAGIC
+        }
+        // Unknown: sync, which is always safe.
+        Err(_) => true,
+    }
+}
+
+struct Queue {
+    logs: Mutex<VecDeque<Arc<Shared>>>,
+    ready: Condvar,
+}
+
+fn queue_handle() -> &'static Queue {
+    static Q: OnceLock<Queue> = OnceLock::new();
+    Q.get_or_init(|| {
+        let q = Queue {
+            logs: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("log-sync".into())
+            .spawn(run)
+        {
+            // Without the thread nothing would ever be served: say so loudly; appends
+            // still sync in `queue`.
+            tracing::error!("cannot start the event log syncer: {e}; syncing inline");
+        }
+        q
+    })
+}
+
+static STARTED: OnceLock<bool> = OnceLock::new();
+
+/// Queues a log whose new records must reach stable storage.
+pub(super) fn queue(log: Arc<Shared>) {
+    let q = queue_handle();
+    if STARTED.get().is_none() {
+        // The syncer thread did not start (or not yet): sync here rather than never.
+        sync_one(&log);
+        return;
+    }
+    q.logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(log);
+    q.ready.notify_one();
+}
+
+/// The syncer: takes every queued log, syncs it, serves what is now on disk.
+fn run() {
+    let _ = STARTED.set(true);
+    let q = queue_handle();
+    loop {
+        let batch: Vec<Arc<Shared>> = {
+            let mut logs = q.logs.lock().unwrap_or_else(|e| e.into_inner());
+            while logs.is_empty() {
+                logs = q.ready.wait(logs).unwrap_or_else(|e| e.into_inner());
+            }
+            logs.drain(..).collect()
+        };
+        for log in batch {
+            sync_one(&log);
+        }
+    }
+}
+
+fn sync_one(log: &Arc<Shared>) {
+    let Some((file, len)) = log.to_sync() else {
+        return;
+    };
+    if let Err(e) = file.sync_data() {
+        // The data is in the page cache; serving it is what the log did before
+        // syncing existed. A log that cannot sync must not stall its readers forever.
+        tracing::warn!("syncing an event log failed: {e}; serving its records unsynced");
+    }
+    if log.synced(len) {
+        queue(log.clone());
+    }
+}
