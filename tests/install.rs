@@ -612,6 +612,20 @@ fn tokens_live_in_root_files_the_env_file_names() {
         assert_eq!((r.mode(file), r.owner(file)), (0o600, (0, 0)));
     }
 
+    // A rerun keeps the token file, and puts its mode right.
+    fs::set_permissions(
+        r.path("etc/outpost/token"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = run(&[]);
+    assert!(
+        out.contains("updated") && out.contains("etc/outpost/token"),
+        "{out}"
+    );
+    assert_eq!(r.mode("etc/outpost/token"), 0o600);
+    assert_eq!(r.read("etc/outpost/token"), "api-1");
+
     // The user's own file instead: the env file names it, ours goes.
     let out = run(&["--token-file", "/run/secrets/outpost-token"]);
     assert!(

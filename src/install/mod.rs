@@ -396,25 +396,8 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
     }
 
     for step in &token_steps {
-        let (s, c) = match step {
-            secrets::Step::Write(s, token) => {
-                let p = t.path(s.path);
-                (
-                    s,
-                    fsops::write_file(&p, token.as_bytes(), 0o600, root_owner)?,
-                )
-            }
-            secrets::Step::Keep(s) => {
-                let p = t.path(s.path);
-                let text = fsops::read_optional(&p)?.unwrap_or_default();
-                (
-                    s,
-                    fsops::write_file(&p, text.as_bytes(), 0o600, root_owner)?,
-                )
-            }
-            secrets::Step::Remove(s) => (s, fsops::remove_file(&t.path(s.path))?),
-        };
-        t.note(c, &t.path(s.path));
+        let (p, c) = secrets::apply(step, &t.root, root_owner)?;
+        t.note(c, &p);
     }
     for p in secrets::missing_own_files(&env, &t.root) {
         println!(

@@ -6,11 +6,12 @@
 //! into its file; `--token-file PATH` names a file of the user's own instead (ours is
 //! then removed); `--env OUTPOST_TOKEN=` removes the token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use super::envfile;
+use super::fsops::{self, Change, Owner};
 
 /// One secret setting: the variable, its `_FILE` variable, and our file for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,28 @@ pub fn plan(
         steps.push(step);
     }
     Ok(steps)
+}
+
+/// Carries out one step in `root` (files 0600, `owner`'s); returns the path it touched
+/// and what changed.
+pub fn apply(step: &Step, root: &Path, owner: Owner) -> Result<(PathBuf, Change)> {
+    let (s, token) = match step {
+        Step::Write(s, token) => (s, Some(token.clone())),
+        Step::Keep(s) => (s, None),
+        Step::Remove(s) => {
+            let p = root.join(s.path.trim_start_matches('/'));
+            let c = fsops::remove_file(&p)?;
+            return Ok((p, c));
+        }
+    };
+    let p = root.join(s.path.trim_start_matches('/'));
+    // Keep: the same bytes, so only a wrong mode or owner is fixed.
+    let text = match token {
+        Some(t) => t,
+        None => fsops::read_optional(&p)?.unwrap_or_default(),
+    };
+    let c = fsops::write_file(&p, text.as_bytes(), 0o600, owner)?;
+    Ok((p, c))
 }
 
 /// The install flag that gives the secret inline.
