@@ -16,7 +16,7 @@
 # (e.g. @anthropic-ai/claude-code); empty: none.
 # OUTPOST_SWAP: swap file size; empty: 1G under 2 GiB of memory, else none; 0: none.
 # OUTPOST_IDLE_SHUTDOWN: power off after this long without a task (e.g. 30m); empty: never.
-#   Needs doas (Alpine: add it to the packages) or sudo (Debian/Ubuntu images have it).
+#   The worker runs as root and powers off itself (agents run as outpost-agent).
 OUTPOST_URL=https://github.com/OWNER/outpost/releases/download/v0.1.0/outpost-x86_64-unknown-linux-musl
 OUTPOST_SHA256=0000000000000000000000000000000000000000000000000000000000000000
 OUTPOST_TOKEN=

@@ -1,5 +1,6 @@
 // Bakes a GCE image for an e2-micro: Alpine with outpost installed as an OpenRC
-// service (user outpost, /var/lib/outpost, /etc/outpost/env, swap at start).
+// service (the worker as root, agents as the user outpost-agent 61184, /var/lib/outpost,
+// /etc/outpost/env, swap at start).
 //
 //   cargo build --release --target x86_64-unknown-linux-musl
 //   packer init packer/
@@ -48,6 +49,7 @@ build {
       "rm -f /tmp/outpost",
       "/usr/local/bin/outpost version",
       "rc-update show default | grep -q outpost",
+      "grep -q '^outpost-agent:x:61184:61184:' /etc/passwd",
       // Let every VM made from this image run its own first boot (SSH keys, user-data).
       "if command -v tiny-cloud >/dev/null; then tiny-cloud --bootstrap incomplete; fi",
     ]

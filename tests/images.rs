@@ -481,24 +481,27 @@ fn packer_template_validates() {
 }
 
 /// `outpost install` on a live root (`--root /`), as root inside the minimal image: no
-/// user tools and no init system there, so the account files are edited directly and
-/// the service is left for the boot; a rerun changes nothing; uninstall --purge
+/// user tools and no init system there, so the account files are edited directly (the
+/// agents' user outpost-agent, 61184, taken out of the image first) and the service,
+/// run as root, is left for the boot; a rerun changes nothing; uninstall --purge
 /// removes it all.
 #[test]
 fn install_works_on_a_live_root_in_a_container() {
     minimal_image();
     let script = r#"set -e
-        sed -i '/^outpost:/d' /etc/passwd /etc/group
+        sed -i '/^outpost/d' /etc/passwd /etc/group
         touch /etc/alpine-release /etc/shadow
         mkdir -p /sbin && ln -s /bin/busybox /sbin/nologin
         /outpost install --binary /outpost --swap 1G --token t0k --no-start
-        echo "== passwd"; grep '^outpost:' /etc/passwd
+        echo "== passwd"; grep '^outpost' /etc/passwd
+        echo "== shadow"; grep '^outpost' /etc/shadow
         echo "== data"; stat -c '%a %u' /var/lib/outpost
-        echo "== env"; stat -c '%a %u' /etc/outpost/env
-        echo "== script"; head -1 /etc/init.d/outpost
+        echo "== env"; stat -c '%a %u' /etc/outpost/env; grep -c t0k /etc/outpost/env || true
+        echo "== token"; stat -c '%a %u' /etc/outpost/token; cat /etc/outpost/token; echo
+        echo "== script"; head -1 /etc/init.d/outpost; grep -c '^command_user' /etc/init.d/outpost || true
         echo "== again"; /usr/local/bin/outpost install --swap 1G --no-start
         echo "== uninstall"; /usr/local/bin/outpost uninstall --purge
-        echo "== left"; grep -c '^outpost:' /etc/passwd || true
+        echo "== left"; grep -c '^outpost' /etc/passwd || true
         ls /etc/init.d /usr/local/bin /var/lib
     "#;
     let out = run(podman().args([
@@ -525,11 +528,24 @@ fn install_works_on_a_live_root_in_a_container() {
         let rest = &text[start + name.len() + 4..];
         rest.split("\n== ").next().unwrap().trim().to_string()
     };
-    assert!(section("passwd")
-        .starts_with("outpost:x:100:100:outpost worker:/var/lib/outpost:/sbin/nologin"));
-    assert_eq!(section("data"), "750 100");
-    assert_eq!(section("env"), "600 0");
-    assert_eq!(section("script"), "#!/sbin/openrc-run");
+    assert_eq!(
+        section("passwd"),
+        "outpost-agent:x:61184:61184:outpost agents:/var/lib/outpost/home:/sbin/nologin",
+        "only the agents' user: the worker runs as root"
+    );
+    assert!(section("shadow").starts_with("outpost-agent:!:"));
+    assert_eq!(section("data"), "711 0");
+    assert_eq!(
+        section("env"),
+        "600 0\n0",
+        "the token is not in the env file"
+    );
+    assert_eq!(section("token"), "600 0\nt0k");
+    assert_eq!(
+        section("script"),
+        "#!/sbin/openrc-run\n0",
+        "no command_user"
+    );
     let again = section("again");
     assert!(again.contains("0 changed"), "{again}");
     assert!(

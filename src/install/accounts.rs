@@ -1,10 +1,18 @@
-//! The `outpost` system user and group that own the data dir and run the service.
+//! The agents' account `outpost-agent` (user and group, uid and gid 61184: the first
+//! id of the range systemd keeps for dynamic users, which no account is given): the
+//! worker runs as root and starts every agent as this user (task slot k as 61184 + k).
+//! Nothing logs in as it: no login shell, a locked password, its home
+//! `/var/lib/outpost/home` (the worker gives each slot `home/<k>`, kept across tasks).
 //!
-//! On the live root (`--root /`) the system's own tool makes them (`useradd`, or
-//! busybox `addgroup`/`adduser` on Alpine), so locks, nscd and the like are honoured.
-//! Into another root, or where no tool exists, `/etc/passwd`, `/etc/group` and, when
-//! present, `/etc/shadow` and `/etc/gshadow` are edited directly. An existing user or
-//! group is kept as it is.
+//! On the live root (`--root /`) the system's own tool makes it (`groupadd`/`useradd`,
+//! or busybox `addgroup`/`adduser` on Alpine), so locks, nscd and the like are
+//! honoured. Into another root, or where no tool exists, `/etc/passwd`, `/etc/group`
+//! and, when present, `/etc/shadow` and `/etc/gshadow` are edited directly. An existing
+//! `outpost-agent` is kept as it is; an id of ours held by another account is refused.
+//!
+//! `outpost`, the user earlier versions ran the service as, is no longer made (nothing
+//! runs as it now); one left by an earlier install is kept, since files in the data dir
+//! may still carry its uid, until `uninstall --purge` removes it with the data.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,14 +22,15 @@ use anyhow::{bail, Context, Result};
 use super::fsops::{self, Change};
 use super::system;
 
-/// The account name (user and group).
-pub const NAME: &str = "outpost";
-/// Its home: the data dir, where agents' tool configs (~/.claude ...) end up.
-pub const HOME: &str = "/var/lib/outpost";
-
-/// System ids are picked from this range, lowest free first (as adduser -S does).
-const FIRST_ID: u32 = 100;
-const LAST_ID: u32 = 999;
+/// The agents' account name (user and group).
+pub const NAME: &str = crate::process::identity::DEFAULT_USER;
+/// Its uid and gid.
+pub const ID: u32 = crate::process::identity::DEFAULT_UID;
+/// Its home: below the data dir, where the worker keeps each slot's HOME.
+pub const HOME: &str = "/var/lib/outpost/home";
+/// The service user of earlier versions, removed by `uninstall --purge`.
+pub const LEGACY_NAME: &str = "outpost";
+const COMMENT: &str = "outpost agents";
 
 /// The ids of the account once it exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +55,19 @@ fn read(root: &Path, rel: &str) -> Result<Option<String>> {
     fsops::read_optional(&root.join(rel))
 }
 
-/// Looks the account up in `<root>/etc/passwd`.
-pub fn lookup(root: &Path) -> Result<Option<Account>> {
-    let Some(passwd) = read(root, "etc/passwd")? else {
-        return Ok(None);
-    };
-    Ok(records(&passwd)
+fn passwd(root: &Path) -> Result<String> {
+    Ok(read(root, "etc/passwd")?.unwrap_or_default())
+}
+
+fn group(root: &Path) -> Result<String> {
+    Ok(read(root, "etc/group")?.unwrap_or_default())
+}
+
+/// Looks `name` up in `<root>/etc/passwd`.
+pub fn lookup(root: &Path, name: &str) -> Result<Option<Account>> {
+    Ok(records(&passwd(root)?)
         .into_iter()
-        .find(|(n, _, _)| n == NAME)
+        .find(|(n, _, _)| n == name)
         .and_then(|(_, uid, gid)| {
             Some(Account {
                 uid: uid?,
@@ -62,11 +76,19 @@ pub fn lookup(root: &Path) -> Result<Option<Account>> {
         }))
 }
 
-fn group_gid(group: &str) -> Option<u32> {
+fn group_gid(group: &str, name: &str) -> Option<u32> {
     records(group)
         .into_iter()
-        .find(|(n, _, _)| n == NAME)
+        .find(|(n, _, _)| n == name)
         .and_then(|(_, gid, _)| gid)
+}
+
+/// The account other than `name` that holds `id` in a passwd- or group-style text.
+fn holder(text: &str, id: u32, name: &str) -> Option<String> {
+    records(text)
+        .into_iter()
+        .find(|(n, i, _)| *i == Some(id) && n != name)
+        .map(|(n, _, _)| n)
 }
 
 /// The login shell that refuses logins, as the target system spells it.
@@ -87,8 +109,8 @@ fn with_line(text: &str, line: &str) -> String {
     s
 }
 
-fn without_account(text: &str) -> String {
-    let prefix = format!("{NAME}:");
+fn without_account(text: &str, name: &str) -> String {
+    let prefix = format!("{name}:");
     let mut out: String = text
         .lines()
         .filter(|l| !l.starts_with(&prefix))
@@ -100,7 +122,30 @@ fn without_account(text: &str) -> String {
     out
 }
 
-/// Makes the user and group, returning their ids and the files changed.
+/// Refuses when our uid or gid belongs to another account.
+fn check_ids_free(root: &Path) -> Result<()> {
+    let taken = |what: &str, other: String| {
+        anyhow::anyhow!(
+            "{what} {ID}, which outpost install gives the agents' user {NAME}, belongs to \
+             {other:?}: pick another unprivileged id for the agents with \
+             `outpost install --env OUTPOST_AGENT_USER=UID[:GID]` (a free range of \
+             OUTPOST_MAX_TASKS ids, not root, not a person) or an existing user's name, \
+             and run again"
+        )
+    };
+    if let Some(other) = holder(&passwd(root)?, ID, NAME) {
+        return Err(taken("uid", format!("user {other}")));
+    }
+    if group_gid(&group(root)?, NAME).is_none() {
+        if let Some(other) = holder(&group(root)?, ID, NAME) {
+            return Err(taken("gid", format!("group {other}")));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the agents' user and group, returning their ids (and reporting the files
+/// changed). An existing `outpost-agent` is kept whatever its ids.
 pub fn ensure(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) -> Result<Account> {
     let passwd_path = root.join("etc/passwd");
     if read(root, "etc/passwd")?.is_none() {
@@ -109,76 +154,114 @@ pub fn ensure(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) ->
             passwd_path.display()
         );
     }
-    if let Some(acct) = lookup(root)? {
+    if let Some(acct) = lookup(root, NAME)? {
         report(Change::Unchanged, &passwd_path);
         return Ok(acct);
     }
+    check_ids_free(root)?;
     if live && make_with_tool(root)? {
         report(Change::Updated, &passwd_path);
     } else {
         edit_files(root, report)?;
     }
-    lookup(root)?.with_context(|| {
+    lookup(root, NAME)?.with_context(|| {
         format!(
             "the user {NAME} is still missing from {} after creating it: create it by hand \
-             (a system user with group {NAME}, home {HOME}) and run again",
+             (uid and gid {ID}, group {NAME}, home {HOME}, no login shell) and run again",
             passwd_path.display()
         )
     })
 }
 
-/// Runs the system's user tool; false when there is none.
+/// Refuses when a task slot's uid (`uid` + k, k < `slots`) belongs to another user:
+/// the worker would refuse to start.
+pub fn check_slots(root: &Path, name: &str, uid: u32, slots: u32) -> Result<()> {
+    let text = passwd(root)?;
+    for k in 1..slots {
+        let want = uid.saturating_add(k);
+        if let Some(other) = holder(&text, want, name) {
+            bail!(
+                "task slot {k} of OUTPOST_MAX_TASKS={slots} would run as uid {want}, which \
+                 belongs to the user {other:?}: lower OUTPOST_MAX_TASKS or choose agent ids with \
+                 {slots} free uids from them (--env OUTPOST_AGENT_USER=UID[:GID])"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes (or checks) who the agents run as: `outpost-agent` unless the env file's
+/// `OUTPOST_AGENT_USER` names another; each task slot's uid must be free.
+pub fn ensure_agent_user(
+    root: &Path,
+    live: bool,
+    env: &[(String, String)],
+    report: &mut dyn FnMut(Change, &Path),
+) -> Result<()> {
+    let slots = match super::envfile::get(env, "OUTPOST_MAX_TASKS") {
+        Some(v) => v.trim().parse::<u32>().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid OUTPOST_MAX_TASKS={v:?}: expected a whole number from 1 to 1024"
+            )
+        })?,
+        None => 1,
+    };
+    let spec = super::envfile::get(env, "OUTPOST_AGENT_USER").map(str::trim);
+    match spec {
+        None | Some("") | Some(NAME) => {
+            let acct = ensure(root, live, report)?;
+            check_slots(root, NAME, acct.uid, slots)
+        }
+        Some("root" | "0" | "0:0") => {
+            println!(
+                "note: OUTPOST_AGENT_USER=root: agents run as root, with the worker's rights \
+                 (no separation); the user {} is not made",
+                NAME
+            );
+            Ok(())
+        }
+        Some(ids)
+            if ids
+                .split(':')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Ok(())
+        }
+        Some(name) => match lookup(root, name)? {
+            Some(acct) => check_slots(root, name, acct.uid, slots),
+            None => bail!(
+                "OUTPOST_AGENT_USER={name}: there is no such user in {}: create it, give \
+                 uid[:gid], or remove the setting (--env OUTPOST_AGENT_USER=) for {}",
+                root.join("etc/passwd").display(),
+                NAME
+            ),
+        },
+    }
+}
+
+/// Runs the system's user tools; false when there are none.
 fn make_with_tool(root: &Path) -> Result<bool> {
     let shell = nologin(root);
-    if let Some(useradd) = system::which("useradd") {
-        let group_exists = read(root, "etc/group")?
-            .as_deref()
-            .and_then(group_gid)
-            .is_some();
-        let mut cmd = Command::new(useradd);
-        cmd.args([
-            "--system",
-            "--home-dir",
-            HOME,
-            "--no-create-home",
-            "--shell",
-            shell,
-        ]);
-        cmd.args(["--comment", "outpost worker"]);
-        if group_exists {
-            cmd.args(["--gid", NAME]);
-        } else {
-            cmd.arg("--user-group");
+    let id = ID.to_string();
+    let has_group = group_gid(&group(root)?, NAME).is_some();
+    if let (Some(useradd), Some(groupadd)) = (system::which("useradd"), system::which("groupadd")) {
+        if !has_group {
+            system::run(Command::new(groupadd).args(["--system", "--gid", &id, NAME]))?;
         }
+        let mut cmd = Command::new(useradd);
+        cmd.args(["--system", "--uid", &id, "--gid", NAME, "--home-dir", HOME]);
+        cmd.args(["--no-create-home", "--shell", shell, "--comment", COMMENT]);
         system::run(cmd.arg(NAME))?;
         return Ok(true);
     }
-    if let Some(adduser) = system::which("adduser") {
-        // busybox (Alpine): adduser -S system, -D no password, -H no home dir.
-        if read(root, "etc/group")?
-            .as_deref()
-            .and_then(group_gid)
-            .is_none()
-        {
-            let addgroup = system::which("addgroup").context(
-                "adduser exists but addgroup does not: create the group outpost by hand",
-            )?;
-            system::run(Command::new(addgroup).args(["-S", NAME]))?;
+    if let (Some(adduser), Some(addgroup)) = (system::which("adduser"), system::which("addgroup")) {
+        // busybox (Alpine): -S system, -D no password, -H no home dir.
+        if !has_group {
+            system::run(Command::new(addgroup).args(["-S", "-g", &id, NAME]))?;
         }
         let mut cmd = Command::new(adduser);
-        cmd.args([
-            "-S",
-            "-D",
-            "-H",
-            "-h",
-            HOME,
-            "-s",
-            shell,
-            "-G",
-            NAME,
-            "-g",
-            "outpost worker",
-        ]);
+        cmd.args(["-S", "-D", "-H", "-u", &id, "-G", NAME, "-h", HOME]);
+        cmd.args(["-s", shell, "-g", COMMENT]);
         system::run(cmd.arg(NAME))?;
         return Ok(true);
     }
@@ -187,32 +270,17 @@ fn make_with_tool(root: &Path) -> Result<bool> {
 
 /// Appends the records to the account files of `root`.
 fn edit_files(root: &Path, report: &mut dyn FnMut(Change, &Path)) -> Result<()> {
-    let passwd = read(root, "etc/passwd")?.unwrap_or_default();
-    let group = read(root, "etc/group")?.unwrap_or_default();
-    let used_uids: Vec<u32> = records(&passwd).iter().filter_map(|r| r.1).collect();
-    let used_gids: Vec<u32> = records(&group).iter().filter_map(|r| r.1).collect();
-    let gid = match group_gid(&group) {
-        Some(gid) => gid,
-        None => (FIRST_ID..=LAST_ID)
-            .find(|id| !used_gids.contains(id) && !used_uids.contains(id))
-            .or_else(|| (FIRST_ID..=LAST_ID).find(|id| !used_gids.contains(id)))
-            .context("no free group id between 100 and 999: create the group outpost by hand")?,
-    };
-    let uid = if used_uids.contains(&gid) {
-        (FIRST_ID..=LAST_ID)
-            .find(|id| !used_uids.contains(id))
-            .context("no free user id between 100 and 999: create the user outpost by hand")?
-    } else {
-        gid
-    };
+    let passwd = passwd(root)?;
+    let group = group(root)?;
+    let gid = group_gid(&group, NAME).unwrap_or(ID);
     let shell = nologin(root);
-    let line = format!("{NAME}:x:{uid}:{gid}:outpost worker:{HOME}:{shell}");
+    let line = format!("{NAME}:x:{ID}:{gid}:{COMMENT}:{HOME}:{shell}");
     let path = root.join("etc/passwd");
     report(
         fsops::rewrite_text(&path, &with_line(&passwd, &line), 0o644)?,
         &path,
     );
-    if group_gid(&group).is_none() {
+    if group_gid(&group, NAME).is_none() {
         let path = root.join("etc/group");
         let text = with_line(&group, &format!("{NAME}:x:{gid}:"));
         report(fsops::rewrite_text(&path, &text, 0o644)?, &path);
@@ -234,37 +302,36 @@ fn edit_files(root: &Path, report: &mut dyn FnMut(Change, &Path)) -> Result<()> 
     Ok(())
 }
 
-/// Removes the user and group (`uninstall --purge`).
+/// Removes the agents' user and group, and the service user of earlier versions
+/// (`uninstall --purge`).
 pub fn remove(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) -> Result<()> {
     let passwd_path = root.join("etc/passwd");
-    let has_user = lookup(root)?.is_some();
-    let has_group = read(root, "etc/group")?
-        .as_deref()
-        .and_then(group_gid)
-        .is_some();
-    if !has_user && !has_group {
-        report(Change::Absent, &passwd_path);
-        return Ok(());
-    }
-    if live {
-        if let Some(userdel) = system::which("userdel").filter(|_| has_user) {
-            system::run(Command::new(userdel).arg(NAME))?;
-        } else if let Some(deluser) = system::which("deluser").filter(|_| has_user) {
-            system::run(Command::new(deluser).arg(NAME))?;
-        }
-        let group_left = read(root, "etc/group")?
-            .as_deref()
-            .and_then(group_gid)
-            .is_some();
-        if group_left {
-            if let Some(groupdel) = system::which("groupdel").or_else(|| system::which("delgroup"))
-            {
-                system::run(Command::new(groupdel).arg(NAME))?;
+    let mut any = false;
+    for name in [NAME, LEGACY_NAME] {
+        let has_user = lookup(root, name)?.is_some();
+        let has_group = group_gid(&group(root)?, name).is_some();
+        any |= has_user || has_group;
+        if live {
+            if let Some(userdel) = system::which("userdel").filter(|_| has_user) {
+                system::run(Command::new(userdel).arg(name))?;
+            } else if let Some(deluser) = system::which("deluser").filter(|_| has_user) {
+                system::run(Command::new(deluser).arg(name))?;
+            }
+            if group_gid(&group(root)?, name).is_some() {
+                if let Some(groupdel) =
+                    system::which("groupdel").or_else(|| system::which("delgroup"))
+                {
+                    system::run(Command::new(groupdel).arg(name))?;
+                }
+            }
+            if has_user && lookup(root, name)?.is_none() {
+                report(Change::Removed, &passwd_path);
             }
         }
-        if has_user && lookup(root)?.is_none() {
-            report(Change::Removed, &passwd_path);
-        }
+    }
+    if !any {
+        report(Change::Absent, &passwd_path);
+        return Ok(());
     }
     // Whatever is left (no tools, or another root): edit the files.
     for (rel, mode) in [
@@ -274,7 +341,7 @@ pub fn remove(root: &Path, live: bool, report: &mut dyn FnMut(Change, &Path)) ->
         ("etc/gshadow", 0o640),
     ] {
         if let Some(text) = read(root, rel)? {
-            let stripped = without_account(&text);
+            let stripped = without_account(&without_account(&text, NAME), LEGACY_NAME);
             if stripped != text {
                 let path = root.join(rel);
                 report(fsops::rewrite_text(&path, &stripped, mode)?, &path);
@@ -290,11 +357,24 @@ mod tests {
 
     #[test]
     fn records_and_removal() {
-        let text =
-            "root:x:0:0:root:/root:/bin/sh\noutpost:x:100:101::/var/lib/outpost:/sbin/nologin\n";
+        let text = "root:x:0:0:root:/root:/bin/sh\n\
+                    outpost-agent:x:61184:61184::/var/lib/outpost/home:/sbin/nologin\n";
         let r = records(text);
-        assert_eq!(r[1], ("outpost".to_string(), Some(100), Some(101)));
-        assert_eq!(without_account(text), "root:x:0:0:root:/root:/bin/sh\n");
+        assert_eq!(
+            r[1],
+            ("outpost-agent".to_string(), Some(61184), Some(61184))
+        );
+        assert_eq!(
+            without_account(text, NAME),
+            "root:x:0:0:root:/root:/bin/sh\n"
+        );
+        assert_eq!(
+            without_account(text, LEGACY_NAME),
+            text,
+            "a prefix is no match"
+        );
         assert_eq!(with_line("a", "b"), "a\nb\n");
+        assert_eq!(holder(text, 61184, NAME), None);
+        assert_eq!(holder(text, 0, NAME), Some("root".to_string()));
     }
 }

@@ -1,17 +1,21 @@
 //! `outpost install` / `outpost uninstall`: set a VM up to run the worker as a service,
 //! and take it down again.
 //!
-//! `install` makes the `outpost` user and group, the data dir `/var/lib/outpost`
-//! (0750, outpost), `/etc/outpost/env` (0600, the service's settings), the binary
-//! `/usr/local/bin/outpost`, and the service: an OpenRC script (Alpine) or a systemd
-//! unit, which runs the worker as `outpost` and, as root just before, turns the swap
-//! file on (see `swap`). With `--root DIR` it writes into another
-//! root (an image being built, a test) and only prints how to enable the service.
-//! Every step compares first, so a second run with the same inputs changes nothing.
+//! `install` makes the agents' user and group `outpost-agent` (uid and gid 61184, see
+//! `accounts`), the data dir `/var/lib/outpost` (root's, 0711: the worker sets the
+//! modes of its parts at start), `/etc/outpost/env` (0600, the service's settings) and
+//! the token files it names (0600, see `secrets`), the binary `/usr/local/bin/outpost`,
+//! and the service: an OpenRC script (Alpine) or a systemd unit, which runs the worker
+//! as root (it starts each agent as `outpost-agent`, in a cgroup of its own) and, just
+//! before, turns the swap file on (see `swap`). With `--root DIR` it writes into
+//! another root (an image being built, a test) and only prints how to enable the
+//! service. Every step compares first, so a second run with the same inputs changes
+//! nothing.
 
 mod accounts;
 mod envfile;
 mod fsops;
+mod secrets;
 mod service;
 mod swap;
 mod system;
@@ -28,14 +32,16 @@ pub const BINARY: &str = "/usr/local/bin/outpost";
 /// The settings file, inside the root.
 pub const ENV_FILE: &str = "/etc/outpost/env";
 /// The data dir (`OUTPOST_DATA`), inside the root.
-pub const DATA_DIR: &str = accounts::HOME;
+pub const DATA_DIR: &str = "/var/lib/outpost";
 
 const INSTALL_HELP: &str = "\
 Usage: outpost install [options]
 
-Sets this machine (or the root given) up to run `outpost serve` as a service:
-the user outpost, /var/lib/outpost, /etc/outpost/env, a swap file, and an OpenRC
-script or a systemd unit. Running it again changes only what differs.
+Sets this machine (or the root given) up to run `outpost serve` as a service, as
+root, with every agent as the user outpost-agent (uid and gid 61184, made here
+unless OUTPOST_AGENT_USER names another): /var/lib/outpost, /etc/outpost/env, a
+swap file, and an OpenRC script or a systemd unit. Running it again changes only
+what differs.
 
   --root DIR          write into DIR instead of / (does not enable or start anything)
   --init KIND         openrc, systemd or auto (default: auto; OpenRC when DIR has
@@ -43,10 +49,14 @@ script or a systemd unit. Running it again changes only what differs.
   --binary PATH       the outpost binary to install (default: this one)
   --swap SIZE         swap file size, e.g. 1G; 0 for none (default: what an earlier
                       install set, else 1G under 2 GiB of memory, else 0)
-  --token TOKEN       OUTPOST_TOKEN: bearer token for the API
+  --token TOKEN       bearer token for the API, kept in /etc/outpost/token (0600)
+                      which the env file names (OUTPOST_TOKEN_FILE)
+  --token-file PATH   OUTPOST_TOKEN_FILE: read the API token from this file instead
+  --git-token TOKEN   the git token, kept in /etc/outpost/git-token (0600)
+                      which the env file names (OUTPOST_GIT_TOKEN_FILE)
+  --git-token-file P  OUTPOST_GIT_TOKEN_FILE: read the git token from this file instead
   --agent CMD         OUTPOST_AGENT: agent command line
-  --idle-shutdown D   OUTPOST_IDLE_SHUTDOWN: power off after D without a task (30m);
-                      needs doas or sudo in the root for the outpost user's poweroff
+  --idle-shutdown D   OUTPOST_IDLE_SHUTDOWN: power off after D without a task (30m)
   --env KEY=VALUE     any other setting of `outpost serve --help` (repeatable;
                       KEY= removes it)
   --no-start          enable the service but do not start it now (image builds)
@@ -57,7 +67,8 @@ Usage: outpost uninstall [--root DIR] [--purge]
 
 Stops and removes the service, /etc/outpost, the swap file and
 /usr/local/bin/outpost. --purge also removes /var/lib/outpost (every task's data),
-/var/log/outpost and the outpost user and group.
+/var/log/outpost, the user and group outpost-agent, and the user and group outpost
+an earlier version ran the service as.
 ";
 
 /// What `outpost install` was asked to do.
@@ -120,6 +131,9 @@ impl InstallOptions {
                 "--binary",
                 "--swap",
                 "--token",
+                "--token-file",
+                "--git-token",
+                "--git-token-file",
                 "--agent",
                 "--idle-shutdown",
                 "--env",
@@ -142,6 +156,9 @@ impl InstallOptions {
                 "--binary" => o.binary = Some(PathBuf::from(value)),
                 "--swap" => o.swap = Some(value),
                 "--token" => o.env.push(("OUTPOST_TOKEN".into(), value)),
+                "--token-file" => o.env.push(("OUTPOST_TOKEN_FILE".into(), value)),
+                "--git-token" => o.env.push(("OUTPOST_GIT_TOKEN".into(), value)),
+                "--git-token-file" => o.env.push(("OUTPOST_GIT_TOKEN_FILE".into(), value)),
                 "--agent" => o.env.push(("OUTPOST_AGENT".into(), value)),
                 "--idle-shutdown" => o.env.push(("OUTPOST_IDLE_SHUTDOWN".into(), value)),
                 "--no-start" => o.no_start = true,
@@ -284,8 +301,8 @@ fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, St
         envfile::check_value(k, v)?;
         if k == "OUTPOST_SWAP" && !v.is_empty() && v != "0" {
             bail!(
-                "OUTPOST_SWAP cannot be set in /etc/outpost/env: the service runs as the user \
-                 outpost, which may not turn swap on; use --swap {v} and the service turns it on as root"
+                "OUTPOST_SWAP cannot be set in /etc/outpost/env: the service definition turns \
+                 swap on before each start; use --swap {v}"
             );
         }
     }
@@ -298,13 +315,20 @@ fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, St
     }
     envfile::set(&mut merged, "OUTPOST_SWAP", "0");
     for (k, v) in &opts.env {
-        envfile::set(&mut merged, k, v);
+        secrets::set_flag(&mut merged, k, v);
+    }
+    // What earlier versions set for the service user `outpost`; the worker, root now,
+    // powers off with its default.
+    if envfile::get(&merged, "OUTPOST_IDLE_SHUTDOWN_CMD")
+        .is_some_and(|c| LEGACY_POWEROFF_CMDS.contains(&c))
+    {
+        envfile::set(&mut merged, "OUTPOST_IDLE_SHUTDOWN_CMD", "");
     }
     if let Some(bind) = envfile::get(&merged, "OUTPOST_BIND") {
         let ip: std::net::IpAddr = bind.trim().parse().map_err(|_| {
             anyhow::anyhow!("invalid OUTPOST_BIND={bind:?}: expected an IP address")
         })?;
-        let guarded = envfile::get(&merged, "OUTPOST_TOKEN").is_some()
+        let guarded = secrets::has_api_token(&merged)
             || envfile::get(&merged, "OUTPOST_INSECURE_NO_AUTH") == Some("1");
         if !ip.is_loopback() && !guarded {
             bail!(
@@ -326,43 +350,18 @@ fn env_entries(target: &Target, opts: &InstallOptions) -> Result<Vec<(String, St
     Ok(merged)
 }
 
-/// The doas or sudo rule that lets the service user power the machine off when idle.
-fn poweroff_rule(target: &Target) -> Result<(&'static str, String, u32, String)> {
-    let has = |p: &str| target.path(p).exists();
-    if has("/usr/bin/doas") || has("/bin/doas") {
-        let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
-                    permit nopass outpost as root cmd /sbin/poweroff\n";
-        return Ok((
-            "/etc/doas.d/outpost.conf",
-            rule.into(),
-            0o600,
-            "doas -n /sbin/poweroff".into(),
-        ));
-    }
-    if has("/usr/bin/sudo") || has("/bin/sudo") {
-        let rule = "# Written by outpost install: idle shutdown (OUTPOST_IDLE_SHUTDOWN).\n\
-                    outpost ALL=(root) NOPASSWD: /sbin/poweroff\n";
-        return Ok((
-            "/etc/sudoers.d/outpost",
-            rule.into(),
-            0o440,
-            "sudo -n /sbin/poweroff".into(),
-        ));
-    }
-    bail!(
-        "OUTPOST_IDLE_SHUTDOWN needs doas or sudo in {} so the user outpost may power off: \
-         install one (Alpine: apk add doas; Debian/Ubuntu: apt-get install sudo) and run again",
-        target.root.display()
-    )
-}
-
+/// The doas and sudo rules earlier versions wrote so the service user `outpost` could
+/// power off when idle; the worker runs as root now, so install removes them.
 const POWEROFF_RULES: [&str; 2] = ["/etc/doas.d/outpost.conf", "/etc/sudoers.d/outpost"];
+/// The `OUTPOST_IDLE_SHUTDOWN_CMD` values those versions set beside the rules.
+const LEGACY_POWEROFF_CMDS: [&str; 2] = ["doas -n /sbin/poweroff", "sudo -n /sbin/poweroff"];
 
 /// Runs `outpost install` with parsed options.
 pub fn install(opts: &InstallOptions) -> Result<()> {
     let mut t = Target::new(&opts.root, true)?;
     let init = Init::choose(&opts.init, &t.root)?;
     let mut env = env_entries(&t, opts)?;
+    let token_steps = secrets::plan(&mut env, &|p| t.path(p).exists())?;
     let swappiness = match envfile::get(&env, "OUTPOST_SWAPPINESS") {
         Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
             anyhow::anyhow!("invalid OUTPOST_SWAPPINESS={v:?}: use a whole number from 0 to 200")
@@ -372,18 +371,8 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
     let swap = swap::SwapPlan::new(swap_size(opts.swap.as_deref(), &t)?, swappiness)?;
     let root_owner = fsops::root_owner();
 
-    let rule = if envfile::get(&env, "OUTPOST_IDLE_SHUTDOWN").is_some() {
-        let (path, text, mode, cmd) = poweroff_rule(&t)?;
-        if envfile::get(&env, "OUTPOST_IDLE_SHUTDOWN_CMD").is_none() {
-            envfile::set(&mut env, "OUTPOST_IDLE_SHUTDOWN_CMD", &cmd);
-        }
-        Some((path, text, mode))
-    } else {
-        None
-    };
-
-    let acct = accounts::ensure(&t.root.clone(), t.live, &mut |c, p| t.note(c, p))?;
-    let outpost_owner = Some((acct.uid, acct.gid));
+    let root = t.root.clone();
+    accounts::ensure_agent_user(&root, t.live, &env, &mut |c, p| t.note(c, p))?;
 
     let binary = match &opts.binary {
         Some(b) => b.clone(),
@@ -393,30 +382,39 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
     let c = fsops::copy_file(&binary, &dst, 0o755, root_owner)?;
     t.note(c, &dst);
 
-    for (dir, mode, owner) in [
-        (DATA_DIR, 0o750, outpost_owner),
-        (service::LOG_DIR, 0o750, outpost_owner),
-        ("/etc/outpost", 0o755, root_owner),
+    for (dir, mode) in [
+        (DATA_DIR, 0o711),
+        (service::LOG_DIR, 0o750),
+        ("/etc/outpost", 0o755),
     ] {
         if dir == service::LOG_DIR && init != Init::OpenRc {
             continue;
         }
         let p = t.path(dir);
-        let c = fsops::ensure_dir(&p, mode, owner)?;
+        let c = fsops::ensure_dir(&p, mode, root_owner)?;
         t.note(c, &p);
+    }
+
+    for step in &token_steps {
+        let (p, c) = secrets::apply(step, &t.root, root_owner)?;
+        t.note(c, &p);
+    }
+    for p in secrets::missing_own_files(&env, &t.root) {
+        println!(
+            "note: {p} does not exist in the root yet: the service will not start until it does"
+        );
     }
 
     let swap_note = match swap.ensure_args() {
         Some(_) => format!(
-            "Swap ({}, {}) is turned on as root before each start by the service definition; \
-             the worker runs as outpost and cannot, so OUTPOST_SWAP stays 0.",
+            "Swap ({}, {}) is turned on before each start by the service definition \
+             (outpost install --swap), so OUTPOST_SWAP stays 0.",
             swap::human(swap.size),
             swap::SWAP_FILE
         ),
-        None => {
-            "No swap (outpost install --swap 0); OUTPOST_SWAP stays 0: the worker runs as outpost."
-                .into()
-        }
+        None => "No swap (outpost install --swap 0); OUTPOST_SWAP stays 0: swap is the \
+                 service definition's job."
+            .into(),
     };
     let p = t.path(ENV_FILE);
     let c = fsops::write_file(
@@ -434,13 +432,7 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
 
     for path in POWEROFF_RULES {
         let p = t.path(path);
-        let c = match &rule {
-            Some((want, text, mode)) if *want == path => {
-                fsops::write_file(&p, text.as_bytes(), *mode, root_owner)?
-            }
-            _ => fsops::remove_file(&p)?,
-        };
-        t.note(c, &p);
+        t.note(fsops::remove_file(&p)?, &p);
     }
 
     // One service definition: drop the other init system's, left by an earlier run.
@@ -510,6 +502,7 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
     let c = swap::remove(&t.root, t.live)?;
     t.note(c, &t.path(swap::SWAP_FILE));
     let mut paths: Vec<&str> = POWEROFF_RULES.to_vec();
+    paths.extend(secrets::SECRETS.iter().map(|s| s.path));
     paths.extend([ENV_FILE, BINARY]);
     for path in paths {
         let p = t.path(path);
@@ -532,7 +525,10 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
         t.changed, t.unchanged
     );
     if !opts.purge {
-        println!("kept {DATA_DIR} and the user outpost (--purge removes them)");
+        println!(
+            "kept {DATA_DIR} and the user {} (--purge removes them)",
+            accounts::NAME
+        );
     }
     Ok(())
 }

@@ -2,12 +2,17 @@
 //! `supervise-daemon` (Alpine) or a systemd unit (elsewhere) — and, on the live root,
 //! enabling and starting it.
 //!
-//! Both run `outpost serve` as the unprivileged user `outpost` with the settings of
-//! `/etc/outpost/env`, restart it whenever it dies, keep it away from the OOM killer
-//! (oom_score_adj -1000, set by the init system before it drops root; the agents it
-//! starts may raise their own score), and on stop send SIGTERM to the worker alone,
+//! Both run `outpost serve` as root (the worker starts every agent as the unprivileged
+//! `outpost-agent`, in a cgroup of its own) with the settings of `/etc/outpost/env`,
+//! restart it whenever it dies, keep it away from the OOM killer (oom_score_adj -1000;
+//! its agents raise their own score), and on stop send SIGTERM to the worker alone,
 //! waiting longer than `OUTPOST_GRACE_S` so agents get their grace and the worker can
-//! push a checkpoint before anything is killed.
+//! push a checkpoint before anything is killed. On cgroup v2 the worker gets the
+//! service's cgroup to make task cgroups below: systemd hands it over (`Delegate=yes`);
+//! under OpenRC the worker, root, may write the cgroup OpenRC made for the service, and
+//! `start_pre` only makes sure the memory, pids and cpu controllers reach it (OpenRC
+//! enables only those of `rc_cgroup_controllers`). No chown is needed: nothing runs as
+//! another user but the agents, which must not own any cgroup.
 
 use std::path::Path;
 use std::process::Command;
@@ -80,7 +85,7 @@ pub fn stop_timeout(grace_s: u64) -> u64 {
 fn openrc_script(stop_timeout_s: u64, swap: SwapPlan) -> String {
     let swap_step = match swap.ensure_args() {
         Some(args) => format!(
-            "\t# Swap, made and turned on with root rights (the worker runs as outpost).\n\
+            "\t# Swap, made and turned on before the worker starts.\n\
              \t{BINARY} {args} >/dev/null \\\n\
              \t\t|| ewarn \"outpost: starting without swap (see the message above)\"\n"
         ),
@@ -97,8 +102,8 @@ description="outpost worker: runs AI coding agents in a PTY and streams their ou
 supervisor="supervise-daemon"
 command="{BINARY}"
 command_args="serve"
-# Unprivileged: agents run as this user too. Swap: start_pre, as root.
-command_user="outpost:outpost"
+# As root (no command_user): the worker starts each agent as the user outpost-agent,
+# in a cgroup of its own, and keeps its tokens and task logs out of the agents' reach.
 directory="/var/lib/outpost"
 output_log="{LOG_DIR}/outpost.log"
 error_log="{LOG_DIR}/outpost.log"
@@ -107,7 +112,7 @@ respawn_delay={respawn_delay}
 respawn_max=0
 # Stop: SIGTERM to the worker, which ends its agents; SIGKILL only after {stop_timeout_s} s.
 retry="TERM/{stop_timeout_s}/KILL/5"
-# The worker is the last process the OOM killer may pick (set before dropping root).
+# The worker is the last process the OOM killer may pick (its agents raise theirs).
 export SSD_OOM_SCORE_ADJ=-1000
 rc_ulimit="-n 65536"
 
@@ -125,7 +130,30 @@ start_pre() {{
 	set -a
 	. /etc/outpost/env
 	set +a
-{swap_step}	checkpath --directory --owner outpost:outpost --mode 0750 /var/lib/outpost {LOG_DIR}
+{swap_step}	checkpath --directory --owner root:root --mode 0711 /var/lib/outpost
+	checkpath --directory --owner root:root --mode 0750 {LOG_DIR}
+	# cgroup v2: the worker makes one cgroup per task below the one OpenRC made for this
+	# service, which it may write as root; the controllers must reach that cgroup, so
+	# enable them in each cgroup above it, top down (a failure only means a weaker
+	# containment, which the worker names in /hello).
+	cg="$(sed -n 's/^0:://p' /proc/$$/cgroup)"
+	if [ -n "$cg" ] && [ "$cg" != / ] && [ -f /sys/fs/cgroup/cgroup.subtree_control ]; then
+		dir=/sys/fs/cgroup
+		rest="${{cg%/*}}"
+		while :; do
+			for c in memory pids cpu; do
+				grep -qw "$c" "$dir/cgroup.controllers" 2>/dev/null \
+					&& echo "+$c" >"$dir/cgroup.subtree_control" 2>/dev/null
+			done
+			rest="${{rest#/}}"
+			[ -z "$rest" ] && break
+			dir="$dir/${{rest%%/*}}"
+			case "$rest" in */*) rest="${{rest#*/}}" ;; *) rest= ;; esac
+		done
+		grep -qw memory "/sys/fs/cgroup$cg/cgroup.controllers" 2>/dev/null \
+			&& grep -qw pids "/sys/fs/cgroup$cg/cgroup.controllers" \
+			|| ewarn "outpost: no memory and pids controllers in /sys/fs/cgroup$cg"
+	fi
 }}
 "#,
         respawn_delay = 2,
@@ -135,9 +163,9 @@ start_pre() {{
 fn systemd_unit(stop_timeout_s: u64, swap: SwapPlan) -> String {
     let swap_step = match swap.ensure_args() {
         Some(args) => format!(
-            "# Swap, made and turned on with root rights (+) before each start; a failure (-)\n\
-             # only means running without it.\n\
-             ExecStartPre=-+{BINARY} {args}\n"
+            "# Swap, made and turned on before each start; a failure (-) only means running\n\
+             # without it.\n\
+             ExecStartPre=-{BINARY} {args}\n"
         ),
         None => String::new(),
     };
@@ -153,9 +181,8 @@ StartLimitIntervalSec=0
 
 [Service]
 Type=simple
-# Unprivileged: agents run as this user too.
-User=outpost
-Group=outpost
+# As root (no User=): the worker starts each agent as the user outpost-agent, in a
+# cgroup of its own, and keeps its tokens and task logs out of the agents' reach.
 EnvironmentFile=/etc/outpost/env
 WorkingDirectory=/var/lib/outpost
 {swap_step}ExecStart={BINARY} serve
@@ -168,7 +195,8 @@ KillSignal=SIGTERM
 TimeoutStopSec={stop_timeout_s}
 # The worker is the last process the OOM killer may pick; its agents may raise theirs.
 OOMScoreAdjust=-1000
-# Let the worker manage cgroups below its own (memory limits for agents).
+# Hand the worker its cgroup (v2): it makes one cgroup per task below it (memory and
+# pids limits, accounting, and killing every process of a task).
 Delegate=yes
 LimitNOFILE=65536
 

@@ -1,14 +1,15 @@
-//! The VM's swap file under `outpost install`: made and turned on by the init system,
-//! with root rights, just before each start of the service — `outpost swap ensure SIZE
-//! --path /var/lib/outpost.swap` (the memory module's code, as `outpost serve` would
-//! run it) in OpenRC's `start_pre` or systemd's `ExecStartPre=+`.
+//! The VM's swap file under `outpost install`: made and turned on by the init system
+//! just before each start of the service — `outpost swap ensure SIZE --path
+//! /var/lib/outpost.swap` (the memory module's code, as `outpost serve` would run it)
+//! in OpenRC's `start_pre` or systemd's `ExecStartPre=`.
 //!
-//! Why not `OUTPOST_SWAP` in the worker itself: the service runs as the unprivileged
-//! user `outpost` (agents run as it; Claude Code refuses to skip permissions as root),
-//! and only root may `swapon`, so the env file says `OUTPOST_SWAP=0`. Why not in the
-//! data dir: `outpost` may rename entries there, and root must never swap onto a file
-//! its user could swap out for another. Why not at install time: an image built with
-//! `--root` or `--no-start` then carries no gigabyte of zeros; the first boot makes it.
+//! Why not `OUTPOST_SWAP` in the worker itself: one place owns the swap file, the
+//! service definition, so `--swap` (and a rerun that keeps it) is the only setting and
+//! the env file says `OUTPOST_SWAP=0`; the swap is on before the worker sizes its
+//! memory plan. Why not in the data dir: agents own parts of it (worktrees, HOMEs), and
+//! root must never swap onto a file anyone else could swap out for another. Why not at
+//! install time: an image built with `--root` or `--no-start` then carries no gigabyte
+//! of zeros; the first boot makes it.
 
 use std::path::Path;
 
