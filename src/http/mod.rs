@@ -70,8 +70,9 @@ async fn route(state: &'static AppState, req: Request<Incoming>) -> Result<Resp,
                 hyper::StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "there is no route {} {path}: GET /openapi.json lists every route",
-                    req.method()
+                    "there is no route {} {}: GET /openapi.json lists every route",
+                    req.method(),
+                    path.chars().take(200).collect::<String>()
                 ),
             );
             return respond(auth.and(Err(e)));
