@@ -98,10 +98,84 @@ async fn submit_and_follow(
     Some(id)
 }
 
+/// Requests whose connection was reset before any answer came (the client retries them,
+/// as EventSource does; see `open_events_retrying`).
+static RESETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// GET /work/<id>/events; a connection reset before any answer is retried (at most
+/// twice), counted in [`RESETS`] and reported with who listens on the port.
+async fn open_events_retrying(
+    c: &reqwest::Client,
+    w: &Worker,
+    id: &str,
+    ctx: &str,
+) -> reqwest::Response {
+    let mut last = None;
+    for _ in 0..3 {
+        match c.get(w.url(&format!("/work/{id}/events"))).send().await {
+            Ok(r) => return r,
+            Err(e) if e.is_request() || e.is_connect() => {
+                RESETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let ss = std::process::Command::new("ss")
+                    .args(["-tanp", &format!("sport = :{}", w.port)])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                eprintln!(
+                    "{ctx}: asking for {id} (worker pid {}, {}): {e:?}; retrying\nsockets:\n{ss}",
+                    w.pid(),
+                    exit_of(w.pid())
+                );
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!(
+                "{ctx}: asking for {id}: {e:?}\nworker log:\n{}",
+                w.log_text()
+            ),
+        }
+    }
+    panic!(
+        "{ctx}: asking for {id}: {last:?} three times\nworker log:\n{}",
+        w.log_text()
+    )
+}
+
+/// Who listens on the worker's port, when it is not the worker.
+fn listener_not_ours(w: &Worker) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{}", w.port)])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (!text.contains(&format!("pid={},", w.pid()))).then_some(text)
+}
+
+/// How a child process ended, without reaping it ("running" while it runs).
+fn exit_of(pid: i32) -> String {
+    // SAFETY: `info` is a plain struct the call fills in; WNOWAIT leaves the child as is.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        if rc != 0 || info.si_pid() == 0 {
+            return "running".into();
+        }
+        match info.si_code {
+            libc::CLD_EXITED => format!("exited with {}", info.si_status()),
+            _ => format!("killed by signal {}", info.si_status()),
+        }
+    }
+}
+
 /// The task's whole stream from id 0, checked: JSON records, ids 1, 2, 3... without
 /// gaps, ending with `done`.
 async fn replay(c: &reqwest::Client, w: &Worker, id: &str, ctx: &str) -> Vec<Event> {
-    let r = open_events(c, w, id).await;
+    let r = open_events_retrying(c, w, id, ctx).await;
     assert_eq!(r.status(), 200, "{ctx}: task {id} not served after restart");
     let mut sse = Sse::new(r);
     let mut out = Vec::new();
@@ -172,7 +246,6 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let mut rng = Rng::seeded("sigkill_at_random_moments_loses_nothing");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let port = free_port();
     let env = [
         ("OUTPOST_KEEP_TASKS", KEEP_TASKS),
         ("OUTPOST_MAX_TASKS", "4"),
@@ -186,7 +259,16 @@ async fn sigkill_at_random_moments_loses_nothing() {
         let ctx = format!("after kill {kills}");
         // The worker starts every time (start_on fails the test if it does not listen).
         let t0 = Instant::now();
+        // A new port each time: while a killed worker's port is free, another test
+        // process probing for a free port may listen on it for a moment.
+        let port = free_port();
         let mut w = Worker::start_on(&data, port, &env);
+        if let Some(other) = listener_not_ours(&w) {
+            eprintln!(
+                "{ctx}: port {port} answered but is not held by the worker (pid {}): {other}",
+                w.pid()
+            );
+        }
         spent[0] += t0.elapsed();
         let t0 = Instant::now();
         let c = h1();
@@ -235,7 +317,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         rounds.push(round);
     }
     // One last restart checks the last round.
-    let w = Worker::start_on(&data, port, &env);
+    let w = Worker::start_on(&data, free_port(), &env);
     let c = h1();
     let from = rounds.len().saturating_sub(RECHECK_ROUNDS);
     for round in &mut rounds[from..] {
@@ -251,6 +333,12 @@ async fn sigkill_at_random_moments_loses_nothing() {
         spent[0].as_secs_f64(),
         spent[1].as_secs_f64(),
         spent[2].as_secs_f64(),
+    );
+    let resets = RESETS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("connections reset before an answer (retried): {resets}");
+    assert!(
+        resets * 20 <= kills,
+        "{resets} connection resets in {kills} rounds"
     );
     assert!(kills >= 100, "only {kills} kills in {MAX_TIME:?}");
     assert!(events_seen > 1000, "clients saw only {events_seen} events");
@@ -271,8 +359,7 @@ async fn a_log_cut_or_damaged_anywhere_keeps_its_valid_prefix() {
     let mut rng = Rng::seeded("a_log_cut_or_damaged_anywhere_keeps_its_valid_prefix");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let port = free_port();
-    let w = Worker::start_on(&data, port, &[]);
+    let w = Worker::start_on(&data, free_port(), &[]);
     let c = h1();
     // Small pauses, so that the output comes in many events.
     let prompt = "i=0; while [ $i -lt 60 ]; do echo \"line $i ✓\"; printf '\\377\\376'; \
@@ -312,7 +399,7 @@ async fn a_log_cut_or_damaged_anywhere_keeps_its_valid_prefix() {
         let whole = ends.iter().filter(|&&e| e <= at).count();
         std::fs::write(&path, &damaged).unwrap();
         let ctx = format!("round {round}: {kind} at byte {at} of {}", pristine.len());
-        let w = Worker::start_on(&data, port, &[]);
+        let w = Worker::start_on(&data, free_port(), &[]);
         let c = h1();
         let got = triples(&replay(&c, &w, &id, &ctx).await);
         assert_eq!(
