@@ -363,6 +363,7 @@ fn run(o: RunOpts) -> Run {
         });
     }
     out.session_id = parser.session_id().map(String::from);
+    out
 }
 
 fn kill_group(pid: i32) {
@@ -445,6 +446,15 @@ fn tool_call_and_resume(cli: Cli) {
     }
     assert_eq!(r.session_id.as_deref(), Some(session.as_str()));
     assert_eq!(server.turns().len(), 2, "conversation requests");
+    // Nothing but the conversation (and opencode's title request): no probes, no
+    // token counting, no model lists (the env of the profile turns them off).
+    let other: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|q| q.kind != modelserver::Kind::Turn && q.kind != modelserver::Kind::Title)
+        .map(|q| format!("{} {}", q.method, q.path))
+        .collect();
+    assert!(other.is_empty(), "unexpected requests: {other:?}");
 
     // Resume: a new prompt in the same session; the model server gets the earlier turns.
     server.clear_requests();
@@ -454,6 +464,13 @@ fn tool_call_and_resume(cli: Cli) {
     capture(&format!("{}-resume", cli.name()), &second);
     let r2 = second.result();
     assert!(!r2.is_error, "{r2:?}");
+    // This run's own figures: the script's final turn, served once more.
+    assert_eq!(r2.usage, server_usage(&TEXT_USAGE));
+    assert!(
+        close(r2.cost_usd, cost_of(&TEXT_USAGE)),
+        "resumed cost {}",
+        r2.cost_usd
+    );
     let turns = server.turns();
     assert!(!turns.is_empty());
     let sent = turns[0].messages_text();
@@ -487,7 +504,16 @@ fn bad_key(cli: Cli) {
     let server = ModelServer::start(scripted(cli, &sb.work().join("NOTES.md")));
     let mut o = RunOpts::new(cli, &sb, &server, "Write NOTES.md, please.");
     o.key = "sk-wrong".into();
+    // Claude Code retries a 401 ten times with backoff (about 3 minutes) by default.
+    o.env.push(("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()));
     let run = run(o);
+    assert!(run.events.iter().any(|e| matches!(
+        e,
+        AgentEvent::Error {
+            error: ErrorCode::AgentAuth,
+            ..
+        }
+    )));
     capture(&format!("{}-bad-key", cli.name()), &run);
     let r = run.result();
     assert!(r.is_error);

@@ -246,6 +246,9 @@ impl AgentProfile {
                 ("OPENCODE_PERMISSION", r#"{"*":"allow"}"#.into()),
                 ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
                 ("OPENCODE_DISABLE_SHARE", "1".into()),
+                // No external plugins: else each run starts a background `npm install`
+                // in its config dir, which offline holds the exit for ~45 s.
+                ("OPENCODE_PURE", "1".into()),
             ],
         };
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()

@@ -91,7 +91,11 @@ pub struct RunResult {
     pub session_id: Option<String>,
     pub num_turns: u64,
     pub usage: Usage,
+    /// What this run cost.
     pub cost_usd: f64,
+    /// What the whole session cost so far, where the agent says (Claude Code's
+    /// `total_cost_usd` counts the earlier runs of a resumed session).
+    pub session_cost_usd: Option<f64>,
     pub is_error: bool,
     /// Set when `is_error`.
     pub error: Option<ErrorCode>,
@@ -155,6 +159,7 @@ impl Totals {
             num_turns: self.turns,
             usage: self.usage,
             cost_usd: self.cost_usd,
+            session_cost_usd: None,
             is_error: true,
             error: Some(ErrorCode::BudgetExceeded),
             text: format!(
@@ -259,7 +264,9 @@ impl StructuredParser {
         let Some(start) = clean.iter().position(|&b| b == b'{') else {
             return;
         };
-        let Ok(v) = serde_json::from_slice::<Value>(&clean[start..]) else {
+        // The first JSON value on the line; anything after it is ignored.
+        let mut values = serde_json::Deserializer::from_slice(&clean[start..]).into_iter::<Value>();
+        let Some(Ok(v)) = values.next() else {
             return;
         };
         match self.format {
@@ -331,6 +338,23 @@ impl StructuredParser {
                     });
                 }
             }
+            Some("system") if v["subtype"].as_str() == Some("api_retry") => {
+                // Claude Code retries failed API calls (10 times by default, with
+                // backoff, 401 included): say so while it waits.
+                let status = u(&v["error_status"]);
+                out.push(AgentEvent::Error {
+                    error: status_code(status).unwrap_or(ErrorCode::AgentError),
+                    message: bounded(
+                        &format!(
+                            "model API error {status} ({}), retry {} of {}",
+                            v["error"].as_str().unwrap_or("unknown"),
+                            u(&v["attempt"]),
+                            u(&v["max_retries"])
+                        ),
+                        MAX_TEXT,
+                    ),
+                });
+            }
             Some("result") => {
                 let is_error = v["is_error"].as_bool().unwrap_or(false)
                     || v["subtype"].as_str().is_some_and(|s| s != "success");
@@ -339,17 +363,26 @@ impl StructuredParser {
                     None => content_text(&v["errors"]),
                 };
                 let error = is_error.then(|| claude_error_code(v, &text));
+                let session_cost = v["total_cost_usd"].as_f64();
+                // `total_cost_usd` is the session's; this run's is the sum over
+                // `model_usage_since_last_result` where the CLI gives it.
+                let run_cost = v["model_usage_since_last_result"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|x| x["costUSD"].as_f64()).sum())
+                    .or(session_cost)
+                    .unwrap_or(0.0);
                 self.finished = true;
+                self.totals.cost_usd = run_cost;
                 out.push(AgentEvent::Result(RunResult {
                     session_id: self.session_id.clone(),
                     num_turns: u(&v["num_turns"]),
                     usage: Usage::from_anthropic(&v["usage"]),
-                    cost_usd: v["total_cost_usd"].as_f64().unwrap_or(0.0),
+                    cost_usd: run_cost,
+                    session_cost_usd: session_cost,
                     is_error,
                     error,
                     text: bounded(&text, MAX_TEXT),
                 }));
-                self.totals.cost_usd = v["total_cost_usd"].as_f64().unwrap_or(self.totals.cost_usd);
             }
             _ => {}
         }
@@ -433,6 +466,7 @@ impl StructuredParser {
             num_turns: self.totals.turns,
             usage: self.totals.usage,
             cost_usd: self.totals.cost_usd,
+            session_cost_usd: None,
             is_error: error.is_some(),
             error,
             text,
@@ -580,7 +614,13 @@ fn strip_escapes(line: &[u8]) -> Vec<u8> {
                         i += 1;
                     }
                 }
-                Some(_) => i += 1,
+                Some(_) => {
+                    // Intermediate bytes (`ESC ( B`), then the final byte.
+                    while i < line.len() && (0x20..=0x2f).contains(&line[i]) {
+                        i += 1;
+                    }
+                    i += 1;
+                }
                 None => {}
             }
         } else {
