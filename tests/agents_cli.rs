@@ -114,7 +114,7 @@ struct Sandbox {
 impl Sandbox {
     fn new() -> Sandbox {
         let tmp = tempfile::tempdir().unwrap();
-        for d in ["work", "home", "state"] {
+        for d in ["work", "work2", "home", "state"] {
             std::fs::create_dir(tmp.path().join(d)).unwrap();
         }
         std::fs::write(tmp.path().join("work/README.md"), "scratch repo\n").unwrap();
@@ -125,6 +125,11 @@ impl Sandbox {
 
     fn work(&self) -> PathBuf {
         self.tmp.path().join("work")
+    }
+
+    /// A second worktree path (a resumed Claude Code session runs there).
+    fn work2(&self) -> PathBuf {
+        self.tmp.path().join("work2")
     }
 
     fn home(&self) -> PathBuf {
@@ -188,6 +193,8 @@ struct RunOpts<'a> {
     session: Option<SessionPlan>,
     budget: Option<f64>,
     env: Vec<(String, String)>,
+    /// The directory to run in; the sandbox's worktree by default.
+    cwd: Option<PathBuf>,
 }
 
 impl<'a> RunOpts<'a> {
@@ -201,6 +208,7 @@ impl<'a> RunOpts<'a> {
             session: None,
             budget: None,
             env: Vec::new(),
+            cwd: None,
         }
     }
 }
@@ -261,7 +269,7 @@ fn run(o: RunOpts) -> Run {
     {
         cmd.env(k, v);
     }
-    cmd.cwd(o.sandbox.work());
+    cmd.cwd(o.cwd.clone().unwrap_or_else(|| o.sandbox.work()));
     let pair = native_pty_system()
         .openpty(PtySize {
             rows: 40,
@@ -307,7 +315,14 @@ fn run(o: RunOpts) -> Run {
                 out.events.extend(parser.feed(&chunk));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                exited = exited || child.try_wait().unwrap().is_some();
+                // The terminal closed: the CLI is exiting; give it a moment to be reaped.
+                for _ in 0..20 {
+                    if exited || child.try_wait().unwrap().is_some() {
+                        exited = true;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 break;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -460,6 +475,11 @@ fn tool_call_and_resume(cli: Cli) {
     server.clear_requests();
     let mut o = RunOpts::new(cli, &sb, &server, "And now say goodbye.");
     o.session = Some(SessionPlan::Resume(session.clone()));
+    // Claude Code finds a session by id from any directory; opencode only from the
+    // directory it was created in (docs/agents.md), so its worktree path must stay.
+    if cli == Cli::Claude {
+        o.cwd = Some(sb.work2());
+    }
     let second = run(o);
     capture(&format!("{}-resume", cli.name()), &second);
     let r2 = second.result();
