@@ -87,12 +87,12 @@ impl Cli {
         }
     }
 
-    fn profile(self) -> AgentProfile {
+    fn profile(self, args: &str) -> AgentProfile {
         let extra = match self {
-            Cli::Claude => Some("--model claude-sonnet-4-5"),
-            Cli::Opencode => None,
+            Cli::Claude => format!("--model claude-sonnet-4-5 {args}"),
+            Cli::Opencode => args.to_string(),
         };
-        AgentProfile::parse(self.name(), extra)
+        AgentProfile::parse(self.name(), Some(&extra))
             .unwrap()
             .with_program(agent_bin(self.name()).to_string_lossy())
     }
@@ -195,6 +195,8 @@ struct RunOpts<'a> {
     env: Vec<(String, String)>,
     /// The directory to run in; the sandbox's worktree by default.
     cwd: Option<PathBuf>,
+    /// More `OUTPOST_AGENT_ARGS`.
+    args: &'a str,
 }
 
 impl<'a> RunOpts<'a> {
@@ -209,6 +211,7 @@ impl<'a> RunOpts<'a> {
             budget: None,
             env: Vec::new(),
             cwd: None,
+            args: "",
         }
     }
 }
@@ -246,7 +249,7 @@ fn provider_env(cli: Cli, server: &ModelServer, key: &str) -> Vec<(String, Strin
 
 /// Runs the CLI once in a PTY as the agent user and parses its output.
 fn run(o: RunOpts) -> Run {
-    let profile = o.cli.profile();
+    let profile = o.cli.profile(o.args);
     let argv = profile.argv(o.prompt, o.session.as_ref(), o.budget);
     let mut cmd = CommandBuilder::new("setpriv");
     cmd.args([
@@ -446,7 +449,7 @@ fn tool_call_and_resume(cli: Cli) {
     )));
     let r = first.result();
     assert!(!r.is_error, "{r:?}");
-    let want = server_usage(&server.script_total());
+    let want = server.script_total();
     assert_eq!(r.usage, want, "usage");
     assert!(
         close(r.cost_usd, cost_of(&server.script_total())),
@@ -485,7 +488,7 @@ fn tool_call_and_resume(cli: Cli) {
     let r2 = second.result();
     assert!(!r2.is_error, "{r2:?}");
     // This run's own figures: the script's final turn, served once more.
-    assert_eq!(r2.usage, server_usage(&TEXT_USAGE));
+    assert_eq!(r2.usage, TEXT_USAGE);
     assert!(
         close(r2.cost_usd, cost_of(&TEXT_USAGE)),
         "resumed cost {}",
@@ -508,15 +511,6 @@ fn tool_call_and_resume(cli: Cli) {
         "earlier answer not resent"
     );
     assert_eq!(second.session_id.as_deref(), Some(session.as_str()));
-}
-
-fn server_usage(u: &Usage) -> outpost::agent::structured::Usage {
-    outpost::agent::structured::Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        cache_read_input_tokens: u.cache_read_input_tokens,
-        cache_creation_input_tokens: u.cache_creation_input_tokens,
-    }
 }
 
 fn bad_key(cli: Cli) {
@@ -574,6 +568,22 @@ fn rate_limited(cli: Cli) {
     capture(&format!("{}-rate-limited", cli.name()), &run);
     let r = run.result();
     assert_eq!(r.error, Some(ErrorCode::AgentRateLimited), "{r:?}");
+}
+
+/// Claude Code's own turn limit (`--max-turns`, through OUTPOST_AGENT_ARGS) ends
+/// `max_turns`: the scripted tool call takes the one turn allowed.
+#[test]
+fn claude_max_turns() {
+    let cli = Cli::Claude;
+    let sb = Sandbox::new();
+    let server = ModelServer::start(scripted(cli, &sb.work().join("NOTES.md")));
+    let mut o = RunOpts::new(cli, &sb, &server, "Write NOTES.md, please.");
+    o.args = "--max-turns 1";
+    let run = run(o);
+    capture("claude-max-turns", &run);
+    let r = run.result();
+    assert!(r.is_error, "{r:?}");
+    assert_eq!(r.error, Some(ErrorCode::MaxTurns), "{r:?}");
 }
 
 #[test]

@@ -67,7 +67,8 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, o: &Usage) {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &Usage) {
         self.input_tokens += o.input_tokens;
         self.output_tokens += o.output_tokens;
         self.cache_read_input_tokens += o.cache_read_input_tokens;

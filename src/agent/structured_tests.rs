@@ -150,6 +150,18 @@ fn claude_budget_is_budget_exceeded() {
 }
 
 #[test]
+fn claude_turn_limit_is_max_turns() {
+    let (events, _) = parse(CLAUDE, fixture!("claude-max-turns.pty"));
+    let r = result(&events);
+    assert_eq!(r.error, Some(ErrorCode::MaxTurns));
+    assert!(r.text.contains("maximum number of turns"), "{}", r.text);
+    // The one turn allowed ran its tool call.
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ToolResult { .. })));
+}
+
+#[test]
 fn claude_rate_limit_is_agent_rate_limited() {
     let (events, _) = parse(CLAUDE, fixture!("claude-rate-limited.pty"));
     assert_eq!(result(&events).error, Some(ErrorCode::AgentRateLimited));

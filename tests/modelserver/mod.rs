@@ -26,14 +26,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 /// Token counts of one reply, as the server reports them in `message_start` and
-/// `message_delta`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-}
+/// `message_delta`: the same type the structured parser reports.
+pub use outpost::agent::structured::Usage;
 
 /// What one scripted turn answers.
 #[derive(Debug, Clone)]
@@ -93,10 +87,7 @@ impl Script {
     pub fn total_usage(&self) -> Usage {
         let mut u = Usage::default();
         for s in &self.steps {
-            u.input_tokens += s.usage.input_tokens;
-            u.output_tokens += s.usage.output_tokens;
-            u.cache_read_input_tokens += s.usage.cache_read_input_tokens;
-            u.cache_creation_input_tokens += s.usage.cache_creation_input_tokens;
+            u.add(&s.usage);
         }
         u
     }
