@@ -356,13 +356,13 @@ fn run(o: RunOpts) -> Run {
             );
         }
         if hung || start.elapsed() > RUN_LIMIT {
+            kill_group(pid);
             assert!(
                 hung || parser.is_finished(),
                 "{} ran past {RUN_LIMIT:?}; output:\n{}",
                 o.cli.name(),
                 String::from_utf8_lossy(&out.raw)
             );
-            kill_group(pid);
         }
     }
     kill_group(pid);
