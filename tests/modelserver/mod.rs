@@ -11,8 +11,12 @@
 //! (so a test can check that a resumed session sends the earlier turns); a key other
 //! than the configured one gets 401, and the server can be told to answer 429.
 //!
+//! `agents` drives the real CLIs against it.
+//!
 //! Use from a test file as `mod modelserver;`.
 #![allow(dead_code)]
+
+pub mod agents;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
