@@ -15,7 +15,7 @@ mod modelserver;
 use std::path::Path;
 
 use modelserver::agents::{capture, cost_of, run, Cli, RunOpts, Sandbox};
-use modelserver::{ModelServer, Script, Usage};
+use modelserver::{ModelServer, Reply, Script, Step, Usage};
 use outpost::agent::profile::SessionPlan;
 use outpost::agent::structured::{AgentEvent, ErrorCode};
 
@@ -145,6 +145,60 @@ fn tool_call_and_resume(cli: Cli) {
     assert_eq!(second.session_id.as_deref(), Some(session.as_str()));
 }
 
+/// A run stopped with SIGTERM in the middle of its session (the tool call done, the next
+/// model request held by the server), then resumed: the resumed run sends the whole conversation
+/// so far and finishes.
+fn interrupted_session_resumes(cli: Cli) {
+    let sb = Sandbox::new();
+    let file = sb.work().join("NOTES.md");
+    let mut script = scripted(cli, &file);
+    script.steps.insert(
+        1,
+        Step {
+            reply: Reply::Stall,
+            usage: Usage::default(),
+        },
+    );
+    let server = ModelServer::start(script);
+    let mut o = RunOpts::new(cli, &sb, &server, "Write NOTES.md, please.");
+    if cli == Cli::Claude {
+        o.session = Some(SessionPlan::New(Some(
+            "3b5e1c2d-6a7f-4e8b-9c0d-1e2f3a4b5c6d".into(),
+        )));
+    }
+    o.term_when_stalled = true;
+    let first = run(o);
+    assert!(first.terminated);
+    assert!(first.result.is_none(), "it was stopped before its result");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "edited by the scripted model\n"
+    );
+    let session = first
+        .session_id
+        .clone()
+        .expect("the session id, from the first line");
+
+    server.clear_requests();
+    let mut o = RunOpts::new(cli, &sb, &server, "Go on.");
+    o.session = Some(SessionPlan::Resume(session.clone()));
+    let second = run(o);
+    let r = second.result();
+    assert!(!r.is_error, "{r:?}");
+    assert_eq!(r.session_id.as_deref(), Some(session.as_str()));
+    let sent = server.turns()[0].messages_text();
+    for earlier in [
+        "Write NOTES.md, please.",
+        "edited by the scripted model",
+        "Go on.",
+    ] {
+        assert!(
+            sent.contains(earlier),
+            "{earlier:?} not in the resumed request:\n{sent}"
+        );
+    }
+}
+
 fn bad_key(cli: Cli) {
     let sb = Sandbox::new();
     let server = ModelServer::start(scripted(cli, &sb.work().join("NOTES.md")));
@@ -226,6 +280,16 @@ fn claude_tool_call_and_resume() {
 #[test]
 fn opencode_tool_call_and_resume() {
     tool_call_and_resume(Cli::Opencode);
+}
+
+#[test]
+fn claude_interrupted_session_resumes() {
+    interrupted_session_resumes(Cli::Claude);
+}
+
+#[test]
+fn opencode_interrupted_session_resumes() {
+    interrupted_session_resumes(Cli::Opencode);
 }
 
 #[test]

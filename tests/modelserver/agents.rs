@@ -143,6 +143,8 @@ pub struct Run {
     pub stopped_over_budget: bool,
     /// The CLI was still running [`EXIT_GRACE`] after it reported the end of its run.
     pub hung: bool,
+    /// The test sent it SIGTERM (`term_when_stalled`).
+    pub terminated: bool,
 }
 
 impl Run {
@@ -179,6 +181,10 @@ pub struct RunOpts<'a> {
     pub cwd: Option<PathBuf>,
     /// More `OUTPOST_AGENT_ARGS`.
     pub args: &'a str,
+    /// SIGTERM the CLI's process group once the server holds one of its requests (a
+    /// [`super::Reply::Stall`]: a worker's drain in the middle of a session); SIGKILL
+    /// [`EXIT_GRACE`] later if it is still there.
+    pub term_when_stalled: bool,
 }
 
 impl<'a> RunOpts<'a> {
@@ -194,6 +200,7 @@ impl<'a> RunOpts<'a> {
             env: Vec::new(),
             cwd: None,
             args: "",
+            term_when_stalled: false,
         }
     }
 }
@@ -289,7 +296,9 @@ pub fn run(o: RunOpts) -> Run {
         session_id: None,
         stopped_over_budget: false,
         hung: false,
+        terminated: false,
     };
+    let mut termed_at: Option<Instant> = None;
     let start = Instant::now();
     let mut finished_at: Option<Instant> = None;
     let mut exited = false;
@@ -326,6 +335,17 @@ pub fn run(o: RunOpts) -> Run {
                 kill_group(pid);
             }
         }
+        if o.term_when_stalled && termed_at.is_none() && o.server.stalled() > 0 {
+            out.terminated = true;
+            termed_at = Some(Instant::now());
+            // SAFETY: plain syscall on the CLI's own process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGTERM);
+            }
+        }
+        if termed_at.is_some_and(|t| t.elapsed() > EXIT_GRACE) {
+            kill_group(pid);
+        }
         if parser.is_finished() && finished_at.is_none() {
             finished_at = Some(Instant::now());
         }
@@ -340,7 +360,7 @@ pub fn run(o: RunOpts) -> Run {
         if hung || start.elapsed() > RUN_LIMIT {
             kill_group(pid);
             assert!(
-                hung || parser.is_finished(),
+                hung || parser.is_finished() || out.terminated,
                 "{} ran past {RUN_LIMIT:?}; output:\n{}",
                 o.cli.name(),
                 String::from_utf8_lossy(&out.raw)

@@ -40,7 +40,13 @@ pub enum Reply {
     ToolUse { name: String, input: Value },
     /// A final text block (stop reason `end_turn`).
     Text(String),
+    /// No answer for [`STALL`], then 529 `overloaded_error`: keeps the agent waiting
+    /// mid-session, so that a test can interrupt it there.
+    Stall,
 }
+
+/// How long a [`Reply::Stall`] holds its request.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One scripted turn.
 #[derive(Debug, Clone)]
@@ -157,6 +163,8 @@ fn collect_text(v: &Value, out: &mut String) {
 }
 
 struct State {
+    /// Requests held by a [`Reply::Stall`] so far.
+    stalled: std::sync::atomic::AtomicUsize,
     script: Mutex<Script>,
     next_step: Mutex<usize>,
     log: Mutex<Vec<Recorded>>,
@@ -173,6 +181,7 @@ impl ModelServer {
     /// Starts a server on 127.0.0.1 (an ephemeral port).
     pub fn start(script: Script) -> ModelServer {
         let state = Arc::new(State {
+            stalled: Default::default(),
             script: Mutex::new(script),
             next_step: Mutex::new(0),
             log: Mutex::new(Vec::new()),
@@ -242,6 +251,11 @@ impl ModelServer {
             .collect()
     }
 
+    /// How many requests a [`Reply::Stall`] has held so far.
+    pub fn stalled(&self) -> usize {
+        self.state.stalled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forgets the requests recorded so far.
     pub fn clear_requests(&self) {
         self.state.log.lock().unwrap().clear();
@@ -284,7 +298,17 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Resp, Infallib
         ("POST", "/v1/messages/count_tokens") => Kind::CountTokens,
         _ => Kind::Other,
     };
-    let resp = answer(&st, &method, kind, &headers, &body);
+    let resp = match answer(&st, &method, kind, &headers, &body) {
+        Some(r) => r,
+        None => {
+            st.stalled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(STALL).await;
+            json_response(
+                StatusCode::from_u16(529).unwrap(),
+                &error_body("overloaded_error", "the scripted model server stalled"),
+            )
+        }
+    };
     st.log.lock().unwrap().push(Recorded {
         method,
         path,
@@ -312,20 +336,24 @@ fn is_title_request(body: &Value) -> bool {
     text.starts_with("Generate a title for this conversation")
 }
 
+/// The response, or `None` for a scripted stall.
 fn answer(
     st: &State,
     method: &str,
     kind: Kind,
     headers: &[(String, String)],
     body: &Value,
-) -> Resp {
+) -> Option<Resp> {
     if kind == Kind::Other {
         let status = if method == "HEAD" {
             StatusCode::OK
         } else {
             StatusCode::NOT_FOUND
         };
-        return json_response(status, &error_body("not_found_error", "no such endpoint"));
+        return Some(json_response(
+            status,
+            &error_body("not_found_error", "no such endpoint"),
+        ));
     }
     let script = st.script.lock().unwrap().clone();
     let key = headers
@@ -339,13 +367,13 @@ fn answer(
                 .and_then(|(_, v)| v.strip_prefix("Bearer ").map(str::to_string))
         });
     if key.as_deref() != Some(script.api_key.as_str()) {
-        return json_response(
+        return Some(json_response(
             StatusCode::UNAUTHORIZED,
             &error_body("authentication_error", "invalid x-api-key"),
-        );
+        ));
     }
     if kind == Kind::CountTokens {
-        return json_response(StatusCode::OK, &json!({"input_tokens": 100}));
+        return Some(json_response(StatusCode::OK, &json!({"input_tokens": 100})));
     }
     if script.rate_limited {
         let mut r = json_response(
@@ -357,7 +385,7 @@ fn answer(
         );
         r.headers_mut()
             .insert("retry-after", hyper::header::HeaderValue::from_static("0"));
-        return r;
+        return Some(r);
     }
     let model = body["model"]
         .as_str()
@@ -386,12 +414,15 @@ fn answer(
                 }),
         }
     };
+    if matches!(step.reply, Reply::Stall) {
+        return None;
+    }
     let id = format!("msg_scripted_{}", st.log.lock().unwrap().len());
-    if body["stream"].as_bool() == Some(true) {
+    Some(if body["stream"].as_bool() == Some(true) {
         sse_response(&id, &model, &step)
     } else {
         json_response(StatusCode::OK, &whole_message(&id, &model, &step))
-    }
+    })
 }
 
 fn error_body(kind: &str, message: &str) -> Value {
@@ -423,7 +454,7 @@ fn usage_json(u: &Usage, output_tokens: u64) -> Value {
 fn stop_reason(step: &Step) -> &'static str {
     match step.reply {
         Reply::ToolUse { .. } => "tool_use",
-        Reply::Text(_) => "end_turn",
+        Reply::Text(_) | Reply::Stall => "end_turn",
     }
 }
 
@@ -433,6 +464,7 @@ fn whole_message(id: &str, model: &str, step: &Step) -> Value {
             json!([{"type": "tool_use", "id": tool_use_id(id), "name": name, "input": input}])
         }
         Reply::Text(t) => json!([{"type": "text", "text": t}]),
+        Reply::Stall => json!([]),
     };
     json!({
         "id": id, "type": "message", "role": "assistant", "model": model,
@@ -467,6 +499,7 @@ fn sse_response(id: &str, model: &str, step: &Step) -> Resp {
                     {"type": "input_json_delta", "partial_json": input.to_string()}}),
             );
         }
+        Reply::Stall => {}
         Reply::Text(t) => {
             event(
                 "content_block_start",
