@@ -16,7 +16,7 @@ use std::path::Path;
 
 use modelserver::agents::{capture, cost_of, run, Cli, RunOpts, Sandbox};
 use modelserver::{ModelServer, Reply, Script, Step, Usage};
-use outpost::agent::profile::SessionPlan;
+use outpost::agent::profile::{claude_transcript_exists, SessionPlan};
 use outpost::agent::structured::{AgentEvent, ErrorCode};
 
 /// Scripted token counts: the tool-call turn and the final turn.
@@ -93,6 +93,11 @@ fn tool_call_and_resume(cli: Cli) {
     let session = first.session_id.clone().expect("a session id");
     if cli == Cli::Claude {
         assert_eq!(session, "7d0c6e0a-3f4b-4b8e-9a41-2f4f7c1e5a10");
+        assert!(claude_transcript_exists(&sb.state(), &session));
+        assert!(!claude_transcript_exists(
+            &sb.state(),
+            "00000000-0000-4000-8000-000000000000"
+        ));
     }
     assert_eq!(r.session_id.as_deref(), Some(session.as_str()));
     assert_eq!(server.turns().len(), 2, "conversation requests");

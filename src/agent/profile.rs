@@ -264,6 +264,18 @@ impl AgentProfile {
     }
 }
 
+/// Whether Claude Code has a transcript of `session_id` under its config dir
+/// (`<state_dir>/projects/<any cwd>/<session_id>.jsonl`): then the session is continued
+/// with `--resume`; else it is started with `--session-id` (which refuses an id that has
+/// a transcript, and `--resume` fails on one that has none). Reads the directory: call
+/// it off the async runtime.
+pub fn claude_transcript_exists(state_dir: &Path, session_id: &str) -> bool {
+    let name = format!("{session_id}.jsonl");
+    std::fs::read_dir(state_dir.join("projects"))
+        .map(|dirs| dirs.flatten().any(|d| d.path().join(&name).is_file()))
+        .unwrap_or(false)
+}
+
 /// Words with the prompt where `{prompt}` stands, else appended.
 pub(crate) fn fill_prompt(words: &[String], prompt: &str) -> Vec<String> {
     let mut out: Vec<String> = words
