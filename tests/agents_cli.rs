@@ -18,6 +18,7 @@ use modelserver::agents::{capture, cost_of, run, Cli, RunOpts, Sandbox};
 use modelserver::{ModelServer, Reply, Script, Step, Usage};
 use outpost::agent::profile::{claude_transcript_exists, SessionPlan};
 use outpost::agent::structured::{AgentEvent, ErrorCode};
+use serde_json::json;
 
 /// Scripted token counts: the tool-call turn and the final turn.
 const TOOL_USAGE: Usage = Usage {
@@ -204,6 +205,35 @@ fn interrupted_session_resumes(cli: Cli) {
     }
 }
 
+/// A tool call that fails (reading a file that is not there) shows as a tool result
+/// with `is_error`, and the run goes on to its final answer.
+fn failing_tool(cli: Cli) {
+    let sb = Sandbox::new();
+    let missing = sb.work().join("MISSING.md");
+    let (tool, input) = match cli {
+        Cli::Claude => ("Read", json!({ "file_path": missing })),
+        Cli::Opencode => ("read", json!({ "filePath": missing })),
+    };
+    let server = ModelServer::start(Script::tool_then_text(
+        tool,
+        input,
+        TOOL_USAGE,
+        "That file is not there.",
+        TEXT_USAGE,
+    ));
+    let run = run(RunOpts::new(cli, &sb, &server, "Read MISSING.md."));
+    capture(&format!("{}-tool-error", cli.name()), &run);
+    assert!(
+        run.events.iter().any(|e| matches!(e,
+            AgentEvent::ToolResult { tool: Some(t), is_error: true, .. } if t == tool)),
+        "{:?}",
+        run.events
+    );
+    let r = run.result();
+    assert!(!r.is_error, "{r:?}");
+    assert_eq!(r.text, "That file is not there.");
+}
+
 fn bad_key(cli: Cli) {
     let sb = Sandbox::new();
     let server = ModelServer::start(scripted(cli, &sb.work().join("NOTES.md")));
@@ -295,6 +325,16 @@ fn claude_interrupted_session_resumes() {
 #[test]
 fn opencode_interrupted_session_resumes() {
     interrupted_session_resumes(Cli::Opencode);
+}
+
+#[test]
+fn claude_failing_tool() {
+    failing_tool(Cli::Claude);
+}
+
+#[test]
+fn opencode_failing_tool() {
+    failing_tool(Cli::Opencode);
 }
 
 #[test]

@@ -251,6 +251,35 @@ fn opencode_rate_limit_is_agent_rate_limited() {
 }
 
 #[test]
+fn failing_tools_are_tool_results_with_is_error() {
+    for (format, bytes, tool, says) in [
+        (
+            CLAUDE,
+            &fixture!("claude-tool-error.pty")[..],
+            "Read",
+            "does not exist",
+        ),
+        (
+            OPENCODE,
+            &fixture!("opencode-tool-error.pty")[..],
+            "read",
+            "MISSING.md",
+        ),
+    ] {
+        let (events, _) = parse(format, bytes);
+        assert!(
+            events.iter().any(|e| matches!(e,
+                AgentEvent::ToolResult { tool: Some(t), is_error: true, text, .. }
+                    if t == tool && text.contains(says))),
+            "{events:?}"
+        );
+        let r = result(&events);
+        assert!(!r.is_error);
+        assert_eq!(r.text, "That file is not there.");
+    }
+}
+
+#[test]
 fn any_chunking_gives_the_same_events() {
     for (format, bytes) in [
         (CLAUDE, &fixture!("claude-tool.pty")[..]),
