@@ -3,7 +3,8 @@
 //! user's extra flags from `OUTPOST_AGENT_ARGS`, then the prompt), names the structured
 //! output format to parse, the environment the agent needs (where its session state
 //! lives, what stops it from asking or phoning home), and how it resumes a session and
-//! caps its spend. Pure functions: nothing here spawns or reads anything.
+//! caps its spend. Pure functions, but for `claude_transcript_exists`, which looks in the
+//! state dir; nothing here spawns anything.
 //!
 //! The facts behind each profile were checked against the pinned CLIs (see
 //! docs/agents.md and tests/agents_cli.rs).
