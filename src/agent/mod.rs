@@ -1,7 +1,10 @@
-//! The agent: which program runs for a task (the built-in `shell` agent or a configured
-//! command line) and how its argument vector is built from the prompt.
+//! The agent: which program runs for a task (the built-in `shell` agent, the `claude` and
+//! `opencode` profiles, or a configured command line), how its argument vector is built
+//! from the prompt (`profile`), and how its structured output is read (`structured`).
 
+pub mod profile;
 pub mod pty;
+pub mod structured;
 pub mod utf8;
 
 pub use pty::{Agent, AgentSpec, OutputSink};
@@ -13,14 +16,22 @@ pub enum AgentCommand {
     Shell,
     /// A command line; the prompt goes where `{prompt}` stands, else last.
     Argv(Vec<String>),
+    /// Claude Code (`OUTPOST_AGENT=claude`): see [`profile::AgentProfile`].
+    Claude,
+    /// opencode (`OUTPOST_AGENT=opencode`): see [`profile::AgentProfile`].
+    Opencode,
 }
 
 impl AgentCommand {
-    /// Parses a command line with shell-like quoting (`'...'`, `"..."`, `\`).
+    /// Parses `shell`, `claude`, `opencode` (the profiles, as single words) or a command
+    /// line with shell-like quoting (`'...'`, `"..."`, `\`).
     pub fn parse(line: &str) -> Result<AgentCommand, String> {
         let line = line.trim();
-        if line.is_empty() || line == "shell" {
-            return Ok(AgentCommand::Shell);
+        match line {
+            "" | "shell" => return Ok(AgentCommand::Shell),
+            "claude" => return Ok(AgentCommand::Claude),
+            "opencode" => return Ok(AgentCommand::Opencode),
+            _ => {}
         }
         let words = split_words(line)?;
         if words.is_empty() {
@@ -29,33 +40,24 @@ impl AgentCommand {
         Ok(AgentCommand::Argv(words))
     }
 
-    /// The argument vector for one task.
+    /// The argument vector for one task (a new session, no budget, no extra flags: the
+    /// full choice is [`profile::AgentProfile::argv`]).
     pub fn argv(&self, prompt: &str) -> Vec<String> {
-        match self {
-            AgentCommand::Shell => vec!["/bin/sh".into(), "-c".into(), prompt.to_string()],
-            AgentCommand::Argv(words) => {
-                let mut out: Vec<String> = words
-                    .iter()
-                    .map(|w| w.replace("{prompt}", prompt))
-                    .collect();
-                if !words.iter().any(|w| w.contains("{prompt}")) {
-                    out.push(prompt.to_string());
-                }
-                out
-            }
-        }
+        profile::AgentProfile::from_command(self.clone()).argv(prompt, None, None)
     }
 
     /// A short name for logs and `/hello`.
     pub fn name(&self) -> &str {
         match self {
             AgentCommand::Shell => "shell",
+            AgentCommand::Claude => "claude",
+            AgentCommand::Opencode => "opencode",
             AgentCommand::Argv(w) => w.first().map(String::as_str).unwrap_or(""),
         }
     }
 }
 
-fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_words(line: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -124,6 +126,11 @@ mod tests {
         let c = AgentCommand::parse(r#"opencode run --msg "{prompt}" 'a b'"#).unwrap();
         assert_eq!(c.argv("go"), vec!["opencode", "run", "--msg", "go", "a b"]);
         assert!(AgentCommand::parse("x 'open").is_err());
+        assert_eq!(
+            AgentCommand::parse(" claude ").unwrap(),
+            AgentCommand::Claude
+        );
+        assert_eq!(AgentCommand::parse("opencode").unwrap().name(), "opencode");
         assert_eq!(
             AgentCommand::Shell.argv("echo hi"),
             vec!["/bin/sh", "-c", "echo hi"]
