@@ -117,7 +117,7 @@ impl Cgroups {
         };
         for d in cg.dirs.iter().flatten() {
             match fs::create_dir(d) {
-                Ok(()) => {}
+                Ok(()) => readable(d),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // Left by an earlier run under the same name: empty it first.
                     let old = TaskCgroup {
@@ -434,9 +434,19 @@ impl TaskCgroup {
     }
 }
 
+/// A cgroup directory the agent may look into (its limits: Node.js, for one, sizes its
+/// heap from memory.max); its files stay root's to write.
+fn readable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o755));
+}
+
 fn mkdir(p: &Path) -> Result<(), String> {
     match fs::create_dir(p) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            readable(p);
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!("creating the cgroup {}: {e}", p.display())),
     }
