@@ -32,6 +32,8 @@ pub struct Config {
     pub token: Option<String>,
     pub insecure_no_auth: bool,
     pub agent: AgentCommand,
+    /// `OUTPOST_MAX_COST_USD`: the spend cap of a task that sends no `max_cost_usd`.
+    pub max_cost_usd: Option<f64>,
     pub max_tasks: usize,
     pub worker_id: String,
     pub allowed_hosts: Vec<String>,
@@ -248,6 +250,13 @@ impl Config {
                 .unwrap_or(CLOUD_RUN_USD_PER_GIB_S),
         };
         let agent_user = src.string("OUTPOST_AGENT_USER");
+        let max_cost_usd = src.decimal("OUTPOST_MAX_COST_USD")?;
+        if max_cost_usd.is_some_and(|c| !(c > 0.0 && c <= 1_000_000.0)) {
+            return Err(src.err(
+                "OUTPOST_MAX_COST_USD",
+                "expected US dollars above 0 and at most 1000000, such as 2.5",
+            ));
+        }
 
         Ok(Config {
             port,
@@ -256,6 +265,7 @@ impl Config {
             token,
             insecure_no_auth,
             agent,
+            max_cost_usd,
             max_tasks,
             worker_id,
             allowed_hosts,
@@ -417,6 +427,11 @@ mod tests {
         assert_eq!(c.limits.max_output, 1 << 30);
         assert_eq!(c.pricing.usd_per_vcpu_s, 0.5);
         assert_eq!(c.pricing.usd_per_gib_s, CLOUD_RUN_USD_PER_GIB_S);
+        assert_eq!(c.max_cost_usd, None);
+        let c = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "2.5")]), &[]).unwrap();
+        assert_eq!(c.max_cost_usd, Some(2.5));
+        let e = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "0")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_MAX_COST_USD"), "{e}");
         let e =
             Config::from_parts(&env(&[("OUTPOST_TOKEN_FILE", "/nonexistent/t")]), &[]).unwrap_err();
         assert!(e.to_string().contains("OUTPOST_TOKEN_FILE"), "{e}");

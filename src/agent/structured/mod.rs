@@ -59,7 +59,7 @@ impl ErrorCode {
 }
 
 /// Token counts, named as in the Anthropic API and in the task object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
