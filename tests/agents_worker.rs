@@ -1,0 +1,276 @@
+//! The real Claude Code CLI run by a real worker (`OUTPOST_AGENT=claude`) against the
+//! scripted model server on 127.0.0.1: the worker builds the command line and the
+//! environment from the agent profile, runs it as the agent user (not root, so Claude's
+//! root refusal does not apply), parses its output into `agent` events beside the raw
+//! `output`, and reports the agent's session, turns, usage and cost in `done` and the
+//! task object. Checks: a task on the test git server ends `done` with the tool call's
+//! edit in the pushed commit (read with the git CLI), a bad key ends `agent_auth`, and a
+//! budget below the scripted cost (`OUTPOST_MAX_COST_USD`, overridden by the request's
+//! `max_cost_usd`) ends `budget_exceeded`.
+//!
+//! Needs the pinned CLIs of tests/setup/20-agents.sh in /opt/outpost-agents (or
+//! `OUTPOST_AGENTS_PREFIX`).
+
+mod common;
+mod gitserver;
+mod modelserver;
+
+use std::time::Duration;
+
+use common::*;
+use gitserver::GitServer;
+use modelserver::agents::{agent_bin, cost_of};
+use modelserver::{ModelServer, Script, Usage};
+use serde_json::{json, Value};
+
+/// One task with a Claude Code run (1-5 s each; more on a loaded machine).
+const T: Duration = Duration::from_secs(180);
+
+const TOOL_USAGE: Usage = Usage {
+    input_tokens: 1200,
+    output_tokens: 80,
+    cache_read_input_tokens: 300,
+    cache_creation_input_tokens: 100,
+};
+const TEXT_USAGE: Usage = Usage {
+    input_tokens: 1500,
+    output_tokens: 40,
+    cache_read_input_tokens: 0,
+    cache_creation_input_tokens: 0,
+};
+const EDIT: &str = "edited by the scripted model";
+
+/// A Bash tool call that writes NOTES.md in the agent's cwd (the task's worktree, whose
+/// path the script cannot know), then a final text.
+fn scripted() -> Script {
+    Script::tool_then_text(
+        "Bash",
+        json!({"command": format!("printf '{EDIT}\\n' > NOTES.md"), "description": "Write NOTES.md"}),
+        TOOL_USAGE,
+        "Done: NOTES.md written.",
+        TEXT_USAGE,
+    )
+}
+
+/// A worker that runs Claude Code against `model` with `key`.
+fn claude_worker(model: &ModelServer, key: &str, extra: &[(&str, &str)]) -> Worker {
+    let bin = agent_bin("claude");
+    let dir = bin.parent().unwrap().to_string_lossy().into_owned();
+    let path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let url = model.url();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("OUTPOST_AGENT", "claude"),
+        ("OUTPOST_ALLOW_HTTP", "1"),
+        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
+        ("PATH", &path),
+        ("ANTHROPIC_BASE_URL", &url),
+        ("ANTHROPIC_API_KEY", key),
+        // The model Claude Code prices as the tests do (its own table).
+        ("ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+        // Claude Code retries a 401 ten times with backoff (about 3 minutes).
+        ("CLAUDE_CODE_MAX_RETRIES", "1"),
+    ];
+    env.extend_from_slice(extra);
+    Worker::start(&env)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// Submits a task and follows its events to `done`; returns its id and events.
+fn run_task(w: &Worker, body: Value) -> (String, Vec<Event>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = h1();
+        let id = submit(&c, w, body).await;
+        let events = Sse::new(open_events(&c, w, &id).await).collect(T).await;
+        (id, events)
+    })
+}
+
+fn agent_events(events: &[Event]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e.event == "agent")
+        .map(|e| &e.data)
+        .collect()
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cache_creation_input_tokens": u.cache_creation_input_tokens,
+    })
+}
+
+#[test]
+fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
+    let git = GitServer::start(false);
+    git.create_repo("rig", &[("README.md", "hello\n")]);
+    let model = ModelServer::start(scripted());
+    let w = claude_worker(&model, &model.api_key(), &[]);
+    let (id, events) = run_task(
+        &w,
+        json!({"issue_id": "gt-claude", "rig_url": git.url("rig"), "ref": "main",
+               "prompt": "Write NOTES.md, please."}),
+    );
+    assert_complete(&events, 1);
+    let done = &events.last().unwrap().data;
+    assert_eq!(
+        done["status"],
+        "done",
+        "{done}\noutput:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&output_of(&events)),
+        w.log_text()
+    );
+    // The pushed commit holds the tool call's edit.
+    let commit = done["commit"].as_str().expect("a pushed commit");
+    assert_eq!(
+        git.git("rig", &["rev-parse", "refs/heads/polecat/gt-claude"]),
+        commit
+    );
+    assert_eq!(
+        git.git("rig", &["show", &format!("{commit}:NOTES.md")])
+            .trim(),
+        EDIT
+    );
+
+    // The agent events show the tool call, its result and the end of the run, each
+    // after the raw output that carried it; the raw output is still all there.
+    let agent = agent_events(&events);
+    let tool = agent
+        .iter()
+        .find(|e| e["kind"] == "tool_use")
+        .unwrap_or_else(|| panic!("no tool_use event in {agent:?}"));
+    assert_eq!(tool["tool"], "Bash");
+    assert!(
+        tool["input"].as_str().unwrap().contains("NOTES.md"),
+        "{tool}"
+    );
+    assert!(
+        agent
+            .iter()
+            .any(|e| e["kind"] == "tool_result" && e["is_error"] == false),
+        "{agent:?}"
+    );
+    let result = agent.iter().find(|e| e["kind"] == "result").unwrap();
+    assert_eq!(result["is_error"], false);
+    let first_output = events.iter().find(|e| e.event == "output").unwrap().id;
+    let first_agent = events.iter().find(|e| e.event == "agent").unwrap().id;
+    assert!(first_output < first_agent);
+    let raw = String::from_utf8_lossy(&output_of(&events)).into_owned();
+    assert!(raw.contains(r#""type":"result""#), "{raw}");
+
+    // done: the scripted usage and cost, the model cost in `cost`.
+    let want = model.script_total();
+    let a = &done["agent"];
+    assert_eq!(a["name"], "claude");
+    assert_eq!(a["num_turns"], 2);
+    assert_eq!(a["usage"], usage_json(&want), "{a}");
+    let cost = a["cost_usd"].as_f64().unwrap();
+    assert!(close(cost, cost_of(&want)), "{cost} vs {}", cost_of(&want));
+    let session = a["session_id"].as_str().expect("a session id");
+    assert_eq!(result["session_id"], session);
+    let c = &done["cost"];
+    assert!(close(c["model_usd"].as_f64().unwrap(), cost));
+    let total = c["total_usd"].as_f64().unwrap();
+    assert!(close(total, c["compute_usd"].as_f64().unwrap() + cost));
+    // The model server saw the two conversation turns with the worker's key.
+    assert_eq!(model.turns().len(), 2);
+
+    // The task object says the same; /metrics sums the model spend.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (task, metrics) = rt.block_on(async {
+        let c = h1();
+        let task: Value = get_json(&c, w.url(&format!("/work/{id}"))).await;
+        let m = c.get(w.url("/metrics")).send().await.unwrap();
+        (task, m.text().await.unwrap())
+    });
+    assert_eq!(task["agent"], *a);
+    assert_eq!(task["cost"], *c);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("outpost_task_model_usd_total"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let summed: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert!((summed - cost).abs() < 1e-5, "{line} vs {cost}");
+}
+
+#[test]
+fn claude_with_a_bad_key_ends_agent_auth() {
+    let model = ModelServer::start(scripted());
+    let w = claude_worker(&model, "sk-not-the-key", &[]);
+    let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error_code"], "agent_auth", "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("agent_auth"),
+        "{done}"
+    );
+    assert_eq!(done["agent"]["name"], "claude");
+    assert!(agent_events(&events)
+        .iter()
+        .any(|e| e["kind"] == "result" && e["error"] == "agent_auth"));
+}
+
+#[test]
+fn claude_over_its_budget_ends_budget_exceeded() {
+    let model = ModelServer::start(scripted());
+    // The worker's default cap, below the cost of the first turn alone.
+    let cap = cost_of(&TOOL_USAGE) / 2.0;
+    let cap_s = format!("{cap}");
+    let w = claude_worker(
+        &model,
+        &model.api_key(),
+        &[("OUTPOST_MAX_COST_USD", cap_s.as_str())],
+    );
+    let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error_code"], "budget_exceeded", "{done}");
+    let spent = done["agent"]["cost_usd"].as_f64().unwrap();
+    assert!(spent > cap, "{spent} <= {cap}");
+    assert!(close(done["cost"]["model_usd"].as_f64().unwrap(), spent));
+    // The turn that crossed the cap is paid; its tool call is not run.
+    assert!(!agent_events(&events)
+        .iter()
+        .any(|e| e["kind"] == "tool_result"));
+
+    // The request's max_cost_usd wins over the worker's default.
+    model.set_script(scripted());
+    let (_, events) = run_task(
+        &w,
+        json!({"prompt": "Write NOTES.md, please.", "max_cost_usd": 1.0}),
+    );
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(close(
+        done["agent"]["cost_usd"].as_f64().unwrap(),
+        cost_of(&model.script_total())
+    ));
+}
+
+#[test]
+fn max_cost_usd_must_be_a_positive_number() {
+    let w = Worker::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = h1();
+        for bad in [json!(-1), json!(0), json!("1")] {
+            let r = c
+                .post(w.url("/work"))
+                .header("accept", "application/json")
+                .json(&json!({"prompt": "true", "max_cost_usd": bad}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{bad}");
+            let body: Value = r.json().await.unwrap();
+            assert!(body.to_string().contains("max_cost_usd"), "{body}");
+        }
+    });
+}
