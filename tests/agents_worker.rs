@@ -1,12 +1,14 @@
-//! The real Claude Code CLI run by a real worker (`OUTPOST_AGENT=claude`) against the
-//! scripted model server on 127.0.0.1: the worker builds the command line and the
-//! environment from the agent profile, runs it as the agent user (not root, so Claude's
-//! root refusal does not apply), parses its output into `agent` events beside the raw
-//! `output`, and reports the agent's session, turns, usage and cost in `done` and the
-//! task object. Checks: a task on the test git server ends `done` with the tool call's
-//! edit in the pushed commit (read with the git CLI), a bad key ends `agent_auth`, and a
-//! budget below the scripted cost (`OUTPOST_MAX_COST_USD`, overridden by the request's
-//! `max_cost_usd`) ends `budget_exceeded`.
+//! The real agent CLIs (Claude Code and opencode) run by a real worker
+//! (`OUTPOST_AGENT=claude` / `opencode`) against the scripted model server on 127.0.0.1:
+//! the worker builds the command line and the environment from the agent profile, runs
+//! it as the agent user (not root, so Claude's root refusal does not apply), parses its
+//! output into `agent` events beside the raw `output`, and reports the agent's session,
+//! turns, usage and cost in `done` and the task object. Checks, per CLI: a task on the
+//! test git server ends `done` with the tool call's edit in the pushed commit (read with
+//! the git CLI), a bad key ends `agent_auth`, and a budget below the scripted cost ends
+//! `budget_exceeded` (Claude Code: its own `--max-budget-usd`, from
+//! `OUTPOST_MAX_COST_USD`, overridden by the request's `max_cost_usd`; opencode: the
+//! worker stops it from the streamed cost).
 //!
 //! Needs the pinned CLIs of tests/setup/20-agents.sh in /opt/outpost-agents (or
 //! `OUTPOST_AGENTS_PREFIX`).
@@ -19,12 +21,12 @@ use std::time::Duration;
 
 use common::*;
 use gitserver::GitServer;
-use modelserver::agents::{agent_bin, cost_of};
+use modelserver::agents::{agent_bin, cost_of, provider_env, Cli};
 use modelserver::{ModelServer, Script, Usage};
 use serde_json::{json, Value};
 
-/// One task with a Claude Code run (1-5 s each; more on a loaded machine).
-const T: Duration = Duration::from_secs(180);
+/// One task with an agent run (Claude Code 1-5 s, opencode 15-30 s; more when loaded).
+const T: Duration = Duration::from_secs(240);
 
 const TOOL_USAGE: Usage = Usage {
     input_tokens: 1200,
@@ -40,11 +42,15 @@ const TEXT_USAGE: Usage = Usage {
 };
 const EDIT: &str = "edited by the scripted model";
 
-/// A Bash tool call that writes NOTES.md in the agent's cwd (the task's worktree, whose
-/// path the script cannot know), then a final text.
-fn scripted() -> Script {
+/// A shell tool call that writes NOTES.md in the agent's cwd (the task's worktree,
+/// whose path the script cannot know), then a final text.
+fn scripted(cli: Cli) -> Script {
+    let tool = match cli {
+        Cli::Claude => "Bash",
+        Cli::Opencode => "bash",
+    };
     Script::tool_then_text(
-        "Bash",
+        tool,
         json!({"command": format!("printf '{EDIT}\\n' > NOTES.md"), "description": "Write NOTES.md"}),
         TOOL_USAGE,
         "Done: NOTES.md written.",
@@ -52,25 +58,26 @@ fn scripted() -> Script {
     )
 }
 
-/// A worker that runs Claude Code against `model` with `key`.
-fn claude_worker(model: &ModelServer, key: &str, extra: &[(&str, &str)]) -> Worker {
-    let bin = agent_bin("claude");
+/// A worker that runs `cli` against `model` with `key`.
+fn agent_worker(cli: Cli, model: &ModelServer, key: &str, extra: &[(&str, &str)]) -> Worker {
+    let bin = agent_bin(cli.name());
     let dir = bin.parent().unwrap().to_string_lossy().into_owned();
-    let path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
-    let url = model.url();
-    let mut env: Vec<(&str, &str)> = vec![
-        ("OUTPOST_AGENT", "claude"),
-        ("OUTPOST_ALLOW_HTTP", "1"),
-        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
-        ("PATH", &path),
-        ("ANTHROPIC_BASE_URL", &url),
-        ("ANTHROPIC_API_KEY", key),
+    let mut env: Vec<(String, String)> = vec![
+        ("OUTPOST_AGENT".into(), cli.name().into()),
+        ("OUTPOST_ALLOW_HTTP".into(), "1".into()),
+        ("OUTPOST_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        (
+            "PATH".into(),
+            format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
+        ),
         // The model Claude Code prices as the tests do (its own table).
-        ("ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+        ("ANTHROPIC_MODEL".into(), "claude-sonnet-4-5".into()),
         // Claude Code retries a 401 ten times with backoff (about 3 minutes).
-        ("CLAUDE_CODE_MAX_RETRIES", "1"),
+        ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
     ];
-    env.extend_from_slice(extra);
+    env.extend(provider_env(cli, model, key));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Worker::start(&env)
 }
 
@@ -106,15 +113,17 @@ fn usage_json(u: &Usage) -> Value {
     })
 }
 
-#[test]
-fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
+/// The tool call's edit is pushed; the events, `done`, the task object and /metrics
+/// report the scripted usage and cost.
+fn edits_the_rig_and_reports_usage_and_cost(cli: Cli) {
     let git = GitServer::start(false);
     git.create_repo("rig", &[("README.md", "hello\n")]);
-    let model = ModelServer::start(scripted());
-    let w = claude_worker(&model, &model.api_key(), &[]);
+    let model = ModelServer::start(scripted(cli));
+    let w = agent_worker(cli, &model, &model.api_key(), &[]);
+    let issue = format!("gt-{}", cli.name());
     let (id, events) = run_task(
         &w,
-        json!({"issue_id": "gt-claude", "rig_url": git.url("rig"), "ref": "main",
+        json!({"issue_id": issue, "rig_url": git.url("rig"), "ref": "main",
                "prompt": "Write NOTES.md, please."}),
     );
     assert_complete(&events, 1);
@@ -127,9 +136,17 @@ fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
         w.log_text()
     );
     // The pushed commit holds the tool call's edit.
-    let commit = done["commit"].as_str().expect("a pushed commit");
+    let commit = done["commit"].as_str().unwrap_or_else(|| {
+        panic!(
+            "no commit in {done}; agent events: {:?}",
+            agent_events(&events)
+        )
+    });
     assert_eq!(
-        git.git("rig", &["rev-parse", "refs/heads/polecat/gt-claude"]),
+        git.git(
+            "rig",
+            &["rev-parse", &format!("refs/heads/polecat/{issue}")]
+        ),
         commit
     );
     assert_eq!(
@@ -145,7 +162,10 @@ fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
         .iter()
         .find(|e| e["kind"] == "tool_use")
         .unwrap_or_else(|| panic!("no tool_use event in {agent:?}"));
-    assert_eq!(tool["tool"], "Bash");
+    assert!(
+        tool["tool"].as_str().unwrap().eq_ignore_ascii_case("bash"),
+        "{tool}"
+    );
     assert!(
         tool["input"].as_str().unwrap().contains("NOTES.md"),
         "{tool}"
@@ -157,17 +177,30 @@ fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
         "{agent:?}"
     );
     let result = agent.iter().find(|e| e["kind"] == "result").unwrap();
+    // The tool call's id does not shadow the record's own.
+    assert_eq!(
+        tool["call_id"].as_str().map(|c| !c.is_empty()),
+        Some(true),
+        "{tool}"
+    );
+    for e in events.iter().filter(|e| e.event == "agent") {
+        assert_eq!(e.data["id"].as_u64(), Some(e.id), "{}", e.data);
+    }
     assert_eq!(result["is_error"], false);
     let first_output = events.iter().find(|e| e.event == "output").unwrap().id;
     let first_agent = events.iter().find(|e| e.event == "agent").unwrap().id;
     assert!(first_output < first_agent);
     let raw = String::from_utf8_lossy(&output_of(&events)).into_owned();
-    assert!(raw.contains(r#""type":"result""#), "{raw}");
+    let last_line = match cli {
+        Cli::Claude => r#""type":"result""#,
+        Cli::Opencode => r#""type":"step_finish""#,
+    };
+    assert!(raw.contains(last_line), "{raw}");
 
     // done: the scripted usage and cost, the model cost in `cost`.
     let want = model.script_total();
     let a = &done["agent"];
-    assert_eq!(a["name"], "claude");
+    assert_eq!(a["name"], cli.name());
     assert_eq!(a["num_turns"], 2);
     assert_eq!(a["usage"], usage_json(&want), "{a}");
     let cost = a["cost_usd"].as_f64().unwrap();
@@ -178,7 +211,7 @@ fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
     assert!(close(c["model_usd"].as_f64().unwrap(), cost));
     let total = c["total_usd"].as_f64().unwrap();
     assert!(close(total, c["compute_usd"].as_f64().unwrap() + cost));
-    // The model server saw the two conversation turns with the worker's key.
+    // The model server saw the two conversation turns.
     assert_eq!(model.turns().len(), 2);
 
     // The task object says the same; /metrics sums the model spend.
@@ -199,10 +232,9 @@ fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
     assert!((summed - cost).abs() < 1e-5, "{line} vs {cost}");
 }
 
-#[test]
-fn claude_with_a_bad_key_ends_agent_auth() {
-    let model = ModelServer::start(scripted());
-    let w = claude_worker(&model, "sk-not-the-key", &[]);
+fn bad_key_ends_agent_auth(cli: Cli) {
+    let model = ModelServer::start(scripted(cli));
+    let w = agent_worker(cli, &model, "sk-not-the-key", &[]);
     let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
     let done = &events.last().unwrap().data;
     assert_eq!(done["status"], "failed", "{done}");
@@ -211,19 +243,21 @@ fn claude_with_a_bad_key_ends_agent_auth() {
         done["error"].as_str().unwrap().contains("agent_auth"),
         "{done}"
     );
-    assert_eq!(done["agent"]["name"], "claude");
+    assert_eq!(done["agent"]["name"], cli.name());
     assert!(agent_events(&events)
         .iter()
         .any(|e| e["kind"] == "result" && e["error"] == "agent_auth"));
 }
 
-#[test]
-fn claude_over_its_budget_ends_budget_exceeded() {
-    let model = ModelServer::start(scripted());
+/// Over the budget: Claude Code stops itself (`--max-budget-usd`), opencode is
+/// stopped by the worker.
+fn over_budget_ends_budget_exceeded(cli: Cli) {
+    let model = ModelServer::start(scripted(cli));
     // The worker's default cap, below the cost of the first turn alone.
     let cap = cost_of(&TOOL_USAGE) / 2.0;
     let cap_s = format!("{cap}");
-    let w = claude_worker(
+    let w = agent_worker(
+        cli,
         &model,
         &model.api_key(),
         &[("OUTPOST_MAX_COST_USD", cap_s.as_str())],
@@ -235,13 +269,15 @@ fn claude_over_its_budget_ends_budget_exceeded() {
     let spent = done["agent"]["cost_usd"].as_f64().unwrap();
     assert!(spent > cap, "{spent} <= {cap}");
     assert!(close(done["cost"]["model_usd"].as_f64().unwrap(), spent));
-    // The turn that crossed the cap is paid; its tool call is not run.
-    assert!(!agent_events(&events)
-        .iter()
-        .any(|e| e["kind"] == "tool_result"));
+    if cli == Cli::Claude {
+        // The turn that crossed the cap is paid; its tool call is not run.
+        assert!(!agent_events(&events)
+            .iter()
+            .any(|e| e["kind"] == "tool_result"));
+    }
 
     // The request's max_cost_usd wins over the worker's default.
-    model.set_script(scripted());
+    model.set_script(scripted(cli));
     let (_, events) = run_task(
         &w,
         json!({"prompt": "Write NOTES.md, please.", "max_cost_usd": 1.0}),
@@ -252,6 +288,36 @@ fn claude_over_its_budget_ends_budget_exceeded() {
         done["agent"]["cost_usd"].as_f64().unwrap(),
         cost_of(&model.script_total())
     ));
+}
+
+#[test]
+fn claude_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
+    edits_the_rig_and_reports_usage_and_cost(Cli::Claude);
+}
+
+#[test]
+fn opencode_edits_the_rig_and_the_worker_reports_its_usage_and_cost() {
+    edits_the_rig_and_reports_usage_and_cost(Cli::Opencode);
+}
+
+#[test]
+fn claude_with_a_bad_key_ends_agent_auth() {
+    bad_key_ends_agent_auth(Cli::Claude);
+}
+
+#[test]
+fn opencode_with_a_bad_key_ends_agent_auth() {
+    bad_key_ends_agent_auth(Cli::Opencode);
+}
+
+#[test]
+fn claude_over_its_budget_ends_budget_exceeded() {
+    over_budget_ends_budget_exceeded(Cli::Claude);
+}
+
+#[test]
+fn opencode_over_its_budget_is_stopped_by_the_worker() {
+    over_budget_ends_budget_exceeded(Cli::Opencode);
 }
 
 #[test]

@@ -132,6 +132,18 @@ mod tests {
     }
 
     #[test]
+    fn events_leave_the_log_its_id_and_event_keys() {
+        let p = AgentProfile::parse("claude", None).unwrap();
+        let mut w = RunWatch::new(&p, None).unwrap();
+        let line = r#"{"type":"assistant","message":{"id":"m1","content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"ls"}}]}}"#;
+        let f = w.feed(format!("{line}\r\n").as_bytes());
+        assert_eq!(f.events.len(), 1, "{:?}", f.events);
+        let v = f.events[0].to_json();
+        assert_eq!(v["call_id"], "toolu_1");
+        assert!(v.get("id").is_none() && v.get("event").is_none(), "{v}");
+    }
+
+    #[test]
     fn shell_has_no_watch() {
         let p = AgentProfile::parse("shell", None).unwrap();
         assert!(RunWatch::new(&p, Some(1.0)).is_none());

@@ -465,6 +465,8 @@ fn agent_spec(
         env.push(("BEADS_DIR".into(), beads.display().to_string()));
     }
     env.push(("TMPDIR".into(), dirs.tmp.display().to_string()));
+    // The worker's own PWD would name the wrong directory (opencode works there).
+    env.push(("PWD".into(), paths.work.display().to_string()));
     if let Some((home, user)) = &dirs.home {
         env.push(("HOME".into(), home.display().to_string()));
         env.push(("USER".into(), user.clone()));
