@@ -340,3 +340,63 @@ fn max_cost_usd_must_be_a_positive_number() {
         }
     });
 }
+
+/// opencode may not exit after its last step (docs/agents.md). The real CLI exits
+/// here (`OPENCODE_PURE=1`), so this stands in a program named `opencode` that prints a
+/// captured opencode run (tests/fixtures/agents/opencode-tool.pty) and then stays: the
+/// worker stops it a grace after the parser saw the end of the run, and the task ends
+/// by the run's result (`done`), not as cancelled or killed.
+#[test]
+fn an_agent_that_hangs_after_its_result_is_stopped_and_the_task_ends_by_the_result() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fixture = dir.path().join("opencode-tool.pty");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/agents/opencode-tool.pty"
+        ),
+        &fixture,
+    )
+    .unwrap();
+    std::fs::set_permissions(&fixture, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let program = bin.join("opencode");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\ncat '{}'\nexec sleep 4371\n", fixture.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let w = Worker::start(&[("OUTPOST_AGENT", "opencode"), ("PATH", &path)]);
+    let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
+    assert_complete(&events, 1);
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "done", "{done}\nlog:\n{}", w.log_text());
+    assert!(done["error_code"].is_null(), "{done}");
+    // It was killed: the exit code says so.
+    assert_eq!(done["exit_code"], 137, "{done}");
+    let a = &done["agent"];
+    assert_eq!(a["name"], "opencode");
+    assert_eq!(a["num_turns"], 2);
+    assert!(a["cost_usd"].as_f64().unwrap() > 0.0, "{a}");
+    assert!(a["session_id"].as_str().unwrap().starts_with("ses_"), "{a}");
+    assert!(agent_events(&events)
+        .iter()
+        .any(|e| e["kind"] == "result" && e["is_error"] == false));
+    // Nothing of it is left.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.lines().any(|l| l.trim() == "sleep 4371"), "{ps}");
+}
