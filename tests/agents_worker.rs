@@ -21,25 +21,13 @@ use std::time::Duration;
 
 use common::*;
 use gitserver::GitServer;
-use modelserver::agents::{agent_bin, cost_of, provider_env, Cli};
+use modelserver::agents::{agent_bin, cost_of, provider_env, Cli, TEXT_USAGE, TOOL_USAGE};
 use modelserver::{ModelServer, Script, Usage};
 use serde_json::{json, Value};
 
 /// One task with an agent run (Claude Code 1-5 s, opencode 15-30 s; more when loaded).
 const T: Duration = Duration::from_secs(240);
 
-const TOOL_USAGE: Usage = Usage {
-    input_tokens: 1200,
-    output_tokens: 80,
-    cache_read_input_tokens: 300,
-    cache_creation_input_tokens: 100,
-};
-const TEXT_USAGE: Usage = Usage {
-    input_tokens: 1500,
-    output_tokens: 40,
-    cache_read_input_tokens: 0,
-    cache_creation_input_tokens: 0,
-};
 const EDIT: &str = "edited by the scripted model";
 
 /// A shell tool call that writes NOTES.md in the agent's cwd (the task's worktree,
