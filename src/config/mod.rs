@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent::profile::AgentProfile;
 use crate::agent::AgentCommand;
 use crate::process::Kind;
 
@@ -32,6 +33,8 @@ pub struct Config {
     pub token: Option<String>,
     pub insecure_no_auth: bool,
     pub agent: AgentCommand,
+    /// The agent's profile: `agent` with the user's extra flags (`OUTPOST_AGENT_ARGS`).
+    pub agent_profile: AgentProfile,
     /// `OUTPOST_MAX_COST_USD`: the spend cap of a task that sends no `max_cost_usd`.
     pub max_cost_usd: Option<f64>,
     pub max_tasks: usize,
@@ -142,6 +145,11 @@ impl Config {
             None => AgentCommand::Shell,
             Some(v) => AgentCommand::parse(&v).map_err(|e| src.err("OUTPOST_AGENT", &e))?,
         };
+        let agent_profile = AgentProfile::parse(
+            &src.string("OUTPOST_AGENT").unwrap_or_default(),
+            src.string("OUTPOST_AGENT_ARGS").as_deref(),
+        )
+        .map_err(|e| src.err("OUTPOST_AGENT_ARGS", &e))?;
         let max_tasks = src.number::<usize>("OUTPOST_MAX_TASKS", 1, 1, 1024)?;
         let worker_id = src.string("OUTPOST_WORKER_ID").unwrap_or_else(hostname);
         let allowed_hosts = src
@@ -265,6 +273,7 @@ impl Config {
             token,
             insecure_no_auth,
             agent,
+            agent_profile,
             max_cost_usd,
             max_tasks,
             worker_id,
@@ -430,6 +439,20 @@ mod tests {
         assert_eq!(c.max_cost_usd, None);
         let c = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "2.5")]), &[]).unwrap();
         assert_eq!(c.max_cost_usd, Some(2.5));
+        let c = Config::from_parts(
+            &env(&[
+                ("OUTPOST_AGENT", "claude"),
+                ("OUTPOST_AGENT_ARGS", "--model 'claude-sonnet-4-5'"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let argv = c.agent_profile.argv("go", None, None);
+        assert_eq!(argv[0], "claude");
+        let at = argv.iter().position(|w| w == "--model").unwrap();
+        assert_eq!(argv[at + 1], "claude-sonnet-4-5");
+        let e = Config::from_parts(&env(&[("OUTPOST_AGENT_ARGS", "-x")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_AGENT_ARGS"), "{e}");
         let e = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "0")]), &[]).unwrap_err();
         assert!(e.to_string().contains("OUTPOST_MAX_COST_USD"), "{e}");
         let e =

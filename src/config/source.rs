@@ -21,6 +21,7 @@ pub(super) const SETTINGS: &[Setting] = &[
     Setting { var: "OUTPOST_TOKEN", flag: "--token", help: "bearer token required on every route but /hello and /healthz" },
     Setting { var: "OUTPOST_INSECURE_NO_AUTH", flag: "--insecure-no-auth", help: "1: allow a non-loopback bind without a token" },
     Setting { var: "OUTPOST_AGENT", flag: "--agent", help: "agent: shell (sh -c \"<prompt>\", the default), claude, opencode, or a command line" },
+    Setting { var: "OUTPOST_AGENT_ARGS", flag: "--agent-args", help: "extra flags for the claude / opencode agent, after the profile's own (shell-like quoting)" },
     Setting { var: "OUTPOST_MAX_COST_USD", flag: "--max-cost-usd", help: "spend cap of a task's model in USD when POST /work sends no max_cost_usd (default none)" },
     Setting { var: "OUTPOST_MAX_TASKS", flag: "--max-tasks", help: "tasks at once (default 1)" },
     Setting { var: "OUTPOST_WORKER_ID", flag: "--worker-id", help: "workerId in /hello (default: hostname)" },

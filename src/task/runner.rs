@@ -158,7 +158,7 @@ fn start_agent(
         .context("setting up the task's containment")?;
     let owner = jail.plan().user;
     let dirs = workspace::hand_over(cfg, task, paths, owner)?;
-    let profile = AgentProfile::from_command(cfg.agent.clone());
+    let profile = cfg.agent_profile.clone();
     let budget = task.meta.request.max_cost_usd.or(cfg.max_cost_usd);
     // Agents that refuse root get their exemption only where they do run as root.
     let as_root = owner.is_none_or(|(uid, _)| uid == 0) && nix::unistd::geteuid().is_root();
