@@ -222,7 +222,14 @@ fn edits_the_rig_and_reports_usage_and_cost(cli: Cli) {
 
 fn bad_key_ends_agent_auth(cli: Cli) {
     let model = ModelServer::start(scripted(cli));
-    let w = agent_worker(cli, &model, "sk-not-the-key", &[]);
+    // Claude Code's own default: it would retry the 401 for about 3 minutes; the worker
+    // stops it at the first refusal.
+    let w = agent_worker(
+        cli,
+        &model,
+        "sk-not-the-key",
+        &[("CLAUDE_CODE_MAX_RETRIES", "10")],
+    );
     let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
     let done = &events.last().unwrap().data;
     assert_eq!(done["status"], "failed", "{done}");

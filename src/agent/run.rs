@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::profile::{AgentProfile, OutputFormat};
-use super::structured::{AgentEvent, RunResult, StructuredParser, Usage};
+use super::structured::{AgentEvent, ErrorCode, RunResult, StructuredParser, Usage};
 
 /// What a task reports about its agent (`agent` in the task object and in `done`),
 /// from the agent's own figures.
@@ -23,11 +23,14 @@ pub struct AgentReport {
 /// What one chunk of output brought.
 #[derive(Debug, Default)]
 pub struct Fed {
-    /// The `agent` events of the lines the chunk completed.
+    /// The `agent` events of the lines the chunk completed, and a `result` of the
+    /// worker's own where it ends the run (over the budget, key refused).
     pub events: Vec<AgentEvent>,
     /// The worker-enforced cap was crossed with this chunk: stop the agent.
     pub over_budget: bool,
-    /// The agent reported the end of its run with this chunk.
+    /// The run is over with this chunk: the agent reported its end, or an error no
+    /// retry can mend (the model API refused the key: Claude Code would retry a 401
+    /// for minutes). The worker stops an agent that does not exit then.
     pub finished: bool,
 }
 
@@ -39,6 +42,8 @@ pub struct RunWatch {
     /// The cap the worker enforces (the agent has no flag for it).
     worker_cap: Option<f64>,
     over_budget: bool,
+    /// The run is over (see [`Fed::finished`]).
+    ended: bool,
     result: Option<RunResult>,
 }
 
@@ -54,38 +59,65 @@ impl RunWatch {
             parser: StructuredParser::new(profile.format()),
             worker_cap: budget_usd.filter(|_| !profile.caps_budget()),
             over_budget: false,
+            ended: false,
             result: None,
         })
     }
 
     /// Feeds output bytes (an empty slice: the output has ended).
     pub fn feed(&mut self, bytes: &[u8]) -> Fed {
-        let was_finished = self.parser.is_finished();
-        let events = if bytes.is_empty() {
+        let was_ended = self.ended;
+        let mut events = if bytes.is_empty() {
             self.parser.finish()
         } else {
             self.parser.feed(bytes)
         };
+        let mut made = None;
         for e in &events {
-            if let AgentEvent::Result(r) = e {
-                if self.result.is_none() {
+            match e {
+                AgentEvent::Result(r) if self.result.is_none() => {
                     self.result = Some(r.clone());
                 }
+                AgentEvent::Error {
+                    error: ErrorCode::AgentAuth,
+                    message,
+                } if self.result.is_none() => {
+                    let t = self.parser.totals();
+                    made = Some(RunResult {
+                        session_id: self.parser.session_id().map(String::from),
+                        num_turns: t.turns,
+                        usage: t.usage,
+                        cost_usd: t.cost_usd,
+                        session_cost_usd: None,
+                        is_error: true,
+                        error: Some(ErrorCode::AgentAuth),
+                        text: message.clone(),
+                    });
+                }
+                _ => {}
             }
         }
+        if let Some(r) = made {
+            self.ended = true;
+            self.result = Some(r.clone());
+            events.push(AgentEvent::Result(r));
+        }
+        self.ended |= self.parser.is_finished();
         let mut over_budget = false;
         if let Some(cap) = self.worker_cap {
             if !self.over_budget && self.result.is_none() && self.parser.totals().exceeds(cap) {
                 self.over_budget = true;
                 over_budget = true;
                 let session = self.parser.session_id().map(String::from);
-                self.result = Some(self.parser.totals().budget_exceeded(session, cap));
+                let r = self.parser.totals().budget_exceeded(session, cap);
+                self.result = Some(r.clone());
+                events.push(AgentEvent::Result(r));
             }
         }
         Fed {
             events,
             over_budget,
-            finished: !was_finished && self.parser.is_finished(),
+            finished: !was_ended && self.ended,
         }
     }
 
@@ -144,6 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_key_ends_the_run() {
+        let p = AgentProfile::parse("claude", None).unwrap();
+        let mut w = RunWatch::new(&p, None).unwrap();
+        let line = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"error_status":401,"error":"authentication_failed","session_id":"s1"}"#;
+        let f = w.feed(format!("{line}\r\n").as_bytes());
+        assert!(f.finished, "{:?}", f.events);
+        // The worker's own `result` follows the error.
+        assert!(matches!(f.events.last(), Some(AgentEvent::Result(_))));
+        let r = w.result().unwrap();
+        assert_eq!(r.error, Some(ErrorCode::AgentAuth));
+        assert!(r.is_error);
+    }
+
+    #[test]
     fn shell_has_no_watch() {
         let p = AgentProfile::parse("shell", None).unwrap();
         assert!(RunWatch::new(&p, Some(1.0)).is_none());
@@ -157,6 +203,7 @@ mod tests {
         assert!(!f.over_budget && !f.finished && w.result().is_none());
         let f = w.feed(step(0.01, "tool-calls").as_bytes());
         assert!(f.over_budget);
+        assert!(matches!(f.events.last(), Some(AgentEvent::Result(_))));
         let r = w.result().unwrap();
         assert_eq!(r.error, Some(ErrorCode::BudgetExceeded));
         let rep = w.report();

@@ -307,9 +307,9 @@ async fn finish_normally(
     v: Verdict,
 ) -> Ending {
     let (exit, oom_in_task) = (v.exit, v.oom_in_task);
-    // Killed by the worker after a successful result: the run is what the result says.
+    // Killed by the worker after the end of the run: the run is what the result says.
     let judged = match &v.result {
-        Some(r) if v.after_result && !r.is_error => Exit::Code(0),
+        Some(_) if v.after_result => Exit::Code(0),
         _ => exit,
     };
     // A SIGKILL (or a shell reporting one as 137) while the memory cgroup OOM-killed.
