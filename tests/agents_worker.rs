@@ -395,3 +395,29 @@ fn an_agent_that_hangs_after_its_result_is_stopped_and_the_task_ends_by_the_resu
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(!ps.lines().any(|l| l.trim() == "sleep 4371"), "{ps}");
 }
+
+/// Where the operator runs agents as root (`OUTPOST_AGENT_USER=root`), Claude Code's
+/// refusal of `--dangerously-skip-permissions` as root is lifted (`IS_SANDBOX=1`).
+#[test]
+fn claude_runs_as_root_where_the_operator_chose_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let model = ModelServer::start(scripted(Cli::Claude));
+    let w = agent_worker(
+        Cli::Claude,
+        &model,
+        &model.api_key(),
+        &[("OUTPOST_AGENT_USER", "root")],
+    );
+    let (_, events) = run_task(&w, json!({"prompt": "Write NOTES.md, please."}));
+    let done = &events.last().unwrap().data;
+    assert_eq!(
+        done["status"],
+        "done",
+        "{done}\noutput:\n{}",
+        String::from_utf8_lossy(&output_of(&events))
+    );
+    assert_eq!(done["agent"]["num_turns"], 2, "{done}");
+}
