@@ -79,6 +79,23 @@ pub fn whole_in(
     }
 }
 
+/// The largest spend cap accepted, in US dollars.
+pub const MAX_USD: f64 = 1_000_000.0;
+
+/// A dollar amount in a JSON field: a number above 0 and at most [`MAX_USD`].
+pub fn usd_amount(field: &'static str, v: &Value) -> Result<f64, FieldError> {
+    match v.as_f64() {
+        Some(x) if x > 0.0 && x <= MAX_USD => Ok(x),
+        _ => Err(bad(
+            field,
+            format!(
+                "expected a number of US dollars above 0 and at most {MAX_USD}, got {}",
+                shown(v)
+            ),
+        )),
+    }
+}
+
 /// A value as a short text for a message (long ones are cut).
 fn shown(v: &Value) -> String {
     let text = v.to_string();
@@ -178,10 +195,15 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
         prompt: string("prompt")?,
         context: obj.get("context").filter(|v| !v.is_null()).cloned(),
         timeout_s: None,
+        max_cost_usd: None,
     };
     req.timeout_s = match obj.get("timeout_s") {
         None | Some(Value::Null) => None,
         Some(v) => Some(whole_in("timeout_s", v, 1..=7 * 86_400, " of seconds")?),
+    };
+    req.max_cost_usd = match obj.get("max_cost_usd") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(usd_amount("max_cost_usd", v)?),
     };
     if req.prompt.as_deref().is_none_or(str::is_empty) && req.issue_id.is_none() {
         return Err(bad(
@@ -427,6 +449,18 @@ mod tests {
             "timeout_s"
         );
         assert_eq!(parse_request(&json!([1])).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn max_cost_is_a_positive_number_of_dollars() {
+        let ok = parse_request(&json!({"prompt": "x", "max_cost_usd": 0.25})).unwrap();
+        assert_eq!(ok.max_cost_usd, Some(0.25));
+        let none = parse_request(&json!({"prompt": "x", "max_cost_usd": null})).unwrap();
+        assert_eq!(none.max_cost_usd, None);
+        for bad_value in [json!(-1), json!(0), json!("1"), json!(true), json!(2e6)] {
+            let e = parse_request(&json!({"prompt": "x", "max_cost_usd": bad_value})).unwrap_err();
+            assert_eq!(e.field, "max_cost_usd", "{bad_value}");
+        }
     }
 
     #[test]

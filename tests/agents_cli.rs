@@ -14,25 +14,11 @@ mod modelserver;
 
 use std::path::Path;
 
-use modelserver::agents::{capture, cost_of, run, Cli, RunOpts, Sandbox};
+use modelserver::agents::{capture, cost_of, run, Cli, RunOpts, Sandbox, TEXT_USAGE, TOOL_USAGE};
 use modelserver::{ModelServer, Reply, Script, Step, Usage};
 use outpost::agent::profile::{claude_transcript_exists, SessionPlan};
 use outpost::agent::structured::{AgentEvent, ErrorCode};
 use serde_json::json;
-
-/// Scripted token counts: the tool-call turn and the final turn.
-const TOOL_USAGE: Usage = Usage {
-    input_tokens: 1200,
-    output_tokens: 80,
-    cache_read_input_tokens: 300,
-    cache_creation_input_tokens: 100,
-};
-const TEXT_USAGE: Usage = Usage {
-    input_tokens: 1500,
-    output_tokens: 40,
-    cache_read_input_tokens: 0,
-    cache_creation_input_tokens: 0,
-};
 
 fn scripted(cli: Cli, file: &Path) -> Script {
     let (tool, input) = cli.write_tool(file, "edited by the scripted model\n");

@@ -4,6 +4,7 @@
 
 pub mod profile;
 pub mod pty;
+pub mod run;
 pub mod structured;
 pub mod utf8;
 

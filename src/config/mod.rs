@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent::profile::AgentProfile;
 use crate::agent::AgentCommand;
 use crate::process::Kind;
 
@@ -32,6 +33,10 @@ pub struct Config {
     pub token: Option<String>,
     pub insecure_no_auth: bool,
     pub agent: AgentCommand,
+    /// The agent's profile: `agent` with the user's extra flags (`OUTPOST_AGENT_ARGS`).
+    pub agent_profile: AgentProfile,
+    /// `OUTPOST_MAX_COST_USD`: the spend cap of a task that sends no `max_cost_usd`.
+    pub max_cost_usd: Option<f64>,
     pub max_tasks: usize,
     pub worker_id: String,
     pub allowed_hosts: Vec<String>,
@@ -140,6 +145,11 @@ impl Config {
             None => AgentCommand::Shell,
             Some(v) => AgentCommand::parse(&v).map_err(|e| src.err("OUTPOST_AGENT", &e))?,
         };
+        let agent_profile = AgentProfile::parse(
+            &src.string("OUTPOST_AGENT").unwrap_or_default(),
+            src.string("OUTPOST_AGENT_ARGS").as_deref(),
+        )
+        .map_err(|e| src.err("OUTPOST_AGENT_ARGS", &e))?;
         let max_tasks = src.number::<usize>("OUTPOST_MAX_TASKS", 1, 1, 1024)?;
         let worker_id = src.string("OUTPOST_WORKER_ID").unwrap_or_else(hostname);
         let allowed_hosts = src
@@ -248,6 +258,13 @@ impl Config {
                 .unwrap_or(CLOUD_RUN_USD_PER_GIB_S),
         };
         let agent_user = src.string("OUTPOST_AGENT_USER");
+        let max_cost_usd = src.decimal("OUTPOST_MAX_COST_USD")?;
+        if max_cost_usd.is_some_and(|c| !(c > 0.0 && c <= 1_000_000.0)) {
+            return Err(src.err(
+                "OUTPOST_MAX_COST_USD",
+                "expected US dollars above 0 and at most 1000000, such as 2.5",
+            ));
+        }
 
         Ok(Config {
             port,
@@ -256,6 +273,8 @@ impl Config {
             token,
             insecure_no_auth,
             agent,
+            agent_profile,
+            max_cost_usd,
             max_tasks,
             worker_id,
             allowed_hosts,
@@ -417,6 +436,25 @@ mod tests {
         assert_eq!(c.limits.max_output, 1 << 30);
         assert_eq!(c.pricing.usd_per_vcpu_s, 0.5);
         assert_eq!(c.pricing.usd_per_gib_s, CLOUD_RUN_USD_PER_GIB_S);
+        assert_eq!(c.max_cost_usd, None);
+        let c = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "2.5")]), &[]).unwrap();
+        assert_eq!(c.max_cost_usd, Some(2.5));
+        let c = Config::from_parts(
+            &env(&[
+                ("OUTPOST_AGENT", "claude"),
+                ("OUTPOST_AGENT_ARGS", "--model 'claude-sonnet-4-5'"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let argv = c.agent_profile.argv("go", None, None);
+        assert_eq!(argv[0], "claude");
+        let at = argv.iter().position(|w| w == "--model").unwrap();
+        assert_eq!(argv[at + 1], "claude-sonnet-4-5");
+        let e = Config::from_parts(&env(&[("OUTPOST_AGENT_ARGS", "-x")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_AGENT_ARGS"), "{e}");
+        let e = Config::from_parts(&env(&[("OUTPOST_MAX_COST_USD", "0")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_MAX_COST_USD"), "{e}");
         let e =
             Config::from_parts(&env(&[("OUTPOST_TOKEN_FILE", "/nonexistent/t")]), &[]).unwrap_err();
         assert!(e.to_string().contains("OUTPOST_TOKEN_FILE"), "{e}");

@@ -39,6 +39,9 @@ pub enum StopReason {
     OutputLimit,
     /// The data dir is nearly full.
     DiskFull,
+    /// The agent spent more than the task's `max_cost_usd` (enforced by the worker
+    /// where the agent has no flag for it).
+    BudgetExceeded,
 }
 
 /// One task.
@@ -127,6 +130,7 @@ impl Task {
             last_event_id: self.log.last_id(),
             resources: s.resources,
             cost: s.cost,
+            agent: s.agent,
         }
     }
 
@@ -173,6 +177,7 @@ impl Task {
             output_bytes: self.log.output_bytes(),
             resources: end.resources,
             cost: end.cost,
+            agent: end.agent.clone(),
         };
         self.log
             .append("status", &json!({ "status": status }).to_string())?;
@@ -185,6 +190,7 @@ impl Task {
         st.error_code = end.error_code.map(String::from);
         st.resources = end.resources;
         st.cost = end.cost;
+        st.agent = end.agent;
         st.finished_at = Some(crate::timefmt::rfc3339_ms(now));
         let r = self.persist(&st);
         drop(st);

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::agent::run::AgentReport;
+
 /// Where a task is in its life. It only moves forward; terminal states never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +73,9 @@ pub struct WorkRequest {
     pub prompt: Option<String>,
     pub context: Option<Value>,
     pub timeout_s: Option<u64>,
+    /// The spend cap of the agent's model, in US dollars (else `OUTPOST_MAX_COST_USD`).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The task object of the contract.
@@ -92,6 +97,8 @@ pub struct TaskView {
     pub last_event_id: u64,
     pub resources: Option<Resources>,
     pub cost: Option<Cost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentReport>,
 }
 
 /// What a task's processes used (from its cgroup, or the kernel's account of them).
@@ -122,6 +129,8 @@ pub struct Ending {
     pub error_code: Option<&'static str>,
     pub resources: Option<Resources>,
     pub cost: Option<Cost>,
+    /// What an agent with structured output reported.
+    pub agent: Option<AgentReport>,
 }
 
 impl Ending {
@@ -157,6 +166,8 @@ pub struct TaskState {
     pub resources: Option<Resources>,
     #[serde(default)]
     pub cost: Option<Cost>,
+    #[serde(default)]
+    pub agent: Option<AgentReport>,
 }
 
 impl TaskState {
@@ -172,6 +183,7 @@ impl TaskState {
             error_code: None,
             resources: None,
             cost: None,
+            agent: None,
         }
     }
 }
@@ -196,6 +208,8 @@ pub struct DoneEvent {
     pub output_bytes: u64,
     pub resources: Option<Resources>,
     pub cost: Option<Cost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentReport>,
 }
 
 /// The immutable facts of a task, persisted as `meta.json` when it is created.

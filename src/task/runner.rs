@@ -3,14 +3,18 @@
 //! appended to the event log, stop it on cancel / timeout / shutdown / memory, then
 //! commit and push, and end the task with what happened.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use tokio::sync::watch;
 
 use super::model::{Ending, Resources, Status};
 use super::workspace::{self, AgentDirs, Workspace};
 use super::{Registry, StopReason, Task};
+use crate::agent::profile::AgentProfile;
+use crate::agent::run::RunWatch;
+use crate::agent::structured::{ErrorCode, RunResult};
 use crate::agent::utf8::{Piece, Utf8Splitter};
 use crate::agent::{Agent, AgentSpec, OutputSink};
 use crate::process::reaper::{Exit, Reaped};
@@ -18,6 +22,10 @@ use crate::process::Jail;
 
 /// How long output may still arrive after the agent's leader exited.
 const OUTPUT_LINGER: Duration = Duration::from_secs(2);
+
+/// How long an agent may keep running after it reported the end of its run (opencode
+/// may never exit) before the worker stops it.
+const AFTER_RESULT_GRACE: Duration = Duration::from_secs(5);
 
 /// How often (in output bytes) the sink looks at the data dir's free space.
 const DISK_CHECK_EVERY: u64 = 16 << 20;
@@ -30,7 +38,8 @@ pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
         let resources = end.resources.get_or_insert_with(Resources::default);
         resources.wall_seconds =
             crate::timefmt::now_unix_ms().saturating_sub(task.meta.created_unix_ms) as f64 / 1e3;
-        let cost = reg.instance.cost(resources, None);
+        let model_usd = end.agent.as_ref().map(|a| a.cost_usd);
+        let cost = reg.instance.cost(resources, model_usd);
         reg.totals.add(resources, &cost);
         end.cost = Some(cost);
         match &end.error {
@@ -71,8 +80,8 @@ async fn run_in_workspace(reg: &Arc<Registry>, task: &Arc<Task>, ws: &Workspace)
     let (reg2, task2) = (reg.clone(), task.clone());
     let paths = ws.agent_paths();
     let started = tokio::task::spawn_blocking(move || start_agent(&reg2, &task2, &paths)).await;
-    let (jail, mut agent) = match started {
-        Ok(Ok(pair)) => pair,
+    let (jail, mut agent, structured) = match started {
+        Ok(Ok(started)) => started,
         Ok(Err(e)) => return Ending::failed("agent_start", format!("{e:#}")),
         Err(e) => return Ending::failed("agent_start", format!("starting the agent: {e}")),
     };
@@ -80,7 +89,9 @@ async fn run_in_workspace(reg: &Arc<Registry>, task: &Arc<Task>, ws: &Workspace)
     task.set_jail(Some(jail.clone()));
     tracing::info!(task_id = %task.id(), pid = agent.pid(), uid = jail.uid(), "agent started");
 
-    let (reaped, checkpoint) = supervise_agent(&mut agent, &jail, task, &cfg, ws).await;
+    let ended = structured.as_ref().map(|s| s.finished.clone());
+    let (reaped, checkpoint, after_result) =
+        supervise_agent(&mut agent, &jail, task, &cfg, ws, ended).await;
     // The task is over for every process in it, whatever it started.
     kill_all(&jail).await;
     if let Err(e) = agent.finish_output(OUTPUT_LINGER).await {
@@ -93,10 +104,20 @@ async fn run_in_workspace(reg: &Arc<Registry>, task: &Arc<Task>, ws: &Workspace)
     let j = jail.clone();
     let _ = tokio::task::spawn_blocking(move || j.release()).await;
 
+    let result = structured.as_ref().and_then(|s| s.lock().result().cloned());
     let mut end = match task.stop_reason() {
         Some(reason) => stopped(reason, Some(reaped.exit), checkpoint, &cfg, task),
-        None => finish_normally(task, &cfg, ws, reaped.exit, oom).await,
+        None => {
+            let verdict = Verdict {
+                exit: reaped.exit,
+                oom_in_task: oom,
+                result,
+                after_result,
+            };
+            finish_normally(task, &cfg, ws, verdict).await
+        }
     };
+    end.agent = structured.as_ref().map(|s| s.lock().report());
     end.resources = Some(Resources {
         cpu_seconds: cpu_us as f64 / 1e6,
         memory_peak_bytes: memory_peak,
@@ -105,13 +126,30 @@ async fn run_in_workspace(reg: &Arc<Registry>, task: &Arc<Task>, ws: &Workspace)
     end
 }
 
+/// The structured side of a running agent: its parser's state, shared with the output
+/// sink, and a flag the sink raises when the agent reported the end of its run.
+struct Structured {
+    watch: Arc<Mutex<RunWatch>>,
+    finished: watch::Receiver<bool>,
+}
+
+impl Structured {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunWatch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The output sink's end of [`Structured`].
+type StructuredFeed = (Arc<Mutex<RunWatch>>, watch::Sender<bool>);
+
 /// On a blocking thread: the task's containment, its directories handed to the agent
-/// user, and the agent started inside it.
+/// user, and the agent started inside it (with the structured side of its output, for
+/// a profile that has one).
 fn start_agent(
     reg: &Registry,
     task: &Arc<Task>,
     paths: &workspace::AgentPaths,
-) -> anyhow::Result<(Arc<Jail>, Agent)> {
+) -> anyhow::Result<(Arc<Jail>, Agent, Option<Structured>)> {
     use anyhow::Context;
     let cfg = &reg.cfg;
     let mut jail = reg
@@ -120,9 +158,31 @@ fn start_agent(
         .context("setting up the task's containment")?;
     let owner = jail.plan().user;
     let dirs = workspace::hand_over(cfg, task, paths, owner)?;
-    let mut spec = agent_spec(cfg, task, paths, &dirs)?;
+    let profile = cfg.agent_profile.clone();
+    let budget = task.meta.request.max_cost_usd.or(cfg.max_cost_usd);
+    // Agents that refuse root get their exemption only where they do run as root.
+    let as_root = owner.is_none_or(|(uid, _)| uid == 0) && nix::unistd::geteuid().is_root();
+    let mut spec = match agent_spec(task, paths, &dirs, &profile, budget, as_root) {
+        Ok(s) => s,
+        Err(e) => {
+            jail.release();
+            return Err(e);
+        }
+    };
     spec.plan = jail.plan().clone();
-    let sink = output_sink(task.clone(), cfg);
+    let (structured, feed) = match RunWatch::new(&profile, budget) {
+        Some(w) => {
+            let w = Arc::new(Mutex::new(w));
+            let (tx, rx) = watch::channel(false);
+            let s = Structured {
+                watch: w.clone(),
+                finished: rx,
+            };
+            (Some(s), Some((w, tx)))
+        }
+        None => (None, None),
+    };
+    let sink = output_sink(task.clone(), cfg, feed);
     let agent = match Agent::spawn(spec, sink) {
         Ok(a) => a,
         Err(e) => {
@@ -131,7 +191,7 @@ fn start_agent(
         }
     };
     jail.set_leader(agent.pid());
-    Ok((Arc::new(jail), agent))
+    Ok((Arc::new(jail), agent, structured))
 }
 
 async fn kill_all(jail: &Arc<Jail>) {
@@ -145,15 +205,18 @@ async fn kill_all(jail: &Arc<Jail>) {
 }
 
 /// Waits for the agent, or stops it when asked (cancel, timeout, shutdown, memory,
-/// output, disk). On shutdown the work in progress is checkpointed while the agent is
-/// stopping.
+/// output, disk, budget) or when it reported the end of its run (`ended`) and has not
+/// exited [`AFTER_RESULT_GRACE`] later. On shutdown the work in progress is
+/// checkpointed while the agent is stopping. Returns how it ended, the checkpoint, and
+/// whether the worker stopped it after its result.
 async fn supervise_agent(
     agent: &mut Agent,
     jail: &Arc<Jail>,
     task: &Arc<Task>,
     cfg: &crate::config::Config,
     ws: &Workspace,
-) -> (Reaped, Option<String>) {
+    ended: Option<watch::Receiver<bool>>,
+) -> (Reaped, Option<String>, bool) {
     let mut stop = task.stop_watch();
     let timeout = task
         .meta
@@ -168,10 +231,26 @@ async fn supervise_agent(
             None => std::future::pending().await,
         }
     };
+    let lingering = async {
+        if let Some(mut e) = ended {
+            if e.wait_for(|done| *done).await.is_ok() {
+                return tokio::time::sleep(AFTER_RESULT_GRACE).await;
+            }
+        }
+        // No structured output, or the output ended: the agent exits by itself.
+        std::future::pending().await
+    };
+    let mut after_result = false;
     tokio::select! {
-        r = agent.wait() => return (r, None),
+        r = agent.wait() => return (r, None, false),
         _ = stop.wait_for(|r| r.is_some()) => {}
         _ = timer => { task.request_stop(StopReason::Timeout); }
+        _ = lingering => { after_result = true; }
+    }
+    if after_result && task.stop_reason().is_none() {
+        tracing::info!(task_id = %task.id(), "the agent reported the end of its run but did not exit: stopping it");
+        kill_all(jail).await;
+        return (agent.wait().await, None, true);
     }
     let reason = task.stop_reason();
     tracing::info!(task_id = %task.id(), reason = ?reason, "stopping the agent");
@@ -181,7 +260,7 @@ async fn supervise_agent(
     ) {
         // No grace: memory or disk is running out now.
         kill_all(jail).await;
-        return (agent.wait().await, None);
+        return (agent.wait().await, None, false);
     }
     agent.signal_group(Signal::SIGTERM);
     let grace = tokio::time::sleep(cfg.grace);
@@ -194,7 +273,7 @@ async fn supervise_agent(
             r = agent.wait() => {
                 kill_all(jail).await;
                 let c = workspace::checkpoint(cfg, ws, task).await;
-                return (r, c);
+                return (r, c, false);
             }
             _ = early => {}
         }
@@ -207,19 +286,35 @@ async fn supervise_agent(
             agent.wait().await
         }
     };
-    (r, checkpoint)
+    (r, checkpoint, false)
+}
+
+/// What decides how an agent that was not stopped from outside ended.
+struct Verdict {
+    exit: Exit,
+    /// The task's memory cgroup OOM-killed a process.
+    oom_in_task: bool,
+    /// The end of the run as the agent reported it (structured output only).
+    result: Option<RunResult>,
+    /// The worker stopped the agent a grace after its result.
+    after_result: bool,
 }
 
 async fn finish_normally(
     task: &Arc<Task>,
     cfg: &crate::config::Config,
     ws: &Workspace,
-    exit: Exit,
-    oom_in_task: bool,
+    v: Verdict,
 ) -> Ending {
+    let (exit, oom_in_task) = (v.exit, v.oom_in_task);
+    // Killed by the worker after the end of the run: the run is what the result says.
+    let judged = match &v.result {
+        Some(_) if v.after_result => Exit::Code(0),
+        _ => exit,
+    };
     // A SIGKILL (or a shell reporting one as 137) while the memory cgroup OOM-killed.
-    let killed = matches!(exit, Exit::Signal(9) | Exit::Code(137));
-    let (code, error) = match exit {
+    let killed = matches!(judged, Exit::Signal(9) | Exit::Code(137));
+    let (mut code, mut error) = match judged {
         Exit::Code(0) => (None, None),
         _ if killed && (oom_in_task || crate::supervise::memwatch::watch().oom_suspected()) => (
             Some("out_of_memory"),
@@ -237,6 +332,14 @@ async fn finish_normally(
             Some(format!("the agent was killed by signal {s}")),
         ),
     };
+    // A failure the agent reported names its reason better than its exit.
+    if let Some(r) = v.result.as_ref().filter(|r| r.is_error) {
+        if matches!(code, None | Some("agent_exit" | "agent_signal")) {
+            let c = r.error.unwrap_or(ErrorCode::AgentError).as_str();
+            code = Some(c);
+            error = Some(format!("the agent reported a failure ({c}): {}", r.text));
+        }
+    }
     let mut out = Ending {
         status: Some(if error.is_none() {
             Status::Done
@@ -248,7 +351,7 @@ async fn finish_normally(
         error_code: code,
         ..Ending::default()
     };
-    if ws.is_git() && (exit.success() || cfg.push_on_failure) {
+    if ws.is_git() && (out.error.is_none() || cfg.push_on_failure) {
         task.set_status(Status::Pushing).ok();
         match workspace::finish(cfg, ws, task).await {
             Ok(commit) => out.commit = commit,
@@ -307,6 +410,14 @@ fn stopped(
                 crate::memory::format_size(cfg.limits.max_output)
             ),
         ),
+        StopReason::BudgetExceeded => (
+            Status::Failed,
+            "budget_exceeded",
+            format!(
+                "stopped by outpost: the agent spent more than its budget of ${} (max_cost_usd, else OUTPOST_MAX_COST_USD)",
+                task.meta.request.max_cost_usd.or(cfg.max_cost_usd).unwrap_or(0.0)
+            ),
+        ),
         StopReason::DiskFull => (
             Status::Failed,
             "disk_full",
@@ -326,12 +437,18 @@ fn stopped(
     }
 }
 
+/// What the agent runs: the profile's command line (with the spend cap where the agent
+/// has a flag for it), the task's environment, and the profile's own (its state dir:
+/// the agent's HOME, else a directory of the task's run dir).
 fn agent_spec(
-    cfg: &crate::config::Config,
     task: &Task,
     paths: &workspace::AgentPaths,
     dirs: &AgentDirs,
+    profile: &AgentProfile,
+    budget: Option<f64>,
+    as_root: bool,
 ) -> anyhow::Result<AgentSpec> {
+    use anyhow::Context;
     let req = &task.meta.request;
     let prompt = req
         .prompt
@@ -348,13 +465,31 @@ fn agent_spec(
         env.push(("BEADS_DIR".into(), beads.display().to_string()));
     }
     env.push(("TMPDIR".into(), dirs.tmp.display().to_string()));
+    // The worker's own PWD would name the wrong directory (opencode works there).
+    env.push(("PWD".into(), paths.work.display().to_string()));
     if let Some((home, user)) = &dirs.home {
         env.push(("HOME".into(), home.display().to_string()));
         env.push(("USER".into(), user.clone()));
         env.push(("LOGNAME".into(), user.clone()));
     }
+    if profile.format() != crate::agent::profile::OutputFormat::None {
+        let state = match &dirs.home {
+            Some((home, _)) => home.clone(),
+            None => {
+                let d = dirs.tmp.join("agent-state");
+                std::fs::create_dir_all(&d)
+                    .with_context(|| format!("creating the agent's state dir {}", d.display()))?;
+                d
+            }
+        };
+        env.extend(profile.env(&state));
+        if as_root {
+            env.extend(profile.root_env());
+        }
+    }
+    let budget = budget.filter(|_| profile.caps_budget());
     Ok(AgentSpec {
-        argv: cfg.agent.argv(&prompt),
+        argv: profile.argv(&prompt, None, budget),
         cwd: paths.work.clone(),
         env,
         cols: 120,
@@ -366,7 +501,14 @@ fn agent_spec(
 /// The sink the PTY pump writes into: split into text / bytes and append to the log,
 /// up to the task's output limit (past it the task is stopped and the rest dropped),
 /// watching the data dir's free space as the output grows.
-fn output_sink(task: Arc<Task>, cfg: &crate::config::Config) -> OutputSink {
+///
+/// For an agent with structured output, the same bytes then go to its parser, and each
+/// `agent` event follows the raw `output` events of the bytes that completed it.
+fn output_sink(
+    task: Arc<Task>,
+    cfg: &crate::config::Config,
+    structured: Option<StructuredFeed>,
+) -> OutputSink {
     let mut splitter = Utf8Splitter::new();
     let mut failed = false;
     let (max, min_free) = (cfg.limits.max_output, cfg.min_free_disk);
@@ -390,6 +532,7 @@ fn output_sink(task: Arc<Task>, cfg: &crate::config::Config) -> OutputSink {
         };
         if bytes.is_empty() {
             splitter.finish(&mut append);
+            feed_structured(&task, structured.as_ref(), bytes);
             return;
         }
         splitter.push(bytes, &mut append);
@@ -397,7 +540,12 @@ fn output_sink(task: Arc<Task>, cfg: &crate::config::Config) -> OutputSink {
         if written >= max {
             task.request_stop(StopReason::OutputLimit);
             splitter.finish(&mut append);
-        } else if written >= next_disk_check {
+            feed_structured(&task, structured.as_ref(), bytes);
+            feed_structured(&task, structured.as_ref(), &[]);
+            return;
+        }
+        feed_structured(&task, structured.as_ref(), bytes);
+        if written >= next_disk_check {
             next_disk_check = written + DISK_CHECK_EVERY;
             let free = nix::sys::statvfs::statvfs(task.dir())
                 .map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
@@ -406,4 +554,26 @@ fn output_sink(task: Arc<Task>, cfg: &crate::config::Config) -> OutputSink {
             }
         }
     })
+}
+
+/// Feeds output bytes (an empty slice: the end) to the agent's parser and logs its
+/// `agent` events; stops the agent over the worker-enforced budget, and raises the
+/// `finished` flag when the agent reported the end of its run.
+fn feed_structured(task: &Task, structured: Option<&StructuredFeed>, bytes: &[u8]) {
+    let Some((watch, finished)) = structured else {
+        return;
+    };
+    let fed = watch.lock().unwrap_or_else(|e| e.into_inner()).feed(bytes);
+    for ev in &fed.events {
+        if let Err(e) = task.emit("agent", ev.to_json()) {
+            tracing::error!(task_id = %task.id(), "an agent event could not be written to the event log: {e}");
+            break;
+        }
+    }
+    if fed.over_budget {
+        task.request_stop(StopReason::BudgetExceeded);
+    }
+    if fed.finished {
+        finished.send_replace(true);
+    }
 }

@@ -35,6 +35,20 @@ pub const PRICE_OUT: f64 = 15.0;
 pub const PRICE_CACHE_READ: f64 = 0.3;
 pub const PRICE_CACHE_WRITE: f64 = 3.75;
 
+/// Scripted token counts: the tool-call turn and the final turn.
+pub const TOOL_USAGE: Usage = Usage {
+    input_tokens: 1200,
+    output_tokens: 80,
+    cache_read_input_tokens: 300,
+    cache_creation_input_tokens: 100,
+};
+pub const TEXT_USAGE: Usage = Usage {
+    input_tokens: 1500,
+    output_tokens: 40,
+    cache_read_input_tokens: 0,
+    cache_creation_input_tokens: 0,
+};
+
 pub fn cost_of(u: &Usage) -> f64 {
     (u.input_tokens as f64 * PRICE_IN
         + u.output_tokens as f64 * PRICE_OUT

@@ -59,7 +59,7 @@ impl ErrorCode {
 }
 
 /// Token counts, named as in the Anthropic API and in the task object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -114,12 +114,15 @@ pub enum AgentEvent {
     /// The model called a tool; `input` is a short summary of its arguments.
     ToolUse {
         tool: String,
+        /// The tool call's id (`call_id` in JSON: the log's records have their own `id`).
+        #[serde(rename = "call_id")]
         id: Option<String>,
         input: String,
     },
     /// What a tool returned.
     ToolResult {
         tool: Option<String>,
+        #[serde(rename = "call_id")]
         id: Option<String>,
         is_error: bool,
         text: String,
@@ -131,7 +134,8 @@ pub enum AgentEvent {
 }
 
 impl AgentEvent {
-    /// The event as the JSON object stored in the log.
+    /// The event as the JSON object stored in the log (no `id` or `event` key: the
+    /// log's record has those).
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
