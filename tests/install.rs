@@ -325,6 +325,8 @@ fn openrc_install_is_complete_idempotent_and_undone() {
         "need net",
         ". /etc/outpost/env",
         "/usr/local/bin/outpost swap ensure 1G --path /var/lib/outpost.swap",
+        // cgroup v2 delegation, as systemd's Delegate=yes (the worker makes task cgroups).
+        "chown outpost:outpost \"/sys/fs/cgroup$cg\" \"/sys/fs/cgroup$cg/cgroup.procs\"",
     ] {
         assert!(
             script.contains(needle),

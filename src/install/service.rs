@@ -7,7 +7,9 @@
 //! (oom_score_adj -1000, set by the init system before it drops root; the agents it
 //! starts may raise their own score), and on stop send SIGTERM to the worker alone,
 //! waiting longer than `OUTPOST_GRACE_S` so agents get their grace and the worker can
-//! push a checkpoint before anything is killed.
+//! push a checkpoint before anything is killed. On cgroup v2 both hand the worker its
+//! own cgroup (systemd `Delegate=yes`; OpenRC: `start_pre` chowns the service's cgroup)
+//! so it can put each task in a cgroup of its own below it.
 
 use std::path::Path;
 use std::process::Command;
@@ -126,6 +128,14 @@ start_pre() {{
 	. /etc/outpost/env
 	set +a
 {swap_step}	checkpath --directory --owner outpost:outpost --mode 0750 /var/lib/outpost {LOG_DIR}
+	# cgroup v2: hand the worker the cgroup OpenRC made for this service, as systemd's
+	# Delegate=yes does, so it can make one cgroup per task below its own.
+	cg="$(sed -n 's/^0:://p' /proc/$$/cgroup)"
+	if [ -n "$cg" ] && [ "$cg" != / ] && [ -f "/sys/fs/cgroup$cg/cgroup.procs" ]; then
+		chown outpost:outpost "/sys/fs/cgroup$cg" "/sys/fs/cgroup$cg/cgroup.procs" \
+			"/sys/fs/cgroup$cg/cgroup.subtree_control" "/sys/fs/cgroup$cg/cgroup.threads" \
+			|| ewarn "outpost: cannot delegate /sys/fs/cgroup$cg to the worker"
+	fi
 }}
 "#,
         respawn_delay = 2,
