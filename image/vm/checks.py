@@ -107,14 +107,18 @@ def recipe(vm, w, rep, boot_s):
     rep.check("isolation.agent_not_root", f.get("UID", "0") != "0" and t["status"] == "done",
               f"uid {f.get('UID')!r}, task {t['status']}")
     agent_cg = f.get("CG", "")
-    rep.check("isolation.agent_own_cgroup",
-              agent_cg.startswith(worker_cg.rsplit("/", 1)[0] + "/") and agent_cg != worker_cg,
+    # The service's cgroup (systemd's outpost.service), below which the worker keeps
+    # itself and one cgroup per task.
+    service_cg = worker_cg if worker_cg.endswith(".service") else worker_cg.rsplit("/", 1)[0]
+    own = agent_cg.startswith(service_cg + "/") and agent_cg != worker_cg
+    rep.check("isolation.agent_own_cgroup", own,
               f"agent {agent_cg!r}, worker {worker_cg!r}", gated=True, ready=ready)
+    # The limits must be the task's own (the service's TasksMax does not count).
     mem = f.get("MEMMAX", "")
-    rep.check("isolation.task_memory_limit", mem.isdigit() and int(mem) < 614 << 20,
-              f"memory.max {mem!r}, pids.max {f.get('PIDSMAX')!r}", gated=True, ready=ready)
-    rep.check("isolation.task_pids_limit", f.get("PIDSMAX", "").isdigit(),
-              f"pids.max {f.get('PIDSMAX')!r}", gated=True, ready=ready)
+    rep.check("isolation.task_memory_limit", own and mem.isdigit() and int(mem) < 614 << 20,
+              f"memory.max {mem!r} in {agent_cg!r}", gated=True, ready=ready)
+    rep.check("isolation.task_pids_limit", own and f.get("PIDSMAX", "").isdigit(),
+              f"pids.max {f.get('PIDSMAX')!r} in {agent_cg!r}", gated=True, ready=ready)
     if mem.isdigit():
         rep.figure("task_memory_limit_mib", int(mem) >> 20, " MiB")
 
