@@ -80,8 +80,9 @@ def recipe(vm, w, rep, boot_s):
     rep.check("recipe.hello_from_host", hello.get("status") == "available", json.dumps(hello))
     ready = contained(hello)
     _, out = vm.guest("systemctl is-active outpost; systemctl show -p User -p Delegate outpost")
-    rep.check("recipe.service_active", out.split()[0] == "active" and "User=outpost" in out,
-              out.replace("\n", " "))
+    # Which user the worker runs as is the isolation work's choice; agents' uid is
+    # checked below.
+    rep.check("recipe.service_active", out.split()[0] == "active", out.replace("\n", " "))
     rep.check("recipe.service_delegated", "Delegate=yes" in out, out.replace("\n", " "))
     _, fs = vm.guest("stat -fc %T /sys/fs/cgroup")
     rep.check("recipe.cgroup2_unified", fs.strip() == "cgroup2fs", fs.strip())
