@@ -35,8 +35,16 @@ fn authed() -> reqwest::Client {
         .unwrap()
 }
 
+/// A worker whose agents have a uid of their own: a test's agent that kills every
+/// process of its uid (`kill -9 -1`) must not reach another test's agents.
 fn worker(extra: &[(&str, &str)]) -> Worker {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let uid = (63_000 + 16 * NEXT.fetch_add(1, Ordering::Relaxed)).to_string();
     let mut env = vec![("OUTPOST_TOKEN", TOKEN), ("OUTPOST_GIT_TOKEN", GIT_TOKEN)];
+    if !extra.iter().any(|(k, _)| *k == "OUTPOST_AGENT_USER") {
+        env.push(("OUTPOST_AGENT_USER", uid.as_str()));
+    }
     env.extend_from_slice(extra);
     Worker::start(&env)
 }
@@ -216,7 +224,7 @@ async fn nothing_a_task_starts_outlives_it() {
     if !root_or_skip() {
         return;
     }
-    for (containment, user) in [("auto", "61184"), ("uid", "62100")] {
+    for (containment, user) in [("auto", "62150"), ("uid", "62100")] {
         // Under uid containment a task's processes are its uid's: no other test's.
         let w = worker(&[
             ("OUTPOST_CONTAINMENT", containment),
@@ -266,7 +274,7 @@ async fn a_fork_bomb_fails_inside_its_task() {
     if !root_or_skip() {
         return;
     }
-    for (containment, user) in [("auto", "61184"), ("uid", "62200")] {
+    for (containment, user) in [("auto", "62250"), ("uid", "62200")] {
         let w = worker(&[
             ("OUTPOST_CONTAINMENT", containment),
             ("OUTPOST_TASK_PIDS", "64"),
@@ -438,4 +446,44 @@ async fn a_log_damaged_under_the_worker_ends_its_stream_with_an_error_and_done()
         assert!(!body.contains("####"), "damaged bytes were served");
         std::fs::write(&log, &bytes[..mid / 2]).unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_task_past_its_memory_limit_dies_alone_and_says_so() {
+    if !root_or_skip() {
+        return;
+    }
+    let w = worker(&[("OUTPOST_TASK_MEMORY", "100M")]);
+    let c = authed();
+    let hog = "python3 -c \"b = b'\\x01' * (300 << 20); print('survived', len(b))\"";
+    let (out, t) = run(&c, &w, json!({"prompt": hog})).await;
+    assert!(!out.contains("survived"), "{out}");
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error_code"], "out_of_memory", "{t}");
+    let peak = t["resources"]["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= 101 << 20, "the task went past its limit: {peak}");
+    alive_and_serving(&c, &w).await;
+    let (out, t) = run(&c, &w, json!({"prompt": "echo next"})).await;
+    assert_eq!((out.as_str(), &t["status"]), ("next\r\n", &json!("done")));
+}
+
+#[tokio::test]
+async fn new_work_is_refused_while_the_data_dir_is_nearly_full() {
+    if !root_or_skip() {
+        return;
+    }
+    let w = worker(&[("OUTPOST_MIN_FREE_DISK", "1000000G")]);
+    let c = authed();
+    let r = post_work(&c, &w, json!({"prompt": "echo hi"})).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "disk_full", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OUTPOST_MIN_FREE_DISK"),
+        "{e}"
+    );
 }

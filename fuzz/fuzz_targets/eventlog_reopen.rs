@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use outpost::task::eventlog::{Cursor, EventLog, Read, Record, EVENTS_FILE, OUTPUT_FILE};
+use outpost::task::eventlog::{Cursor, EventLog, Read, Record, EVENTS_FILE};
 
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -59,7 +59,6 @@ fn check_records(recs: &[Record]) {
 
 fuzz_target!(|data: &[u8]| {
     let d = dir();
-    let _ = std::fs::remove_file(d.join(OUTPUT_FILE));
     std::fs::write(d.join(EVENTS_FILE), data).unwrap();
     let (log, last) = EventLog::reopen(d).unwrap_or_else(|e| panic!("reopen failed: {e}"));
     let kept = std::fs::read(d.join(EVENTS_FILE)).unwrap();

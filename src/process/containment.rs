@@ -196,25 +196,14 @@ impl Jail {
             Kind::Cgroup1 | Kind::Cgroup2 => self.cgroup.as_ref().is_none_or(TaskCgroup::kill_all),
             Kind::Uid => {
                 kill_uid(self.uid);
-                processes_where(|p| p.uid == self.uid).is_empty()
+                // Stragglers (the killer was slow, or something was mid-fork): by pid.
+                kill_until_none(|p| p.uid == self.uid)
             }
             Kind::Session => {
                 let Some(leader) = self.leader else {
                     return true;
                 };
-                let of_task = |p: &ProcInfo| p.sid == leader || p.pgid == leader;
-                for _ in 0..100 {
-                    let left = processes_where(of_task);
-                    if left.is_empty() {
-                        return true;
-                    }
-                    for p in left {
-                        // SAFETY: kill with integer arguments.
-                        unsafe { libc::kill(p.pid, libc::SIGKILL) };
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                processes_where(of_task).is_empty()
+                kill_until_none(|p: &ProcInfo| p.sid == leader || p.pgid == leader)
             }
         }
     }
@@ -266,7 +255,25 @@ impl Jail {
     }
 }
 
-/// Runs `outpost __kill-uid UID` and waits for it (at most five seconds).
+/// SIGKILLs every process for which `of_task` holds until none is left (about two
+/// seconds at most); returns whether none is left.
+fn kill_until_none(of_task: impl Fn(&ProcInfo) -> bool) -> bool {
+    for _ in 0..400 {
+        let left = processes_where(&of_task);
+        if left.is_empty() {
+            return true;
+        }
+        for p in left {
+            // SAFETY: kill with integer arguments.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    processes_where(&of_task).is_empty()
+}
+
+/// Runs `outpost __kill-uid UID` and waits for it (at most 30 seconds, on a machine
+/// so loaded that starting a process takes that long).
 fn kill_uid(uid: u32) {
     if uid == 0 {
         return;
@@ -284,7 +291,7 @@ fn kill_uid(uid: u32) {
         }
     };
     let mut rx = reaper().watch(child.id() as i32);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if rx.try_recv().is_ok() {
             return;
@@ -293,7 +300,7 @@ fn kill_uid(uid: u32) {
         reaper().reap_all();
         std::thread::sleep(Duration::from_millis(1));
     }
-    tracing::warn!(uid, "the uid killer did not finish in 5 s");
+    tracing::warn!(uid, "the uid killer did not finish in 30 s");
 }
 
 struct ProcInfo {
