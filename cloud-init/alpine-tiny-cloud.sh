@@ -17,6 +17,8 @@
 # OUTPOST_SWAP: swap file size; empty: 1G under 2 GiB of memory, else none; 0: none.
 # OUTPOST_IDLE_SHUTDOWN: power off after this long without a task (e.g. 30m); empty: never.
 #   The worker runs as root and powers off itself (agents run as outpost-agent).
+# OUTPOST_ENV: more settings of `outpost serve --help`, as KEY=VALUE words separated by
+#   spaces (e.g. 'OUTPOST_MAX_TASKS=2 OUTPOST_BIND=0.0.0.0'; no spaces inside a value).
 OUTPOST_URL=https://github.com/OWNER/outpost/releases/download/v0.1.0/outpost-x86_64-unknown-linux-musl
 OUTPOST_SHA256=0000000000000000000000000000000000000000000000000000000000000000
 OUTPOST_TOKEN=
@@ -24,6 +26,7 @@ OUTPOST_AGENT=
 OUTPOST_AGENT_NPM=
 OUTPOST_SWAP=1G
 OUTPOST_IDLE_SHUTDOWN=
+OUTPOST_ENV=
 # ---- nothing to change below this line ----
 set -eu
 log() { echo "outpost setup: $*"; }
@@ -62,6 +65,9 @@ if [ -n "${OUTPOST_SWAP:-}" ]; then set -- "$@" --swap "$OUTPOST_SWAP"; fi
 if [ -n "${OUTPOST_TOKEN:-}" ]; then set -- "$@" --token "$OUTPOST_TOKEN"; fi
 if [ -n "${OUTPOST_AGENT:-}" ]; then set -- "$@" --agent "$OUTPOST_AGENT"; fi
 if [ -n "${OUTPOST_IDLE_SHUTDOWN:-}" ]; then set -- "$@" --idle-shutdown "$OUTPOST_IDLE_SHUTDOWN"; fi
+set -f
+for kv in ${OUTPOST_ENV:-}; do set -- "$@" --env "$kv"; done
+set +f
 "$bin" "$@"
 if [ "$bin" != /usr/local/bin/outpost ]; then rm -f "$bin"; fi
 rm -f /run/outpost-setup/settings
