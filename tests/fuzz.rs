@@ -88,6 +88,12 @@ fn fuzz(target: &str) {
         seeds.display().to_string(),
         "--".into(),
         format!("-max_total_time={seconds}"),
+        // A fixed seed: the suite explores the same inputs on every run (FUZZ_SEED=0
+        // lets libFuzzer pick one, for fuzzing by hand).
+        format!(
+            "-seed={}",
+            std::env::var("FUZZ_SEED").unwrap_or_else(|_| "1".to_string())
+        ),
         format!("-artifact_prefix={}/", tmp.path().display()),
         "-timeout=10".into(),
         "-rss_limit_mb=2048".into(),

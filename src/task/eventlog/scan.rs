@@ -133,7 +133,7 @@ pub(super) fn valid_prefix(file: &File, len: u64) -> io::Result<(u64, Option<Rec
 }
 
 /// The event of `line` if it is a whole record with id `want` (see [`valid_prefix`]).
-fn record_event(line: &[u8], want: u64) -> Option<Bytes> {
+pub(super) fn record_event(line: &[u8], want: u64) -> Option<Bytes> {
     #[derive(serde::Deserialize)]
     struct Head<'a> {
         id: u64,
@@ -145,6 +145,8 @@ fn record_event(line: &[u8], want: u64) -> Option<Bytes> {
     // does not look at the UTF-8 of strings it skips.
     let text = std::str::from_utf8(line).ok()?;
     let head: Head<'_> = serde_json::from_str(text).ok()?;
+    // Every client parses the whole record: a number out of range makes it not JSON.
+    serde_json::from_str::<serde_json::Value>(text).ok()?;
     (id == want && head.id == id && head.event.as_bytes() == event)
         .then(|| Bytes::copy_from_slice(event))
 }

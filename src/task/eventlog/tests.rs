@@ -164,3 +164,17 @@ fn records_are_served_once_synced_and_at_once_on_tmpfs() {
         assert_eq!(ids(log.read_memory(&mut c, 1 << 20).unwrap()), vec![1]);
     }
 }
+
+#[test]
+fn a_record_with_a_number_out_of_range_is_not_served() {
+    // Found by fuzz/eventlog_reopen: valid JSON syntax that no JSON reader accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let line = format!(
+        "{{\"id\":1,\"event\":\"status\",\"x\":7.7E{}}}\n",
+        "7".repeat(40)
+    );
+    std::fs::write(dir.path().join(EVENTS_FILE), line).unwrap();
+    let (log, last) = EventLog::reopen(dir.path()).unwrap();
+    assert!(last.is_none());
+    assert_eq!(log.last_id(), 0);
+}
