@@ -253,6 +253,9 @@ class Vm:
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
             self.wait_exit(10)
+            # A killed qemu is gone from the process table a moment before the kernel
+            # has dropped its lock on the disk image; the next boot needs that lock.
+            time.sleep(2)
 
     def wait_exit(self, timeout_s):
         deadline = time.monotonic() + timeout_s

@@ -159,10 +159,20 @@ impl EventLog {
                 .open(dir.join(name))
         };
         let events = open(EVENTS_FILE)?;
-        // The new file's directory entry must survive a power loss too.
+        // The task's directory (its files so far, such as meta.json, and its entry in
+        // the parent) must survive a power loss too, or its synced events would belong
+        // to a task that is not there after a reboot.
         let needs_sync = durable::needs_sync(dir);
         if needs_sync {
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    File::open(entry.path())?.sync_all()?;
+                }
+            }
             File::open(dir)?.sync_all()?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
         }
         Ok(Self::from_parts(dir, Some(events), 1, 0, 0, needs_sync))
     }
