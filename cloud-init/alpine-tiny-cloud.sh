@@ -11,9 +11,11 @@
 # /usr/local/bin/outpost (an image baked with packer/).
 # OUTPOST_TOKEN: bearer token for the API; empty: none, and the worker stays on
 # 127.0.0.1, reached through an SSH tunnel (see docs/deploy-vm.md).
-# OUTPOST_AGENT: the agent command line, quoted; empty: the built-in shell agent.
-# OUTPOST_AGENT_NPM: an npm package to install with Node.js and git first
-# (e.g. @anthropic-ai/claude-code); empty: none.
+# OUTPOST_AGENT: `claude` or `opencode` (the built-in profiles: structured events,
+#   cost, budgets, sessions), or an agent command line, quoted; empty: the shell agent.
+# OUTPOST_AGENT_NPM: a pinned npm package to install with Node.js and git first:
+#   @anthropic-ai/claude-code@2.1.332 (with OUTPOST_AGENT=claude) or
+#   opencode-ai@1.18.33 (with OUTPOST_AGENT=opencode); empty: none.
 # OUTPOST_SWAP: swap file size; empty: 1G under 2 GiB of memory, else none; 0: none.
 # OUTPOST_IDLE_SHUTDOWN: power off after this long without a task (e.g. 30m); empty: never.
 #   The worker runs as root and powers off itself (agents run as outpost-agent).
@@ -58,7 +60,7 @@ if [ -n "${OUTPOST_AGENT_NPM:-}" ]; then
         apt-get update
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm git ca-certificates
     fi
-    npm install -g "$OUTPOST_AGENT_NPM"
+    npm install -g --include=optional --no-audit --no-fund "$OUTPOST_AGENT_NPM"
 fi
 set -- install --binary "$bin"
 if [ -n "${OUTPOST_SWAP:-}" ]; then set -- "$@" --swap "$OUTPOST_SWAP"; fi

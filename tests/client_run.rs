@@ -122,6 +122,22 @@ fn output_is_exact_when_a_proxy_cuts_the_h2c_connection() {
 }
 
 #[test]
+fn output_is_exact_when_the_worker_ends_streams_at_stream_max() {
+    // The worker's own time limit (Cloud Run's request timeout in miniature): every
+    // response ends cleanly after 1 s with a retry hint, and the client resumes.
+    let w = Worker::start(&[("OUTPOST_STREAM_MAX_S", "1")]);
+    let url = w.url("");
+    let script = rows_script(200, "0.2");
+    let (code, out, stderr) = run(&["run", "--url", &url, &script], T);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert!(out == rows_expected(200), "bytes differ; stderr:\n{stderr}");
+    assert!(
+        stderr.matches("resumed after event").count() >= 1,
+        "the 2 s task was never cut: {stderr}"
+    );
+}
+
+#[test]
 fn exit_codes_for_done_failed_refused_and_json_events() {
     let w = Worker::start(&[]);
     let url = w.url("");

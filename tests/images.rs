@@ -436,6 +436,45 @@ fn cloud_init_user_data_is_valid_and_both_variants_agree() {
     );
 }
 
+/// The agent CLIs the images install are the versions the agent tests drive: the pins of
+/// tests/setup/20-agents.sh appear in Dockerfile.cloudrun's default and in both
+/// cloud-init variants' examples, and the Dockerfile's default agent is the profile.
+#[test]
+fn image_agent_pins_are_the_tested_versions() {
+    let read = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
+    let setup = read("tests/setup/20-agents.sh");
+    let pin = |var: &str| {
+        setup
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("no {var}= in tests/setup/20-agents.sh"))
+            .trim()
+            .to_string()
+    };
+    let claude = format!("@anthropic-ai/claude-code@{}", pin("CLAUDE_VERSION"));
+    let opencode = format!("opencode-ai@{}", pin("OPENCODE_VERSION"));
+    let dockerfile = read("Dockerfile.cloudrun");
+    assert!(
+        dockerfile.contains(&format!("ARG AGENT_NPM_PACKAGE={claude}\n")),
+        "Dockerfile.cloudrun's default agent package is not {claude}"
+    );
+    assert!(dockerfile.contains("ARG AGENT=claude\n"));
+    assert!(dockerfile.contains(&format!(
+        "AGENT_NPM_PACKAGE={opencode} --build-arg AGENT=opencode"
+    )));
+    for f in [
+        "cloud-init/user-data.yaml",
+        "cloud-init/alpine-tiny-cloud.sh",
+        "cloud-init/README.md",
+    ] {
+        let text = read(f);
+        assert!(
+            text.contains(&claude) && text.contains(&opencode),
+            "{f} names other versions"
+        );
+    }
+}
+
 #[test]
 fn packer_template_validates() {
     require("packer", "apt-get install packer");

@@ -158,7 +158,7 @@ async fn input_reaches_the_program() {
     let mut sse = Sse::new(r);
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains("ready") {
-        out.extend(sse.next(T).await.unwrap().output_bytes());
+        out.extend(sse.next(T).await.unwrap().output_bytes().unwrap());
     }
     let r = c
         .post(w.url(&format!("/work/{id}/input")))
@@ -168,7 +168,7 @@ async fn input_reaches_the_program() {
         .unwrap();
     assert_eq!(r.status(), 200);
     while let Some(e) = sse.next(T).await {
-        out.extend(e.output_bytes());
+        out.extend(e.output_bytes().unwrap());
     }
     assert!(
         String::from_utf8_lossy(&out).contains("got:hello"),
@@ -197,7 +197,7 @@ async fn resize_reaches_the_program() {
     let mut out = String::new();
     while !out.contains("ready") {
         out.push_str(&String::from_utf8_lossy(
-            &sse.next(T).await.unwrap().output_bytes(),
+            &sse.next(T).await.unwrap().output_bytes().unwrap(),
         ));
     }
     assert!(out.starts_with("40 120"), "initial size: {out:?}");
@@ -210,7 +210,7 @@ async fn resize_reaches_the_program() {
     assert_eq!(r.status(), 200);
     while !out.contains("33 100") {
         match sse.next(T).await {
-            Some(e) => out.push_str(&String::from_utf8_lossy(&e.output_bytes())),
+            Some(e) => out.push_str(&String::from_utf8_lossy(&e.output_bytes().unwrap())),
             None => panic!("ended without reporting the new size: {out:?}"),
         }
     }

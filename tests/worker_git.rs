@@ -200,7 +200,7 @@ fn sigterm_mid_task_pushes_a_checkpoint_and_exits_inside_10_s() {
         let mut evs = Vec::new();
         loop {
             let e = sse.next(T).await.unwrap();
-            let started = e.event == "output" && String::from_utf8_lossy(&e.output_bytes()).contains("started");
+            let started = e.event == "output" && String::from_utf8_lossy(&e.output_bytes().unwrap()).contains("started");
             evs.push(e);
             if started {
                 break;

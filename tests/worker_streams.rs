@@ -190,6 +190,75 @@ async fn heartbeat_comments_while_idle() {
 }
 
 #[tokio::test]
+async fn a_stream_past_stream_max_ends_cleanly_with_retry_and_resumes_without_gap() {
+    let w = Worker::start(&[("OUTPOST_STREAM_MAX_S", "1")]);
+    let c = h1();
+    let prompt = "for i in $(seq 1 30); do echo line$i; sleep 0.1; done";
+    // The POST's own stream is cut at 1 s like every other: cleanly, with a retry hint.
+    let r = post_work(&c, &w, json!({ "prompt": prompt })).await;
+    let id = r.headers()["x-task-id"].to_str().unwrap().to_string();
+    let mut sse = Sse::new(r);
+    let mut all = Vec::new();
+    while let Some(e) = sse.try_next(T).await.expect("the stream must end cleanly") {
+        all.push(e);
+    }
+    assert!(
+        !all.iter().any(|e| e.event == "done"),
+        "the task lasts 3 s: {all:?}"
+    );
+    assert_eq!(sse.retry_ms(), Some(1000), "no retry: hint at the cut");
+    // Reconnect as EventSource does, until done (bounded: the task lasts about 3 s).
+    let mut cuts = 1;
+    for _ in 0..20 {
+        if all.last().is_some_and(|e| e.event == "done") {
+            break;
+        }
+        let last = all.last().map_or(0, |e| e.id);
+        let r = c
+            .get(w.url(&format!("/work/{id}/events")))
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .await
+            .unwrap();
+        let mut sse = Sse::new(r);
+        while let Some(e) = sse.try_next(T).await.expect("the stream must end cleanly") {
+            all.push(e);
+        }
+        if sse.retry_ms().is_some() {
+            cuts += 1;
+        }
+    }
+    assert!(
+        cuts >= 2,
+        "a 3 s task under a 1 s limit was cut {cuts} time(s)"
+    );
+    assert_complete(&all, 1);
+    let text = String::from_utf8(output_of(&all)).unwrap();
+    let expected: String = (1..=30).map(|i| format!("line{i}\r\n")).collect();
+    assert_eq!(text, expected);
+    // NDJSON has no retry field: it just ends, and its lines are whole.
+    let id2 = submit(&c, &w, json!({"prompt": "sleep 3"})).await;
+    let started = std::time::Instant::now();
+    let body = c
+        .get(w.url(&format!("/work/{id2}/events")))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "NDJSON was not cut"
+    );
+    for line in body.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_ne!(v["event"], "done", "{body}");
+    }
+}
+
+#[tokio::test]
 async fn kill_9_then_restart_replays_and_marks_interrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -51,6 +51,9 @@ pub struct Config {
     pub swappiness: Option<u32>,
     pub grace: Duration,
     pub heartbeat: Duration,
+    /// `OUTPOST_STREAM_MAX_S`: how long one event-stream response may last before the
+    /// worker ends it cleanly (SSE: with a `retry:` hint) for the client to resume.
+    pub stream_max: Duration,
     pub log_format: LogFormat,
     pub min_available: Option<u64>,
     pub keep_tasks: usize,
@@ -83,6 +86,10 @@ pub struct Pricing {
     pub usd_per_vcpu_s: f64,
     pub usd_per_gib_s: f64,
 }
+
+/// Default of `OUTPOST_STREAM_MAX_S`: half a minute under Cloud Run's longest request
+/// timeout (3600 s), so a stream ends on the worker's terms, between events.
+pub const DEFAULT_STREAM_MAX_S: u64 = 3570;
 
 /// Cloud Run's list prices (request-based billing, Tier 1 regions), per vCPU-second and
 /// per GiB-second; see docs/api.md.
@@ -196,6 +203,13 @@ impl Config {
         let grace = Duration::from_secs(src.number::<u64>("OUTPOST_GRACE_S", 8, 0, 3600)?);
         let heartbeat =
             Duration::from_secs(src.number::<u64>("OUTPOST_HEARTBEAT_S", 15, 1, 3600)?);
+        // Cloud Run cuts a request at its timeout (at most 3600 s): end first, cleanly.
+        let stream_max = Duration::from_secs(src.number::<u64>(
+            "OUTPOST_STREAM_MAX_S",
+            DEFAULT_STREAM_MAX_S,
+            1,
+            7 * 24 * 3600,
+        )?);
         let log_format = match src
             .string("OUTPOST_LOG_FORMAT")
             .map(|v| v.to_ascii_lowercase())
@@ -289,6 +303,7 @@ impl Config {
             swappiness,
             grace,
             heartbeat,
+            stream_max,
             log_format,
             min_available,
             keep_tasks,

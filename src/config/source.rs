@@ -35,6 +35,7 @@ pub(super) const SETTINGS: &[Setting] = &[
     Setting { var: "OUTPOST_SWAP", flag: "--swap", help: "swap file size to ensure at start (1G), 0 off (default off)" },
     Setting { var: "OUTPOST_SWAPPINESS", flag: "--swappiness", help: "vm.swappiness to set with the swap file (0-200)" },
     Setting { var: "OUTPOST_GRACE_S", flag: "--grace-s", help: "seconds between SIGTERM and SIGKILL for agents (default 8)" },
+    Setting { var: "OUTPOST_STREAM_MAX_S", flag: "--stream-max-s", help: "seconds one event stream may last before it ends cleanly with a retry: hint for the client to resume (default 3570, under Cloud Run's 3600)" },
     Setting { var: "OUTPOST_HEARTBEAT_S", flag: "--heartbeat-s", help: "SSE keep-alive interval in seconds (default 15)" },
     Setting { var: "OUTPOST_LOG_FORMAT", flag: "--log-format", help: "json or text (default json on Cloud Run, else text)" },
     Setting { var: "OUTPOST_MIN_AVAILABLE", flag: "--min-available", help: "memory below which new work is refused (default 10% of the limit)" },

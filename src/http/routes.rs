@@ -297,7 +297,7 @@ pub async fn create(
             r
         }
         Reply::Stream(f) => with_task_headers(
-            events_stream::response(task.clone(), 0, f, state.cfg.heartbeat),
+            events_stream::response(task.clone(), 0, f, stream_timing(&state)),
             &task,
         ),
     })
@@ -375,6 +375,14 @@ fn refusal(r: Refusal) -> ApiError {
             "storage",
             format!("the data dir could not take the task: {e}"),
         ),
+    }
+}
+
+/// The heartbeat and time limit of an event-stream response, from the worker's settings.
+fn stream_timing(state: &AppState) -> events_stream::Timing {
+    events_stream::Timing {
+        heartbeat: state.cfg.heartbeat,
+        max: state.cfg.stream_max,
     }
 }
 
@@ -459,7 +467,7 @@ pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Res
         task,
         after,
         format,
-        state.cfg.heartbeat,
+        stream_timing(&state),
     ))
 }
 

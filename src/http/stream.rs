@@ -2,7 +2,9 @@
 //! any cursor, then following live. Each subscriber reads at its own cursor (memory
 //! tail first, the file for older records, on a blocking thread); a stalled client
 //! simply stops being polled, so it never slows the agent or other clients. The stream
-//! ends after the `done` event.
+//! ends after the `done` event, or cleanly between events once it has lasted
+//! `OUTPOST_STREAM_MAX_S` (SSE: with a `retry:` hint), before a front end's request
+//! timeout cuts it; the client resumes with `Last-Event-ID`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,18 +46,33 @@ struct Sub {
     cursor: Cursor,
     rx: watch::Receiver<u64>,
     heartbeat: Duration,
+    /// When this response ends even though the task goes on.
+    deadline: tokio::time::Instant,
     format: Format,
     done: bool,
 }
 
+/// How often an idle stream says it is alive, and how long one response may last.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub max: Duration,
+}
+
+/// The last frame of a response cut at its time limit: a comment saying why and a
+/// `retry:` hint (milliseconds) for the client's reconnection; NDJSON just ends.
+const TIME_LIMIT_FRAME: &[u8] =
+    b": this response reached OUTPOST_STREAM_MAX_S; reconnect with Last-Event-ID\nretry: 1000\n\n";
+
 /// A streaming response of the task's events after `after`.
-pub fn response(task: Arc<Task>, after: u64, format: Format, heartbeat: Duration) -> Resp {
+pub fn response(task: Arc<Task>, after: u64, format: Format, timing: Timing) -> Resp {
     let rx = task.log.subscribe();
     let sub = Sub {
         task,
         cursor: Cursor::after(after),
         rx,
-        heartbeat,
+        heartbeat: timing.heartbeat,
+        deadline: tokio::time::Instant::now() + timing.max,
         format,
         done: false,
     };
@@ -77,6 +94,13 @@ async fn next_frame(mut s: Sub) -> Option<(Result<Frame<Bytes>, Infallible>, Sub
     loop {
         if s.done {
             return None;
+        }
+        if tokio::time::Instant::now() >= s.deadline {
+            s.done = true;
+            return match s.format {
+                Format::Sse => Some((Ok(Frame::data(Bytes::from_static(TIME_LIMIT_FRAME))), s)),
+                Format::Ndjson => None,
+            };
         }
         s.rx.borrow_and_update();
         let read = match s.task.log.read_memory(&mut s.cursor, BATCH) {
@@ -118,6 +142,8 @@ async fn next_frame(mut s: Sub) -> Option<(Result<Frame<Bytes>, Infallible>, Sub
                             return None;
                         }
                     }
+                    // The loop's top ends the response.
+                    _ = tokio::time::sleep_until(s.deadline) => {}
                     _ = tokio::time::sleep(s.heartbeat) => {
                         if s.format == Format::Sse {
                             return Some((Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n"))), s));

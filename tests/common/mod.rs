@@ -1,5 +1,5 @@
 //! Test support: starts the real `outpost` binary on a free loopback port with its own
-//! data dir, and reads its SSE / NDJSON streams with a small real SSE parser.
+//! data dir, and reads its SSE / NDJSON streams with the client library's SSE parser.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -154,34 +154,17 @@ pub fn h2c() -> reqwest::Client {
         .unwrap()
 }
 
-/// One SSE event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub id: u64,
-    pub event: String,
-    pub data: Value,
-}
+/// One event of a task, as the client library reads it (`id`, `event`, `data`).
+pub use outpost::client::types::Event;
 
-impl Event {
-    /// The bytes an output event carries (text or base64).
-    pub fn output_bytes(&self) -> Vec<u8> {
-        use base64::Engine;
-        if let Some(s) = self.data.get("data").and_then(Value::as_str) {
-            return s.as_bytes().to_vec();
-        }
-        if let Some(b) = self.data.get("b64").and_then(Value::as_str) {
-            return base64::engine::general_purpose::STANDARD.decode(b).unwrap();
-        }
-        Vec::new()
-    }
-}
-
-/// Reads SSE events from a streaming response, per the SSE parsing rules (fields,
-/// blank line ends an event, comments start with ':').
+/// Reads SSE events from a streaming response with the client library's SSE parser
+/// (the WHATWG rules), checking the status and content type first.
 pub struct Sse {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: Vec<u8>,
-    pub comments: usize,
+    parser: outpost::client::sse::Parser,
+    ready: std::collections::VecDeque<outpost::client::sse::RawEvent>,
+    /// Comment lines seen (`: keep-alive`).
+    pub comments: u64,
 }
 
 impl Sse {
@@ -197,9 +180,15 @@ impl Sse {
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
         Sse {
             stream: resp.bytes_stream().boxed(),
-            buf: Vec::new(),
+            parser: outpost::client::sse::Parser::new(),
+            ready: Default::default(),
             comments: 0,
         }
+    }
+
+    /// The last `retry:` hint (milliseconds) the server sent, if any.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.parser.retry_ms
     }
 
     /// The next event, or None at the end of the stream; panics after `max` of silence.
@@ -215,46 +204,16 @@ impl Sse {
     /// cut off by the connection's end is not returned: it was never whole.
     pub async fn try_next(&mut self, max: Duration) -> Result<Option<Event>, String> {
         loop {
-            if let Some(pos) = find(&self.buf, b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(block).map_err(|e| format!("event not UTF-8: {e}"))?;
-                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
-                let mut any = false;
-                for line in text.lines() {
-                    if line.is_empty() {
-                        continue;
-                    }
-                    if line.starts_with(':') {
-                        self.comments += 1;
-                        continue;
-                    }
-                    let (k, v) = line.split_once(':').unwrap_or((line, ""));
-                    let v = v.strip_prefix(' ').unwrap_or(v);
-                    any = true;
-                    match k {
-                        "id" => id = Some(v.parse().map_err(|e| format!("bad id {v:?}: {e}"))?),
-                        "event" => event = v.to_string(),
-                        "data" => {
-                            if !data.is_empty() {
-                                data.push('\n');
-                            }
-                            data.push_str(v)
-                        }
-                        _ => {}
-                    }
-                }
-                if !any {
-                    continue;
-                }
-                return Ok(Some(Event {
-                    id: id.ok_or_else(|| format!("event without id: {text:?}"))?,
-                    event,
-                    data: serde_json::from_str(&data)
-                        .map_err(|e| format!("event data is not JSON ({e}): {text:?}"))?,
-                }));
+            if let Some(raw) = self.ready.pop_front() {
+                return raw.into_event().map(Some);
             }
             match tokio::time::timeout(max, self.stream.next()).await {
-                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Ok(chunk))) => {
+                    let mut out = Vec::new();
+                    self.parser.feed(&chunk, &mut out);
+                    self.ready.extend(out);
+                    self.comments = self.parser.comments;
+                }
                 Ok(Some(Err(e))) => return Err(format!("stream error: {e}")),
                 Ok(None) => return Ok(None),
                 Err(_) => return Err(format!("no event within {max:?}")),
@@ -272,16 +231,12 @@ impl Sse {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// All output bytes of a list of events, in order.
 pub fn output_of(events: &[Event]) -> Vec<u8> {
     events
         .iter()
         .filter(|e| e.event == "output")
-        .flat_map(|e| e.output_bytes())
+        .flat_map(|e| e.output_bytes().expect("output event"))
         .collect()
 }
 
