@@ -297,7 +297,7 @@ pub async fn create(
             r
         }
         Reply::Stream(f) => with_task_headers(
-            events_stream::response(task.clone(), 0, f, stream_timing(&state)),
+            events_stream::response(task.clone(), 0, f, stream_timing(state)),
             &task,
         ),
     })
@@ -467,7 +467,7 @@ pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Res
         task,
         after,
         format,
-        stream_timing(&state),
+        stream_timing(state),
     ))
 }
 
