@@ -425,14 +425,7 @@ async fn a_log_damaged_under_the_worker_ends_its_stream_with_an_error_and_done()
     bytes[mid..mid + 40].copy_from_slice(&[b'#'; 40]);
     std::fs::write(&log, &bytes).unwrap();
     for _ in 0..2 {
-        let body = c
-            .get(w.url(&format!("/work/{id}/events")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = text_of(c.get(w.url(&format!("/work/{id}/events")))).await;
         assert!(
             body.contains("event: error"),
             "{}",

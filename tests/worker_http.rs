@@ -29,14 +29,7 @@ async fn hello_and_pty_status_on_h1_and_h2c() {
         );
         assert_eq!(c.get(w.url("/healthz")).send().await.unwrap().status(), 200);
         assert_eq!(c.get(w.url("/readyz")).send().await.unwrap().status(), 200);
-        let m = c
-            .get(w.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = text_of(c.get(w.url("/metrics"))).await;
         assert!(m.contains("# TYPE outpost_tasks_active gauge"));
         assert!(m.contains("outpost_tasks{status=\"done\"} 0"));
     }

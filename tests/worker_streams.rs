@@ -32,12 +32,7 @@ async fn resume_with_last_event_id_and_after_has_no_gap_and_no_duplicate() {
     drop(sse);
     let last = first.last().unwrap().id;
     // Reconnect as EventSource does.
-    let r = c
-        .get(w.url(&format!("/work/{id}/events")))
-        .header("Last-Event-ID", last.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = events_after(&c, &w, &id, last).await;
     let rest = Sse::new(r).collect(T).await;
     assert_eq!(rest[0].id, last + 1);
     let mut all = first.clone();
@@ -214,12 +209,7 @@ async fn a_stream_past_stream_max_ends_cleanly_with_retry_and_resumes_without_ga
             break;
         }
         let last = all.last().map_or(0, |e| e.id);
-        let r = c
-            .get(w.url(&format!("/work/{id}/events")))
-            .header("Last-Event-ID", last.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = events_after(&c, &w, &id, last).await;
         let mut sse = Sse::new(r);
         while let Some(e) = sse.try_next(T).await.expect("the stream must end cleanly") {
             all.push(e);
@@ -239,15 +229,11 @@ async fn a_stream_past_stream_max_ends_cleanly_with_retry_and_resumes_without_ga
     // NDJSON has no retry field: it just ends, and its lines are whole.
     let id2 = submit(&c, &w, json!({"prompt": "sleep 3"})).await;
     let started = std::time::Instant::now();
-    let body = c
-        .get(w.url(&format!("/work/{id2}/events")))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text_of(
+        c.get(w.url(&format!("/work/{id2}/events")))
+            .header("accept", "application/x-ndjson"),
+    )
+    .await;
     assert!(
         started.elapsed() < Duration::from_millis(2900),
         "NDJSON was not cut"

@@ -306,6 +306,25 @@ pub async fn wait_terminal(c: &reqwest::Client, w: &Worker, id: &str, max: Durat
     panic!("task {id} did not end within {max:?}");
 }
 
+/// Sends a request and reads its whole body as text.
+pub async fn text_of(req: reqwest::RequestBuilder) -> String {
+    req.send().await.unwrap().text().await.unwrap()
+}
+
+/// Reopens a task's event stream after `last`, as EventSource does (`Last-Event-ID`).
+pub async fn events_after(
+    c: &reqwest::Client,
+    w: &Worker,
+    id: &str,
+    last: u64,
+) -> reqwest::Response {
+    c.get(w.url(&format!("/work/{id}/events")))
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Opens a task's event stream from the start.
 pub async fn open_events(c: &reqwest::Client, w: &Worker, id: &str) -> reqwest::Response {
     c.get(w.url(&format!("/work/{id}/events")))
