@@ -108,13 +108,7 @@ fn bench(args: Args) -> Result<()> {
 async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     let progress = Progress::new();
     let target = if args.spawn {
-        let bin = match &args.outpost_bin {
-            Some(p) => p.clone(),
-            None => exe
-                .parent()
-                .map(|d| d.join("outpost"))
-                .context("the bench binary has no directory")?,
-        };
+        let bin = worker::outpost_bin(args.outpost_bin.as_deref(), &exe)?;
         progress.say(&format!("starting {} serve ...", bin.display()));
         Target::spawn(&bin).await?
     } else {
