@@ -101,7 +101,10 @@ fn hello_against_a_bare_server_gives_rows_for_both_protocols_in_json() {
     assert_eq!(ratios.len(), 3, "{v}");
     let head = &rows[0];
     assert!(
-        head["metric"].as_str().unwrap().starts_with("worst shape: "),
+        head["metric"]
+            .as_str()
+            .unwrap()
+            .starts_with("worst shape: "),
         "{head}"
     );
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);

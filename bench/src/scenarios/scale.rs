@@ -231,21 +231,41 @@ async fn measure(ctx: &Ctx, t: &Target, n: usize, live: &mut Live) -> Result<Vec
             .baseline(Some(threads0 as f64)),
     );
     rows.push(
-        Row::new("scale", format!("admit the {n}th: POST to response"), "ms")
-            .outpost(last_admit)
-            .baseline(first.p50())
-            .note(format!(
-                "baseline: p50 of the first {} admissions; all {n} took {} ms, one after another",
-                FIRST.min(n - 1),
-                total_admit.as_millis()
-            )),
+        Row::new(
+            "scale",
+            format!("admit the {}: POST to response", ordinal(n)),
+            "ms",
+        )
+        .outpost(last_admit)
+        .baseline(first.p50())
+        .note(format!(
+            "baseline: p50 of the first {} admissions; all {n} took {} ms, one after another",
+            FIRST.min(n - 1),
+            total_admit.as_millis()
+        )),
     );
     rows.push(
-        Row::new("scale", format!("start the {n}th: POST to working"), "ms")
-            .outpost(last_start)
-            .baseline(first_start.p50()),
+        Row::new(
+            "scale",
+            format!("start the {}: POST to working", ordinal(n)),
+            "ms",
+        )
+        .outpost(last_start)
+        .baseline(first_start.p50()),
     );
     Ok(rows)
+}
+
+/// 1st, 2nd, 3rd, 4th, ..., 11th, ..., 256th.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// The worker's CPU use over `window`, in % of one CPU.
@@ -334,4 +354,19 @@ async fn subscribe(ep: &Endpoint, path: &str) -> Result<hyper::body::Incoming> {
         bail!("GET {path}: {}", resp.status());
     }
     Ok(resp.into_body())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ordinals_read_right() {
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 32, 256]
+            .into_iter()
+            .map(super::ordinal)
+            .collect();
+        assert_eq!(
+            got,
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "32nd", "256th"]
+        );
+    }
 }
