@@ -140,7 +140,13 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     let all = async {
         for (i, name) in ctx.args.scenarios.iter().enumerate() {
             ctx.progress.say(&format!("[{}/{total}] {name}", i + 1));
+            let t = std::time::Instant::now();
             rows.extend(scenarios::run(name, &ctx).await);
+            ctx.progress.say(&format!(
+                "[{}/{total}] {name}: {:.1} s",
+                i + 1,
+                t.elapsed().as_secs_f64()
+            ));
         }
     };
     // Ctrl-C: stop here, still stop a spawned worker and print what was measured.
