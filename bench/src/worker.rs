@@ -41,10 +41,11 @@ pub fn outpost_bin(given: Option<&Path>, exe: &Path) -> Result<PathBuf> {
 }
 
 /// A block of agent uids of its own for each worker bench starts (as root, agents run
-/// as uid + task slot): two of bench's workers, or two bench runs at once, then never
-/// share an agent uid, so one worker's "kill every process of this uid" (its `uid`
-/// containment) cannot reach another's agents. Far above the uids accounts and
-/// systemd's dynamic users take; 1024 uids a block (OUTPOST_MAX_TASKS' ceiling).
+/// as uid + task slot): two of one bench run's workers never share an agent uid (and two
+/// bench runs at once only if their pids agree modulo 2048), so one worker's "kill every
+/// process of this uid" (its `uid` containment) cannot reach another's agents. Far above
+/// the uids accounts and systemd's dynamic users take; 1024 uids a block
+/// (OUTPOST_MAX_TASKS' ceiling).
 fn agent_uid_block() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
