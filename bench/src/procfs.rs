@@ -98,6 +98,24 @@ pub fn fs_kind(dir: &std::path::Path) -> Result<(&'static str, bool)> {
     })
 }
 
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("{}: a NUL in the path", dir.display()))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statvfs({}): {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// The pid of the process holding a listening TCP socket on `port`, if it is visible here.
 pub fn pid_listening_on(port: u16) -> Option<u32> {
     let mut inodes = Vec::new();
@@ -263,6 +281,7 @@ mod tests {
         }
         std::fs::remove_file(&dir).unwrap();
         assert!(fs_kind(std::path::Path::new("/dev/shm")).unwrap().1);
+        assert!(free_bytes(&std::env::temp_dir()).unwrap() > 0);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct SpawnOpts {
     /// The directory its temporary dir is made in (default: the system's temp dir).
     pub under: Option<PathBuf>,
     pub max_tasks: usize,
+    /// More settings for it (`OUTPOST_*` variables).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for SpawnOpts {
@@ -24,6 +26,7 @@ impl Default for SpawnOpts {
         SpawnOpts {
             under: None,
             max_tasks: SPAWN_MAX_TASKS,
+            env: Vec::new(),
         }
     }
 }
@@ -139,6 +142,7 @@ impl Target {
             .env_remove("OUTPOST_TOKEN")
             .env_remove("OUTPOST_SWAP")
             .env_remove("K_SERVICE")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -31,7 +31,15 @@ struct Plan {
     tasks_max: u64,
 }
 
+/// The workers' `OUTPOST_MIN_FREE_DISK`, in bytes.
+const MIN_FREE: u64 = 16 << 20;
+
 impl Plan {
+    /// The output of every round's streams.
+    fn bytes(&self) -> u64 {
+        self.rounds as u64 * (self.one + self.many as u64 * self.each)
+    }
+
     fn new(ctx: &Ctx) -> Plan {
         let quick = ctx.args.quick;
         Plan {
@@ -71,6 +79,21 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         Ok((name, false)) => bail!("/dev/shm is {name}, not a file system in memory"),
         Err(e) => bail!("no /dev/shm for the tmpfs worker: {e:#}"),
     }
+    // Every round's output stays in the tmpfs worker's log until the end (a container's
+    // /dev/shm may be 64 MiB).
+    let plan = Plan::new(ctx);
+    let need = plan.bytes() + plan.bytes() / 8 + 2 * MIN_FREE;
+    for (dir, what) in [(&disk_dir, "the disk worker"), (&shm, "the tmpfs worker")] {
+        let free = procfs::free_bytes(dir)?;
+        if free < need {
+            bail!(
+                "{} has {} MiB free; {what} needs about {} MiB",
+                dir.display(),
+                free >> 20,
+                need >> 20
+            );
+        }
+    }
     ctx.progress.say(&format!(
         "  starting two workers: data on {} ({disk_fs}) and on /dev/shm (tmpfs)",
         disk_dir.display()
@@ -80,6 +103,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         async move {
             let opts = SpawnOpts {
                 under: Some(under),
+                // The same on both: a small /dev/shm must not refuse the work.
+                env: vec![("OUTPOST_MIN_FREE_DISK", MIN_FREE.to_string())],
                 ..SpawnOpts::default()
             };
             Target::spawn_with(&bin, &opts).await
@@ -87,7 +112,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     };
     let disk = spawn(disk_dir.clone()).await.context("the disk worker")?;
     let mem = spawn(shm).await.context("the tmpfs worker")?;
-    let res = measure(ctx, &disk, &mem).await;
+    let res = measure(ctx, plan, &disk, &mem).await;
     for mut t in [disk, mem] {
         // Stopping waits for the worker to exit: keep that off the runtime's threads.
         let _ = tokio::task::spawn_blocking(move || t.stop()).await;
@@ -113,8 +138,12 @@ fn disk_dir() -> Result<(PathBuf, &'static str)> {
     )
 }
 
-async fn measure(ctx: &Ctx, disk: &Target, mem: &Target) -> Result<(Vec<Round>, Vec<Round>, Plan)> {
-    let plan = Plan::new(ctx);
+async fn measure(
+    ctx: &Ctx,
+    plan: Plan,
+    disk: &Target,
+    mem: &Target,
+) -> Result<(Vec<Round>, Vec<Round>, Plan)> {
     let (mut d, mut m) = (Vec::new(), Vec::new());
     for round in 0..plan.rounds {
         let disk_first = round % 2 == 0;
