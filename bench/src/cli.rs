@@ -5,21 +5,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Every scenario, in the order the results are shown.
-pub const SCENARIOS: [&str; 7] = [
-    "hello", "stream", "latency", "tasks", "idle", "clone", "memory",
+pub const SCENARIOS: [&str; 9] = [
+    "hello", "stream", "latency", "tasks", "sync", "idle", "scale", "clone", "memory",
 ];
 
 /// The order they run in: `idle` before the streams have grown the worker's heap (its
 /// per-connection figure is then not hidden in memory freed by earlier scenarios), and
-/// `memory` last, so that its peak covers the whole run.
-pub const RUN_ORDER: [&str; 7] = [
-    "hello", "idle", "stream", "latency", "tasks", "clone", "memory",
+/// `memory` last, so that its peak covers the whole run. `sync` and `scale` start
+/// workers of their own.
+pub const RUN_ORDER: [&str; 9] = [
+    "hello", "idle", "stream", "latency", "tasks", "clone", "sync", "scale", "memory",
 ];
 
 pub const USAGE: &str = "\
 usage: bench <scenario|all> [options]
 
-scenarios: hello stream latency tasks idle clone memory (or `all`, or a comma list)
+scenarios: hello stream latency tasks sync idle scale clone memory (or `all`, or a
+           comma list); sync and scale start workers of their own
 
 options:
   --url URL            worker to measure (default http://127.0.0.1:8080)

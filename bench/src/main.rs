@@ -108,13 +108,7 @@ fn bench(args: Args) -> Result<()> {
 async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     let progress = Progress::new();
     let target = if args.spawn {
-        let bin = match &args.outpost_bin {
-            Some(p) => p.clone(),
-            None => exe
-                .parent()
-                .map(|d| d.join("outpost"))
-                .context("the bench binary has no directory")?,
-        };
+        let bin = worker::outpost_bin(args.outpost_bin.as_deref(), &exe)?;
         progress.say(&format!("starting {} serve ...", bin.display()));
         Target::spawn(&bin).await?
     } else {
@@ -146,7 +140,13 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     let all = async {
         for (i, name) in ctx.args.scenarios.iter().enumerate() {
             ctx.progress.say(&format!("[{}/{total}] {name}", i + 1));
+            let t = std::time::Instant::now();
             rows.extend(scenarios::run(name, &ctx).await);
+            ctx.progress.say(&format!(
+                "[{}/{total}] {name}: {:.1} s",
+                i + 1,
+                t.elapsed().as_secs_f64()
+            ));
         }
     };
     // Ctrl-C: stop here, still stop a spawned worker and print what was measured.

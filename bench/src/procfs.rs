@@ -1,5 +1,7 @@
-//! What bench reads from the kernel: a process's memory (/proc/<pid>/status), which pid
-//! listens on a port (/proc/net/tcp*), the open-file limit, and the machine's description.
+//! What bench reads from the kernel: a process's memory (/proc/<pid>/status), CPU time
+//! (/proc/<pid>/stat) and writes (/proc/<pid>/io), which pid listens on a port
+//! (/proc/net/tcp*), the open-file limit, what file system a directory is on, and the
+//! machine's description.
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -27,6 +29,91 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 /// Peak resident memory of `pid` in KiB.
 pub fn hwm_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmHWM")
+}
+
+/// Threads of `pid`.
+pub fn threads(pid: u32) -> Result<u64> {
+    status_kib(pid, "Threads")
+}
+
+/// CPU time `pid` has used (user + system, all its threads), in seconds.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (is the worker still running?)"))?;
+    let ticks = parse_stat_cpu(&text).with_context(|| format!("{path}: no utime/stime"))?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/<pid>/stat line, in clock ticks.
+fn parse_stat_cpu(text: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Bytes `pid` has caused to be written to storage (`write_bytes` of /proc/<pid>/io:
+/// counted when page-cache pages are dirtied, so buffered writes count too; nothing
+/// for a file system held in memory).
+pub fn write_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {path} (as root?)"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())
+        .with_context(|| format!("{path} has no write_bytes line"))
+}
+
+/// What file system `dir` is on: a short name, and whether it is held in memory (tmpfs,
+/// ramfs: nothing there reaches a disk, so nothing is synced).
+pub fn fs_kind(dir: &std::path::Path) -> Result<(&'static str, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("{}: a NUL in the path", dir.display()))?;
+    // SAFETY: statfs writes into the zeroed struct we own; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statfs({}): {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    // The field's type differs between libcs.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    Ok(match magic {
+        0x0102_1994 => ("tmpfs", true),
+        0x8584_58f6 => ("ramfs", true),
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x794c_7630 => ("overlayfs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        _ => ("another file system", false),
+    })
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("{}: a NUL in the path", dir.display()))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statvfs({}): {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The pid of the process holding a listening TCP socket on `port`, if it is visible here.
@@ -172,6 +259,35 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert_eq!(pid_listening_on(port), Some(std::process::id()));
+    }
+
+    #[test]
+    fn own_cpu_io_and_file_system_are_readable() {
+        let me = std::process::id();
+        // Burn a little CPU so the figure has something to show.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_secs(me).unwrap() > 0.0);
+        assert!(threads(me).unwrap() >= 1);
+        let before = write_bytes(me).unwrap();
+        let dir = std::env::temp_dir().join(format!("bench-procfs-{me}"));
+        std::fs::write(&dir, vec![7u8; 1 << 20]).unwrap();
+        let (name, in_memory) = fs_kind(&std::env::temp_dir()).unwrap();
+        if !in_memory {
+            assert!(write_bytes(me).unwrap() >= before + (1 << 20), "{name}");
+        }
+        std::fs::remove_file(&dir).unwrap();
+        assert!(fs_kind(std::path::Path::new("/dev/shm")).unwrap().1);
+        assert!(free_bytes(&std::env::temp_dir()).unwrap() > 0);
+    }
+
+    #[test]
+    fn stat_cpu_fields_parse_past_odd_names() {
+        let t = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu(t), Some(175));
     }
 
     #[test]

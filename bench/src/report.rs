@@ -11,8 +11,6 @@ pub enum Goal {
     RatioAtMost(f64),
     /// The outpost figure must be at most this (in the row's unit).
     AtMost(f64),
-    /// The outpost figure must be below this (in the row's unit).
-    Below(f64),
     /// A yes/no check: outpost figure 1 means yes.
     Yes,
 }
@@ -23,7 +21,6 @@ impl Goal {
             Goal::RatioAtLeast(r) => format!(">= {r}x"),
             Goal::RatioAtMost(r) => format!("<= {r}x"),
             Goal::AtMost(v) => format!("<= {} {unit}", fmt_num(v)),
-            Goal::Below(v) => format!("< {} {unit}", fmt_num(v)),
             Goal::Yes => "yes".to_string(),
         }
     }
@@ -33,7 +30,6 @@ impl Goal {
             Goal::RatioAtLeast(r) => ratio.map(|x| x >= r),
             Goal::RatioAtMost(r) => ratio.map(|x| x <= r),
             Goal::AtMost(v) => outpost.map(|x| x <= v),
-            Goal::Below(v) => outpost.map(|x| x < v),
             Goal::Yes => outpost.map(|x| x >= 1.0),
         }
     }

@@ -10,6 +10,52 @@ use std::time::{Duration, Instant};
 /// Tasks at once allowed to a spawned worker (stream and tasks run several side by side).
 pub const SPAWN_MAX_TASKS: usize = 64;
 
+/// How a worker of bench's own is started: where its data dir goes and how many tasks
+/// it runs at once.
+#[derive(Debug, Clone)]
+pub struct SpawnOpts {
+    /// The directory its temporary dir is made in (default: the system's temp dir).
+    pub under: Option<PathBuf>,
+    pub max_tasks: usize,
+    /// More settings for it (`OUTPOST_*` variables).
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Default for SpawnOpts {
+    fn default() -> Self {
+        SpawnOpts {
+            under: None,
+            max_tasks: SPAWN_MAX_TASKS,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The worker binary for `--spawn` (and the scenarios that start workers of their own):
+/// `--outpost-bin`, else `outpost` next to the bench binary `exe`.
+pub fn outpost_bin(given: Option<&Path>, exe: &Path) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => exe
+            .parent()
+            .map(|d| d.join("outpost"))
+            .context("the bench binary has no directory"),
+    }
+}
+
+/// A block of agent uids of its own for each worker bench starts (as root, agents run
+/// as uid + task slot): two of one bench run's workers never share an agent uid (and two
+/// bench runs at once only if their pids agree modulo 2048), so one worker's "kill every
+/// process of this uid" (its `uid` containment) cannot reach another's agents. Far above
+/// the uids accounts and systemd's dynamic users take; 1024 uids a block
+/// (OUTPOST_MAX_TASKS' ceiling).
+fn agent_uid_block() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
+    3_000_000 + ((std::process::id() % 2048) * 8 + k) * 1024
+}
+
 /// The worker bench talks to.
 pub struct Target {
     pub ep: Endpoint,
@@ -51,6 +97,11 @@ impl Target {
     /// Starts `bin serve` on a free 127.0.0.1 port with a fresh data dir, and waits until
     /// it answers `/hello`. The open-file limit must be raised before (it is inherited).
     pub async fn spawn(bin: &Path) -> Result<Target> {
+        Target::spawn_with(bin, &SpawnOpts::default()).await
+    }
+
+    /// As [`Target::spawn`], with the data dir and the task slots given.
+    pub async fn spawn_with(bin: &Path, opts: &SpawnOpts) -> Result<Target> {
         if !bin.is_file() {
             bail!(
                 "no worker binary at {} (build it: `cargo build --release -p outpost`, or pass --outpost-bin)",
@@ -58,7 +109,8 @@ impl Target {
             );
         }
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
+        let under = opts.under.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = under.join(format!(
             "outpost-bench-{}-{}",
             std::process::id(),
             crate::ticker::now_ns()
@@ -68,14 +120,21 @@ impl Target {
         let log =
             std::fs::File::create(dir.join("worker.log")).context("creating the worker log")?;
         let log2 = log.try_clone().context("sharing the worker log")?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.env("OUTPOST_AGENT_USER", agent_uid_block().to_string());
+        } else {
+            cmd.env_remove("OUTPOST_AGENT_USER");
+        }
+        let child = cmd
             .arg("serve")
             .arg("--port")
             .arg(port.to_string())
             .arg("--data")
             .arg(dir.join("data"))
             .env("OUTPOST_BIND", "127.0.0.1")
-            .env("OUTPOST_MAX_TASKS", SPAWN_MAX_TASKS.to_string())
+            .env("OUTPOST_MAX_TASKS", opts.max_tasks.to_string())
             // The clone scenario's git server is http://127.0.0.1:<port>.
             .env("OUTPOST_ALLOW_HTTP", "1")
             .env("OUTPOST_ALLOWED_HOSTS", "127.0.0.1")
@@ -83,6 +142,7 @@ impl Target {
             .env_remove("OUTPOST_TOKEN")
             .env_remove("OUTPOST_SWAP")
             .env_remove("K_SERVICE")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const GOAL_KIB: f64 = 20.0;
+/// Goal (issue 15): worker memory per idle SSE subscriber.
+const GOAL_KIB: f64 = 8.0;
 /// The long task prints a line this often (rarely: the subscribers are meant to idle).
 const TICK_MS: u64 = 1000;
 /// Connections being opened at once.

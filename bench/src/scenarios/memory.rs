@@ -8,7 +8,8 @@ use crate::procfs;
 use crate::report::{Goal, Row};
 use anyhow::{Context, Result};
 
-const GOAL_IDLE_MIB: f64 = 10.0;
+/// Goal (issue 15): ttyd's idle RSS, about.
+const GOAL_IDLE_MIB: f64 = 3.0;
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let Some(pid) = ctx.target.pid else {

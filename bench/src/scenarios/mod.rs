@@ -5,7 +5,9 @@ mod hello;
 mod idle;
 mod latency;
 mod memory;
+mod scale;
 mod stream;
+mod sync;
 mod tasks;
 
 use crate::cli::Args;
@@ -31,7 +33,7 @@ impl Ctx {
     fn budget(&self, name: &str) -> Duration {
         let d = self.args.duration.as_secs_f64();
         let secs = match (name, self.args.quick) {
-            ("hello", _) => 4.0 * (d + 0.5) + 30.0,
+            ("hello", _) => 12.0 * (d + 0.5) + 30.0,
             ("stream", true) => 60.0,
             ("stream", false) => 300.0,
             ("latency", true) => 30.0,
@@ -39,6 +41,9 @@ impl Ctx {
             ("tasks", _) => 4.0 * d + 60.0,
             ("idle", true) => 60.0,
             ("idle", false) => 180.0,
+            ("sync", true) => 60.0,
+            ("sync", false) => 24.0 * d + 240.0,
+            ("scale", _) => 180.0,
             _ => 60.0,
         };
         Duration::from_secs_f64(secs)
@@ -57,6 +62,8 @@ pub async fn run(name: &str, ctx: &Ctx) -> Vec<Row> {
             "idle" => idle::run(ctx).await,
             "clone" => clone::run(ctx).await,
             "memory" => memory::run(ctx).await,
+            "sync" => sync::run(ctx).await,
+            "scale" => scale::run(ctx).await,
             other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
         }
     };
