@@ -10,9 +10,10 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use super::model::{Ending, Resources, Status};
+use super::session::Outcome;
 use super::workspace::{self, AgentDirs, Workspace};
 use super::{Registry, StopReason, Task};
-use crate::agent::profile::AgentProfile;
+use crate::agent::profile::{AgentProfile, SessionPlan};
 use crate::agent::run::RunWatch;
 use crate::agent::structured::{ErrorCode, RunResult};
 use crate::agent::utf8::{Piece, Utf8Splitter};
@@ -42,6 +43,10 @@ pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
         let cost = reg.instance.cost(resources, model_usd);
         reg.totals.add(resources, &cost);
         end.cost = Some(cost);
+        if let Some(c) = task.session() {
+            let session = end.agent.as_ref().and_then(|a| a.session_id.as_deref());
+            c.finish(outcome(end.status()), end.commit.as_deref(), session);
+        }
         match &end.error {
             Some(e) => tracing::info!(status = end.status().as_str(), "task ended: {e}"),
             None => tracing::info!(status = end.status().as_str(), "task ended"),
@@ -51,6 +56,16 @@ pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
         }
         reg.release(&task);
     });
+}
+
+/// How the issue's session record says a task ended.
+fn outcome(status: Status) -> Outcome {
+    match status {
+        Status::Done => Outcome::Done,
+        Status::Cancelled => Outcome::Cancelled,
+        Status::Interrupted => Outcome::Interrupted,
+        _ => Outcome::Failed,
+    }
 }
 
 async fn drive(reg: &Arc<Registry>, task: &Arc<Task>) -> Ending {
@@ -159,10 +174,17 @@ fn start_agent(
     let owner = jail.plan().user;
     let dirs = workspace::hand_over(cfg, task, paths, owner)?;
     let profile = cfg.agent_profile.clone();
+    let session = match session_of(task, &profile, owner) {
+        Ok(s) => s,
+        Err(e) => {
+            jail.release();
+            return Err(e);
+        }
+    };
     let budget = task.meta.request.max_cost_usd.or(cfg.max_cost_usd);
     // Agents that refuse root get their exemption only where they do run as root.
     let as_root = owner.is_none_or(|(uid, _)| uid == 0) && nix::unistd::geteuid().is_root();
-    let mut spec = match agent_spec(task, paths, &dirs, &profile, budget, as_root) {
+    let mut spec = match agent_spec(task, paths, &dirs, &profile, budget, as_root, session) {
         Ok(s) => s,
         Err(e) => {
             jail.release();
@@ -278,6 +300,9 @@ async fn supervise_agent(
             _ = early => {}
         }
         checkpoint = workspace::checkpoint(cfg, ws, task).await;
+    }
+    if let (Some(c), Some(claim)) = (&checkpoint, task.session()) {
+        claim.note_commit(c);
     }
     let r = tokio::select! {
         r = agent.wait() => r,
@@ -437,9 +462,39 @@ fn stopped(
     }
 }
 
+/// The session of a task with an `issue_id` run by an agent with sessions: its state
+/// dir (`<data>/sessions/<issue>/state`, given to the agent user) and the plan. A
+/// Claude Code session to resume that has no transcript (killed before it wrote one)
+/// starts under the same id instead (`--resume` would fail, `--session-id` works).
+fn session_of(
+    task: &Task,
+    profile: &AgentProfile,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<Option<(std::path::PathBuf, SessionPlan)>> {
+    let Some(claim) = task.session() else {
+        return Ok(None);
+    };
+    let Some(plan) = claim.start.plan.clone() else {
+        return Ok(None);
+    };
+    let state = claim.prepare_state(owner)?;
+    let plan = match plan {
+        SessionPlan::Resume(id)
+            if profile.fixes_session_id()
+                && !crate::agent::profile::claude_transcript_exists(&state, &id) =>
+        {
+            tracing::info!(task_id = %task.id(), session_id = %id, "no transcript of the session to resume: starting it under the same id");
+            SessionPlan::New(Some(id))
+        }
+        p => p,
+    };
+    Ok(Some((state, plan)))
+}
+
 /// What the agent runs: the profile's command line (with the spend cap where the agent
-/// has a flag for it), the task's environment, and the profile's own (its state dir:
-/// the agent's HOME, else a directory of the task's run dir).
+/// has a flag for it, and the session to start or resume), the task's environment, and
+/// the profile's own (its state dir: the issue's session state, else the agent's HOME,
+/// else a directory of the task's run dir).
 fn agent_spec(
     task: &Task,
     paths: &workspace::AgentPaths,
@@ -447,6 +502,7 @@ fn agent_spec(
     profile: &AgentProfile,
     budget: Option<f64>,
     as_root: bool,
+    session: Option<(std::path::PathBuf, SessionPlan)>,
 ) -> anyhow::Result<AgentSpec> {
     use anyhow::Context;
     let req = &task.meta.request;
@@ -472,10 +528,15 @@ fn agent_spec(
         env.push(("USER".into(), user.clone()));
         env.push(("LOGNAME".into(), user.clone()));
     }
+    let (state, plan) = match session {
+        Some((state, plan)) => (Some(state), Some(plan)),
+        None => (None, None),
+    };
     if profile.format() != crate::agent::profile::OutputFormat::None {
-        let state = match &dirs.home {
-            Some((home, _)) => home.clone(),
-            None => {
+        let state = match (state, &dirs.home) {
+            (Some(state), _) => state,
+            (None, Some((home, _))) => home.clone(),
+            (None, None) => {
                 let d = dirs.tmp.join("agent-state");
                 std::fs::create_dir_all(&d)
                     .with_context(|| format!("creating the agent's state dir {}", d.display()))?;
@@ -489,7 +550,7 @@ fn agent_spec(
     }
     let budget = budget.filter(|_| profile.caps_budget());
     Ok(AgentSpec {
-        argv: profile.argv(&prompt, None, budget),
+        argv: profile.argv(&prompt, plan.as_ref(), budget),
         cwd: paths.work.clone(),
         env,
         cols: 120,
@@ -563,7 +624,15 @@ fn feed_structured(task: &Task, structured: Option<&StructuredFeed>, bytes: &[u8
     let Some((watch, finished)) = structured else {
         return;
     };
-    let fed = watch.lock().unwrap_or_else(|e| e.into_inner()).feed(bytes);
+    let fed = {
+        let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+        let fed = w.feed(bytes);
+        if let (Some(claim), Some(id)) = (task.session(), w.session_id()) {
+            // Written once: later calls find the same id in the record.
+            claim.note_session(id);
+        }
+        fed
+    };
     for ev in &fed.events {
         if let Err(e) = task.emit("agent", ev.to_json()) {
             tracing::error!(task_id = %task.id(), "an agent event could not be written to the event log: {e}");

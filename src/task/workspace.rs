@@ -197,16 +197,27 @@ pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace
     let gcfg = git_config(cfg);
     let t = task.clone();
     let branch = task.meta.branch.clone();
+    // A task that continues an earlier one of its issue starts from that task's branch
+    // as pushed, in a worktree at the same path (opencode resumes only from there).
+    let (dir_name, from_branch) = match task.session() {
+        Some(c) => (c.start.worktree.clone(), c.start.from_branch.clone()),
+        None => (task.id().to_string(), None),
+    };
     let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<Workspace> {
         let mut progress = progress_sink(t.clone());
-        let main = git::prepare(
-            &gcfg,
-            &url,
-            req.git_ref.as_deref(),
-            &branch,
-            t.id(),
-            &mut progress,
-        )
+        let mut prepare = |git_ref: Option<&str>| {
+            git::prepare(&gcfg, &url, git_ref, &branch, &dir_name, &mut progress)
+        };
+        let main = match from_branch {
+            Some(b) => match prepare(Some(&format!("refs/heads/{b}"))) {
+                Err(git::GitError::RefNotFound { .. }) => {
+                    tracing::info!(task_id = %t.id(), branch = %b, "the branch of the task this one continues was never pushed: starting from the request's ref");
+                    prepare(req.git_ref.as_deref())
+                }
+                r => r,
+            },
+            None => prepare(req.git_ref.as_deref()),
+        }
         .with_context(|| "preparing the repository (rig_url)".to_string())?;
         let beads = match &req.beads_url {
             None => None,
