@@ -464,8 +464,16 @@ mod tests {
 
     #[test]
     fn fresh_is_a_boolean() {
-        assert!(parse_request(&json!({"prompt": "x", "fresh": true})).unwrap().fresh);
-        assert!(!parse_request(&json!({"prompt": "x", "fresh": null})).unwrap().fresh);
+        assert!(
+            parse_request(&json!({"prompt": "x", "fresh": true}))
+                .unwrap()
+                .fresh
+        );
+        assert!(
+            !parse_request(&json!({"prompt": "x", "fresh": null}))
+                .unwrap()
+                .fresh
+        );
         assert!(!parse_request(&json!({"prompt": "x"})).unwrap().fresh);
         let e = parse_request(&json!({"prompt": "x", "fresh": "yes"})).unwrap_err();
         assert_eq!(e.field, "fresh");

@@ -141,7 +141,10 @@ struct Interrupted {
     first: Value,
 }
 
-fn interrupt(cli: Cli, issue: &str) -> Interrupted {
+/// Interrupts the first task with `signal` to its worker: SIGTERM (a drain: the
+/// checkpoint is pushed) or SIGKILL (nothing is pushed; the restarted worker ends the
+/// task `interrupted`).
+fn interrupt(cli: Cli, issue: &str, signal: i32) -> Interrupted {
     let git = GitServer::start(false);
     git.create_repo("rig", &[("README.md", "hello\n")]);
     let model = ModelServer::start(interrupted_script(cli));
@@ -168,22 +171,39 @@ fn interrupt(cli: Cli, issue: &str) -> Interrupted {
         std::thread::sleep(Duration::from_millis(100));
         waited += 1;
     }
-    let st = w.signal_and_wait(libc::SIGTERM, Duration::from_secs(60));
+    let st = w.signal_and_wait(signal, Duration::from_secs(60));
     assert!(
-        st.is_some_and(|s| s.success()),
+        st.is_some_and(|s| s.success() || signal == libc::SIGKILL),
         "{st:?}; log:\n{}",
         w.log_text()
     );
     // What the drained worker left, read back by a new worker on the same data dir.
     let w = start(&data, &env);
-    let first: Value = rt().block_on(async { get_json(&h1(), w.url(&format!("/work/{id}"))).await });
+    let first: Value =
+        rt().block_on(async { get_json(&h1(), w.url(&format!("/work/{id}"))).await });
     drop(w);
     assert_eq!(first["status"], "interrupted", "{first}");
+    if signal == libc::SIGKILL {
+        assert!(first["commit"].is_null(), "{first}");
+        return Interrupted {
+            git,
+            model,
+            _tmp: tmp,
+            data,
+            env,
+            issue: issue.to_string(),
+            body,
+            first,
+        };
+    }
     let checkpoint = first["commit"]
         .as_str()
         .unwrap_or_else(|| panic!("no checkpoint in {first}"));
     assert_eq!(
-        git.git("rig", &["rev-parse", &format!("refs/heads/polecat/{issue}")]),
+        git.git(
+            "rig",
+            &["rev-parse", &format!("refs/heads/polecat/{issue}")]
+        ),
         checkpoint
     );
     assert_eq!(
@@ -221,7 +241,7 @@ fn run_again(s: &Interrupted, body: Value) -> (Value, Vec<Event>, Worker) {
 }
 
 fn resumes_after_sigterm_and_restart(cli: Cli) {
-    let s = interrupt(cli, &format!("gt-resume-{}", cli.name()));
+    let s = interrupt(cli, &format!("gt-resume-{}", cli.name()), libc::SIGTERM);
     let first_id = s.first["id"].as_str().unwrap();
     let checkpoint = s.first["commit"].as_str().unwrap();
     let session = s.first["agent"]["session_id"].as_str().unwrap();
@@ -296,12 +316,49 @@ fn opencode_resumes_its_session_after_a_sigterm_and_a_restart() {
     resumes_after_sigterm_and_restart(Cli::Opencode);
 }
 
+/// kill -9 of the worker mid-session: nothing was pushed, the restarted worker ended
+/// the task `interrupted`, and the next task of the issue continues the agent's
+/// session (its transcript kept the turns before the kill) in a worktree from `ref`.
+#[test]
+fn claude_resumes_its_session_after_the_worker_is_killed() {
+    let cli = Cli::Claude;
+    let s = interrupt(cli, "gt-killed", libc::SIGKILL);
+    let first_id = s.first["id"].as_str().unwrap();
+    // The session id the worker fixed at admission and kept in the issue's record.
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(s.data.join("sessions/gt-killed/session.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["task_id"], first_id, "{record}");
+    assert_eq!(record["status"], "running", "{record}");
+    let session = record["session_id"]
+        .as_str()
+        .expect("a session id")
+        .to_string();
+    let mut script = resumed_script(cli);
+    script.steps.remove(0);
+    s.model.set_script(script);
+    s.model.clear_requests();
+    let mut body = s.body.clone();
+    body["prompt"] = json!(SECOND_PROMPT);
+    let (task, events, w) = run_again(&s, body);
+    assert_eq!(task["resumed_from"], first_id, "{task}");
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["status"], "done", "{done}\nlog:\n{}", w.log_text());
+    assert_eq!(done["resumed_from"], first_id, "{done}");
+    assert_eq!(done["agent"]["session_id"], session.as_str(), "{done}");
+    let turns = answered_turns(&s.model);
+    let text = turns.first().expect("a turn").messages_text();
+    assert!(text.contains(FIRST_PROMPT), "{text}");
+    assert!(text.contains(&format!("printf '{EDIT}")), "{text}");
+}
+
 /// `"fresh": true` after an interruption: a new session, no `resumed_from`, none of
 /// the earlier turns sent.
 #[test]
 fn fresh_starts_a_new_session_after_an_interruption() {
     let cli = Cli::Claude;
-    let s = interrupt(cli, "gt-fresh");
+    let s = interrupt(cli, "gt-fresh", libc::SIGTERM);
     let session = s.first["agent"]["session_id"].as_str().unwrap();
     let mut script = resumed_script(cli);
     script.steps.remove(0);
@@ -348,7 +405,11 @@ fn two_workers_sharing_a_data_dir_never_run_one_issue_at_once() {
         (r.status(), r.json::<Value>().await.unwrap())
     });
     assert_eq!(refused.0, 409, "{}", refused.1);
-    assert_eq!(refused.1["error"]["code"], "duplicate_issue", "{}", refused.1);
+    assert_eq!(
+        refused.1["error"]["code"], "duplicate_issue",
+        "{}",
+        refused.1
+    );
     assert_eq!(refused.1["error"]["id"], first_id, "{}", refused.1);
     // Another issue is fine on the second worker.
     let other = rt.block_on(async {
@@ -390,4 +451,70 @@ fn two_workers_sharing_a_data_dir_never_run_one_issue_at_once() {
     assert_eq!(rt2.0, 409);
     assert_eq!(rt2.1["error"]["code"], "duplicate_issue");
     assert_eq!(rt2.1["error"]["id"], rt2.2);
+}
+
+/// Without a rig the agent works in a scratch dir: a resumed task gets the same path
+/// (opencode resumes a session only from the directory it was created in, and would
+/// otherwise hang without a word).
+#[test]
+fn opencode_resumes_a_session_in_a_scratch_dir() {
+    let cli = Cli::Opencode;
+    let model = ModelServer::start(interrupted_script(cli));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let env = agent_env(cli, &model);
+    let body = json!({"issue_id": "gt-scratch", "prompt": FIRST_PROMPT});
+    let mut w = start(&data, &env);
+    let first_id = rt().block_on(async {
+        let t = post(&h1(), &w, &body).await;
+        t["id"].as_str().unwrap().to_string()
+    });
+    let mut waited = 0;
+    while model.stalled() == 0 {
+        assert!(
+            waited < 2400,
+            "never reached the held turn; log:\n{}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    w.signal_and_wait(libc::SIGTERM, Duration::from_secs(60));
+    let mut script = resumed_script(cli);
+    script.steps.remove(0);
+    model.set_script(script);
+    model.clear_requests();
+    let w = start(&data, &env);
+    let (task, events) = rt().block_on(async {
+        let c = h1();
+        let t = post(
+            &c,
+            &w,
+            &json!({"issue_id": "gt-scratch", "prompt": SECOND_PROMPT}),
+        )
+        .await;
+        let id = t["id"].as_str().unwrap().to_string();
+        (t, Sse::new(open_events(&c, &w, &id).await).collect(T).await)
+    });
+    assert_eq!(task["resumed_from"], first_id.as_str(), "{task}");
+    let done = &events.last().unwrap().data;
+    assert_eq!(
+        done["status"],
+        "done",
+        "{done}\noutput:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&output_of(&events)),
+        w.log_text()
+    );
+    let text = answered_turns(&model)
+        .first()
+        .expect("a turn")
+        .messages_text();
+    assert!(text.contains(FIRST_PROMPT), "{text}");
+    assert!(text.contains(&format!("printf '{EDIT}")), "{text}");
+    // Nothing of either run is left in the run dir.
+    let left: Vec<_> = std::fs::read_dir(data.join("run"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

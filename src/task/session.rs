@@ -118,8 +118,7 @@ pub struct Claim {
 pub fn session_dir(data_dir: &Path, issue_id: &str) -> PathBuf {
     let mut key = String::with_capacity(issue_id.len());
     for b in issue_id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !key.is_empty())
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !key.is_empty()) {
             key.push(b as char);
         } else {
             key.push_str(&format!("%{b:02X}"));
@@ -169,7 +168,9 @@ pub fn claim(data_dir: &Path, ask: &Ask<'_>) -> Result<Claim, ClaimError> {
                 let holder = holder.trim();
                 let known = holder.starts_with("t-")
                     && holder.len() <= 64
-                    && holder.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    && holder
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 return Err(ClaimError::Busy(known.then(|| holder.to_string())));
             }
             Err((_, errno)) => {
@@ -372,19 +373,31 @@ impl Claim {
 
     /// Lets go of the issue (the lock file is closed: another task may take it).
     pub fn release(&self) {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let held = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = held {
+            // No stale holder for the next loser to name.
+            let _ = f.set_len(0);
+        }
     }
 }
 
 /// A directory of the worker's that agents may pass through but not list (0711).
 fn worker_dir(p: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     match std::fs::DirBuilder::new().mode(0o711).create(p) {
-        Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711))
-            .with_context(|| format!("setting the mode of {}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", p.display()))),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", p.display()))),
     }
+    let meta = std::fs::symlink_metadata(p).with_context(|| format!("reading {}", p.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", p.display());
+    }
+    if meta.mode() & 0o7777 != 0o711 {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("setting the mode of {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// The record, durably: a temporary file, synced, renamed over the old one.
@@ -487,7 +500,10 @@ mod tests {
     #[test]
     fn keys_are_one_safe_path_component() {
         let d = Path::new("/d");
-        assert_eq!(session_dir(d, "gt-abc_1.2"), Path::new("/d/sessions/gt-abc_1.2"));
+        assert_eq!(
+            session_dir(d, "gt-abc_1.2"),
+            Path::new("/d/sessions/gt-abc_1.2")
+        );
         assert_eq!(session_dir(d, ".x y"), Path::new("/d/sessions/%2Ex%20y"));
         assert_eq!(new_uuid().len(), 36);
         assert_eq!(&new_uuid()[14..15], "4");
