@@ -4,6 +4,7 @@
 
 pub mod cost;
 pub mod eventlog;
+mod launch;
 pub mod model;
 mod prune;
 pub mod registry;
