@@ -518,3 +518,51 @@ fn opencode_resumes_a_session_in_a_scratch_dir() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A task that failed (here: its `timeout_s` passed while the model server held a
+/// turn) is continued by the next task of its issue on the same worker, no restart.
+#[test]
+fn claude_continues_a_task_that_failed() {
+    let cli = Cli::Claude;
+    let git = GitServer::start(false);
+    git.create_repo("rig", &[("README.md", "hello\n")]);
+    let model = ModelServer::start(interrupted_script(cli));
+    let tmp = tempfile::tempdir().unwrap();
+    let env = agent_env(cli, &model);
+    let w = start(&tmp.path().join("data"), &env);
+    let body = json!({"issue_id": "gt-failed", "rig_url": git.url("rig"), "ref": "main",
+                      "prompt": FIRST_PROMPT, "timeout_s": 30});
+    let rt = rt();
+    let first = rt.block_on(async {
+        let c = h1();
+        let t = post(&c, &w, &body).await;
+        let id = t["id"].as_str().unwrap().to_string();
+        wait_terminal(&c, &w, &id, T).await
+    });
+    assert_eq!(first["status"], "failed", "{first}");
+    assert_eq!(first["error_code"], "timeout", "{first}");
+    let mut script = resumed_script(cli);
+    script.steps.remove(0);
+    model.set_script(script);
+    model.clear_requests();
+    let mut again = body.clone();
+    again["prompt"] = json!(SECOND_PROMPT);
+    again["timeout_s"] = json!(null);
+    let (task, done) = rt.block_on(async {
+        let c = h1();
+        let t = post(&c, &w, &again).await;
+        let id = t["id"].as_str().unwrap().to_string();
+        let events = Sse::new(open_events(&c, &w, &id).await).collect(T).await;
+        (t, events.last().unwrap().data.clone())
+    });
+    assert_eq!(task["resumed_from"], first["id"], "{task}");
+    assert_eq!(done["status"], "done", "{done}\nlog:\n{}", w.log_text());
+    assert_eq!(done["resumed_from"], first["id"], "{done}");
+    assert_eq!(done["agent"]["session_id"], first["agent"]["session_id"]);
+    let text = answered_turns(&model)
+        .first()
+        .expect("a turn")
+        .messages_text();
+    assert!(text.contains(FIRST_PROMPT), "{text}");
+    assert!(text.contains(SECOND_PROMPT), "{text}");
+}
