@@ -200,7 +200,11 @@ pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace
             Some(c) => cfg.data_dir.join("run").join(&c.start.worktree),
             None => run_dir(cfg, task),
         };
-        passable_dir(&parent)?;
+        if parent != run_dir(cfg, task) {
+            // Not the task's own run dir (which becomes the agent's): the worker's,
+            // for the agent to pass through.
+            passable_dir(&parent)?;
+        }
         let dir = parent.join("work");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
