@@ -196,6 +196,7 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
         context: obj.get("context").filter(|v| !v.is_null()).cloned(),
         timeout_s: None,
         max_cost_usd: None,
+        fresh: false,
     };
     req.timeout_s = match obj.get("timeout_s") {
         None | Some(Value::Null) => None,
@@ -204,6 +205,16 @@ pub fn parse_request(body: &Value) -> Result<WorkRequest, FieldError> {
     req.max_cost_usd = match obj.get("max_cost_usd") {
         None | Some(Value::Null) => None,
         Some(v) => Some(usd_amount("max_cost_usd", v)?),
+    };
+    req.fresh = match obj.get("fresh") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(bad(
+                "fresh",
+                format!("expected true or false (or null), got {}", kind(v)),
+            ))
+        }
     };
     if req.prompt.as_deref().is_none_or(str::is_empty) && req.issue_id.is_none() {
         return Err(bad(
@@ -449,6 +460,23 @@ mod tests {
             "timeout_s"
         );
         assert_eq!(parse_request(&json!([1])).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn fresh_is_a_boolean() {
+        assert!(
+            parse_request(&json!({"prompt": "x", "fresh": true}))
+                .unwrap()
+                .fresh
+        );
+        assert!(
+            !parse_request(&json!({"prompt": "x", "fresh": null}))
+                .unwrap()
+                .fresh
+        );
+        assert!(!parse_request(&json!({"prompt": "x"})).unwrap().fresh);
+        let e = parse_request(&json!({"prompt": "x", "fresh": "yes"})).unwrap_err();
+        assert_eq!(e.field, "fresh");
     }
 
     #[test]

@@ -121,6 +121,11 @@ impl RunWatch {
         }
     }
 
+    /// The agent's session id, once its output named it.
+    pub fn session_id(&self) -> Option<&str> {
+        self.parser.session_id()
+    }
+
     /// The end of the run: the agent's result, or the worker's when it stopped the agent
     /// over the cap. None while the run is going, or when it ended without a result.
     pub fn result(&self) -> Option<&RunResult> {

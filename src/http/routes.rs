@@ -342,6 +342,22 @@ fn refusal(r: Refusal) -> ApiError {
             ),
         )
         .with("id", json!(id)),
+        Refusal::IssueLocked(holder) => {
+            let e = ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_issue",
+                match &holder {
+                    Some(id) => format!(
+                        "a task for this issue_id is running on another worker that shares this data dir: {id}"
+                    ),
+                    None => "a task for this issue_id is running on another worker that shares this data dir".to_string(),
+                },
+            );
+            match holder {
+                Some(id) => e.with("id", json!(id)),
+                None => e,
+            }
+        }
         Refusal::Full => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "at_capacity",

@@ -4,10 +4,12 @@
 
 pub mod cost;
 pub mod eventlog;
+mod launch;
 pub mod model;
 mod prune;
 pub mod registry;
 pub mod runner;
+pub mod session;
 pub mod workspace;
 
 use std::io;
@@ -55,6 +57,8 @@ pub struct Task {
     agent: Mutex<Option<AgentHandle>>,
     jail: Mutex<Option<Arc<Jail>>>,
     stop: watch::Sender<Option<StopReason>>,
+    /// The hold on its `issue_id` (lock, record, how it starts), while it is live.
+    session: Option<session::Claim>,
 }
 
 impl Task {
@@ -69,7 +73,13 @@ impl Task {
             agent: Mutex::new(None),
             jail: Mutex::new(None),
             stop,
+            session: None,
         }
+    }
+
+    /// Its hold on its `issue_id` (tasks admitted by this worker with an `issue_id`).
+    pub fn session(&self) -> Option<&session::Claim> {
+        self.session.as_ref()
     }
 
     pub fn slot(&self) -> usize {
@@ -131,6 +141,7 @@ impl Task {
             resources: s.resources,
             cost: s.cost,
             agent: s.agent,
+            resumed_from: self.meta.resumed_from.clone(),
         }
     }
 
@@ -178,6 +189,7 @@ impl Task {
             resources: end.resources,
             cost: end.cost,
             agent: end.agent.clone(),
+            resumed_from: self.meta.resumed_from.clone(),
         };
         self.log
             .append("status", &json!({ "status": status }).to_string())?;

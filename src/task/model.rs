@@ -76,6 +76,10 @@ pub struct WorkRequest {
     /// The spend cap of the agent's model, in US dollars (else `OUTPOST_MAX_COST_USD`).
     #[serde(default)]
     pub max_cost_usd: Option<f64>,
+    /// Start over: a new agent session, even where an earlier task of the `issue_id`
+    /// was interrupted or failed (see `task::session`).
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// The task object of the contract.
@@ -99,6 +103,9 @@ pub struct TaskView {
     pub cost: Option<Cost>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentReport>,
+    /// The earlier task of the same `issue_id` this one continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
 }
 
 /// What a task's processes used (from its cgroup, or the kernel's account of them).
@@ -210,6 +217,8 @@ pub struct DoneEvent {
     pub cost: Option<Cost>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
 }
 
 /// The immutable facts of a task, persisted as `meta.json` when it is created.
@@ -220,4 +229,8 @@ pub struct TaskMeta {
     pub created_unix_ms: u64,
     pub branch: String,
     pub request: WorkRequest,
+    /// The earlier task of the same `issue_id` this one continues (decided at
+    /// admission: see `task::session`).
+    #[serde(default)]
+    pub resumed_from: Option<String>,
 }

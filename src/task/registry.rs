@@ -25,6 +25,9 @@ use crate::process::Containment;
 pub enum Refusal {
     /// A task with this `issue_id` is live: its id.
     Duplicate(String),
+    /// Another worker sharing the data dir runs a task with this `issue_id` (it holds
+    /// the issue's lock): its id, when the lock file names it.
+    IssueLocked(Option<String>),
     /// `OUTPOST_MAX_TASKS` tasks are live.
     Full,
     /// The worker is shutting down.
@@ -182,15 +185,47 @@ impl Registry {
             .branch
             .clone()
             .unwrap_or_else(|| format!("polecat/{}", req.issue_id.as_deref().unwrap_or(&id)));
+        // The issue's lock on the data dir: held for the life of the task, against
+        // other workers sharing the data dir (this one's live tasks are checked above).
+        let claim = match &req.issue_id {
+            Some(issue) => {
+                let ask = super::session::Ask {
+                    issue_id: issue,
+                    task_id: &id,
+                    branch: &branch,
+                    rig_url: req.rig_url.as_deref(),
+                    fresh: req.fresh,
+                    profile: &self.cfg.agent_profile,
+                };
+                match super::session::claim(&self.cfg.data_dir, &ask) {
+                    Ok(c) => Some(c),
+                    Err(super::session::ClaimError::Busy(holder)) => {
+                        return Err(Refusal::IssueLocked(holder))
+                    }
+                    Err(super::session::ClaimError::Io(e)) => {
+                        return Err(Refusal::Storage(format!("{e:#}")))
+                    }
+                }
+            }
+            None => None,
+        };
         let meta = TaskMeta {
             id: id.clone(),
             created_at: crate::timefmt::rfc3339_ms(now),
             created_unix_ms: now,
             branch,
+            resumed_from: claim.as_ref().and_then(|c| c.start.resumed_from.clone()),
             request: req,
         };
         let dir = self.tasks_dir.join(&id);
-        let task = create_task(meta, dir, slot).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
+        let mut task =
+            create_task(meta, dir, slot).map_err(|e| Refusal::Storage(format!("{e:#}")))?;
+        if let Some(c) = &claim {
+            if let Err(e) = c.begin() {
+                tracing::error!(task_id = %id, "writing the issue's session record: {e:#}");
+            }
+        }
+        task.session = claim;
         let task = Arc::new(task);
         if let Some(issue) = &task.meta.request.issue_id {
             g.live_issues.insert(issue.clone(), id.clone());
@@ -207,6 +242,9 @@ impl Registry {
 
     /// Called by the runner once a task has reached a terminal state.
     pub fn release(&self, task: &Task) {
+        if let Some(c) = task.session() {
+            c.release();
+        }
         let mut g = self.lock();
         if let Some(issue) = &task.meta.request.issue_id {
             if g.live_issues.get(issue).map(String::as_str) == Some(task.id()) {

@@ -9,14 +9,15 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
+use super::launch::{agent_spec, session_of};
 use super::model::{Ending, Resources, Status};
-use super::workspace::{self, AgentDirs, Workspace};
+use super::session::Outcome;
+use super::workspace::{self, Workspace};
 use super::{Registry, StopReason, Task};
-use crate::agent::profile::AgentProfile;
 use crate::agent::run::RunWatch;
 use crate::agent::structured::{ErrorCode, RunResult};
 use crate::agent::utf8::{Piece, Utf8Splitter};
-use crate::agent::{Agent, AgentSpec, OutputSink};
+use crate::agent::{Agent, OutputSink};
 use crate::process::reaper::{Exit, Reaped};
 use crate::process::Jail;
 
@@ -42,6 +43,10 @@ pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
         let cost = reg.instance.cost(resources, model_usd);
         reg.totals.add(resources, &cost);
         end.cost = Some(cost);
+        if let Some(c) = task.session() {
+            let session = end.agent.as_ref().and_then(|a| a.session_id.as_deref());
+            c.finish(outcome(end.status()), end.commit.as_deref(), session);
+        }
         match &end.error {
             Some(e) => tracing::info!(status = end.status().as_str(), "task ended: {e}"),
             None => tracing::info!(status = end.status().as_str(), "task ended"),
@@ -51,6 +56,16 @@ pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
         }
         reg.release(&task);
     });
+}
+
+/// How the issue's session record says a task ended.
+fn outcome(status: Status) -> Outcome {
+    match status {
+        Status::Done => Outcome::Done,
+        Status::Cancelled => Outcome::Cancelled,
+        Status::Interrupted => Outcome::Interrupted,
+        _ => Outcome::Failed,
+    }
 }
 
 async fn drive(reg: &Arc<Registry>, task: &Arc<Task>) -> Ending {
@@ -159,10 +174,17 @@ fn start_agent(
     let owner = jail.plan().user;
     let dirs = workspace::hand_over(cfg, task, paths, owner)?;
     let profile = cfg.agent_profile.clone();
+    let session = match session_of(task, &profile, owner) {
+        Ok(s) => s,
+        Err(e) => {
+            jail.release();
+            return Err(e);
+        }
+    };
     let budget = task.meta.request.max_cost_usd.or(cfg.max_cost_usd);
     // Agents that refuse root get their exemption only where they do run as root.
     let as_root = owner.is_none_or(|(uid, _)| uid == 0) && nix::unistd::geteuid().is_root();
-    let mut spec = match agent_spec(task, paths, &dirs, &profile, budget, as_root) {
+    let mut spec = match agent_spec(task, paths, &dirs, &profile, budget, as_root, session) {
         Ok(s) => s,
         Err(e) => {
             jail.release();
@@ -278,6 +300,9 @@ async fn supervise_agent(
             _ = early => {}
         }
         checkpoint = workspace::checkpoint(cfg, ws, task).await;
+    }
+    if let (Some(c), Some(claim)) = (&checkpoint, task.session()) {
+        claim.note_commit(c);
     }
     let r = tokio::select! {
         r = agent.wait() => r,
@@ -437,67 +462,6 @@ fn stopped(
     }
 }
 
-/// What the agent runs: the profile's command line (with the spend cap where the agent
-/// has a flag for it), the task's environment, and the profile's own (its state dir:
-/// the agent's HOME, else a directory of the task's run dir).
-fn agent_spec(
-    task: &Task,
-    paths: &workspace::AgentPaths,
-    dirs: &AgentDirs,
-    profile: &AgentProfile,
-    budget: Option<f64>,
-    as_root: bool,
-) -> anyhow::Result<AgentSpec> {
-    use anyhow::Context;
-    let req = &task.meta.request;
-    let prompt = req
-        .prompt
-        .clone()
-        .unwrap_or_else(|| format!("Work on issue {}", req.issue_id.as_deref().unwrap_or("")));
-    let mut env = vec![("OUTPOST_TASK_ID".to_string(), task.id().to_string())];
-    if let Some(issue) = &req.issue_id {
-        env.push(("OUTPOST_ISSUE_ID".into(), issue.clone()));
-    }
-    if let Some(ctx) = &dirs.context {
-        env.push(("OUTPOST_CONTEXT".into(), ctx.display().to_string()));
-    }
-    if let Some(beads) = &paths.beads {
-        env.push(("BEADS_DIR".into(), beads.display().to_string()));
-    }
-    env.push(("TMPDIR".into(), dirs.tmp.display().to_string()));
-    // The worker's own PWD would name the wrong directory (opencode works there).
-    env.push(("PWD".into(), paths.work.display().to_string()));
-    if let Some((home, user)) = &dirs.home {
-        env.push(("HOME".into(), home.display().to_string()));
-        env.push(("USER".into(), user.clone()));
-        env.push(("LOGNAME".into(), user.clone()));
-    }
-    if profile.format() != crate::agent::profile::OutputFormat::None {
-        let state = match &dirs.home {
-            Some((home, _)) => home.clone(),
-            None => {
-                let d = dirs.tmp.join("agent-state");
-                std::fs::create_dir_all(&d)
-                    .with_context(|| format!("creating the agent's state dir {}", d.display()))?;
-                d
-            }
-        };
-        env.extend(profile.env(&state));
-        if as_root {
-            env.extend(profile.root_env());
-        }
-    }
-    let budget = budget.filter(|_| profile.caps_budget());
-    Ok(AgentSpec {
-        argv: profile.argv(&prompt, None, budget),
-        cwd: paths.work.clone(),
-        env,
-        cols: 120,
-        rows: 40,
-        plan: Default::default(),
-    })
-}
-
 /// The sink the PTY pump writes into: split into text / bytes and append to the log,
 /// up to the task's output limit (past it the task is stopped and the rest dropped),
 /// watching the data dir's free space as the output grows.
@@ -563,7 +527,15 @@ fn feed_structured(task: &Task, structured: Option<&StructuredFeed>, bytes: &[u8
     let Some((watch, finished)) = structured else {
         return;
     };
-    let fed = watch.lock().unwrap_or_else(|e| e.into_inner()).feed(bytes);
+    let fed = {
+        let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+        let fed = w.feed(bytes);
+        if let (Some(claim), Some(id)) = (task.session(), w.session_id()) {
+            // Written once: later calls find the same id in the record.
+            claim.note_session(id);
+        }
+        fed
+    };
     for ev in &fed.events {
         if let Err(e) = task.emit("agent", ev.to_json()) {
             tracing::error!(task_id = %task.id(), "an agent event could not be written to the event log: {e}");

@@ -112,6 +112,14 @@ pub fn hand_over(
     Ok(AgentDirs { home, tmp, context })
 }
 
+/// A directory the agent user may pass through (0711, whatever the umask).
+fn passable_dir(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("setting the mode of {}", p.display()))
+}
+
 fn private_dir(p: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -187,7 +195,17 @@ fn commit_message(task: &Task, what: &str) -> String {
 pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace> {
     let req = task.meta.request.clone();
     let Some(url) = req.rig_url.clone() else {
-        let dir = run_dir(cfg, task).join("work");
+        // A task that continues an earlier one works at the same path (opencode).
+        let parent = match task.session() {
+            Some(c) => cfg.data_dir.join("run").join(&c.start.worktree),
+            None => run_dir(cfg, task),
+        };
+        if parent != run_dir(cfg, task) {
+            // Not the task's own run dir (which becomes the agent's): the worker's,
+            // for the agent to pass through.
+            passable_dir(&parent)?;
+        }
+        let dir = parent.join("work");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the scratch dir {}", dir.display()))?;
         return Ok(Workspace::Scratch(dir));
@@ -197,16 +215,27 @@ pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace
     let gcfg = git_config(cfg);
     let t = task.clone();
     let branch = task.meta.branch.clone();
+    // A task that continues an earlier one of its issue starts from that task's branch
+    // as pushed, in a worktree at the same path (opencode resumes only from there).
+    let (dir_name, from_branch) = match task.session() {
+        Some(c) => (c.start.worktree.clone(), c.start.from_branch.clone()),
+        None => (task.id().to_string(), None),
+    };
     let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<Workspace> {
         let mut progress = progress_sink(t.clone());
-        let main = git::prepare(
-            &gcfg,
-            &url,
-            req.git_ref.as_deref(),
-            &branch,
-            t.id(),
-            &mut progress,
-        )
+        let mut prepare = |git_ref: Option<&str>| {
+            git::prepare(&gcfg, &url, git_ref, &branch, &dir_name, &mut progress)
+        };
+        let main = match from_branch {
+            Some(b) => match prepare(Some(&format!("refs/heads/{b}"))) {
+                Err(git::GitError::RefNotFound { .. }) => {
+                    tracing::info!(task_id = %t.id(), branch = %b, "the branch of the task this one continues was never pushed: starting from the request's ref");
+                    prepare(req.git_ref.as_deref())
+                }
+                r => r,
+            },
+            None => prepare(req.git_ref.as_deref()),
+        }
         .with_context(|| "preparing the repository (rig_url)".to_string())?;
         let beads = match &req.beads_url {
             None => None,
@@ -292,7 +321,15 @@ pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {
     match ws {
         Workspace::Scratch(dir) => {
             let dir = dir.clone();
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+                // The run dir of the task it continued, if that is where it was: gone
+                // once empty.
+                if let Some(parent) = dir.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            })
+            .await;
         }
         Workspace::Git(g) => {
             let (cfg, main, beads) = (g.cfg.clone(), g.main.clone(), g.beads.clone());
