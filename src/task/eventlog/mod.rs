@@ -15,7 +15,8 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -101,6 +102,8 @@ struct Inner {
     /// A new log's directory (its files, itself, its entry in the parent) is not known
     /// to be on stable storage yet: nothing is served before it is (see `durable`).
     unsynced_dir: Option<PathBuf>,
+    /// The syncer is syncing `unsynced_dir` now.
+    dir_syncing: bool,
     output_bytes: u64,
     tail: VecDeque<Record>,
     tail_bytes: usize,
@@ -118,6 +121,8 @@ pub struct EventLog {
 pub(super) struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<u64>,
+    /// Signalled when the syncer has synced a new log's directory.
+    dir_done: Condvar,
 }
 
 impl Shared {
@@ -134,12 +139,41 @@ impl Shared {
         if g.durable >= g.len {
             return None;
         }
-        Some((g.events.clone()?, g.len, g.unsynced_dir.clone()))
+        let file = g.events.clone()?;
+        let dir = g.unsynced_dir.clone();
+        g.dir_syncing = dir.is_some();
+        Some((file, g.len, dir))
     }
 
     /// For the syncer: the new log's directory is on stable storage.
     pub(super) fn dir_synced(&self) {
-        self.lock().unsynced_dir = None;
+        let mut g = self.lock();
+        g.unsynced_dir = None;
+        g.dir_syncing = false;
+        self.dir_done.notify_all();
+    }
+
+    /// Makes sure the new log's directory is on stable storage: syncs it here unless the
+    /// syncer is at it, in which case this waits for the syncer (a task that ends right
+    /// away would otherwise sync the same files twice).
+    fn ensure_dir_synced<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Inner>,
+    ) -> io::Result<MutexGuard<'a, Inner>> {
+        if g.dir_syncing {
+            // Bounded: the syncer ends its syncs (or gives up on them) and says so; after
+            // the wait this syncs the directory itself.
+            let (back, _) = self
+                .dir_done
+                .wait_timeout_while(g, Duration::from_secs(30), |g| g.dir_syncing)
+                .unwrap_or_else(|e| e.into_inner());
+            g = back;
+        }
+        if let Some(dir) = g.unsynced_dir.take() {
+            durable::sync_dir(&dir)?;
+            durable::sync_parents(&[dir.as_path()]);
+        }
+        Ok(g)
     }
 
     /// For the syncer: `len` bytes are on stable storage; returns whether more came
@@ -242,12 +276,14 @@ impl EventLog {
                     needs_sync,
                     sync_queued: false,
                     unsynced_dir: None,
+                    dir_syncing: false,
                     output_bytes,
                     tail: VecDeque::new(),
                     tail_bytes: 0,
                     closed: false,
                 }),
                 tx,
+                dir_done: Condvar::new(),
             }),
         }
     }
@@ -306,11 +342,9 @@ impl EventLog {
         }
         if event == "done" {
             // The end is on stable storage before anyone is told of it (and the
-            // directory too, if the syncer has not done it yet).
-            if let Some(dir) = g.unsynced_dir.clone() {
-                durable::sync_dir(&dir)?;
-                durable::sync_parents(&[dir.as_path()]);
-                g.unsynced_dir = None;
+            // directory too, if it is not yet).
+            if g.unsynced_dir.is_some() {
+                g = self.shared.ensure_dir_synced(g)?;
             }
             if g.needs_sync {
                 if let Some(f) = g.events.as_ref() {
@@ -349,18 +383,16 @@ impl EventLog {
 
     /// Flushes appended records to stable storage now (and serves them).
     pub fn sync(&self) -> io::Result<()> {
-        let (file, len, dir) = {
-            let g = self.lock();
+        let (file, len) = {
+            let mut g = self.lock();
+            if g.unsynced_dir.is_some() {
+                g = self.shared.ensure_dir_synced(g)?;
+            }
             match g.events.as_ref() {
-                Some(f) => (f.clone(), g.len, g.unsynced_dir.clone()),
+                Some(f) => (f.clone(), g.len),
                 None => return Ok(()),
             }
         };
-        if let Some(dir) = dir {
-            durable::sync_dir(&dir)?;
-            durable::sync_parents(&[dir.as_path()]);
-            self.shared.dir_synced();
-        }
         file.sync_data()?;
         self.shared.synced(len);
         Ok(())
