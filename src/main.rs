@@ -11,19 +11,12 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 extern crate fastmem;
 
 fn main() {
-    // The steps between the worker and an agent run before anything else (see
-    // outpost::process::exec): no runtime, no logging, no threads.
+    // The uid killer (see outpost::process::exec) runs before anything else: no
+    // runtime, no logging, no threads.
     let mut raw = std::env::args_os().skip(1);
-    match raw.next().as_ref().and_then(|a| a.to_str()) {
-        Some(outpost::process::exec::EXEC_ARG) => {
-            let rest: Vec<_> = raw.collect();
-            std::process::exit(outpost::process::exec::agent_exec_main(&rest));
-        }
-        Some(outpost::process::exec::KILL_UID_ARG) => {
-            let rest: Vec<_> = raw.collect();
-            std::process::exit(outpost::process::exec::kill_uid_main(&rest));
-        }
-        _ => {}
+    if raw.next().as_ref().and_then(|a| a.to_str()) == Some(outpost::process::exec::KILL_UID_ARG) {
+        let rest: Vec<_> = raw.collect();
+        std::process::exit(outpost::process::exec::kill_uid_main(&rest));
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = outpost::cli::run(args);

@@ -284,6 +284,9 @@ pub async fn create(
     let task = state.reg.admit(request).map_err(refusal)?;
     tracing::info!(task_id = %task.id(), issue_id = task.meta.request.issue_id.as_deref().unwrap_or(""), "task admitted");
     runner::spawn(state.reg.clone(), task.clone());
+    // The answer (with the task's id) goes out once the task is on stable storage, as
+    // its first event; the runner works meanwhile.
+    task.log.first_durable().await;
     Ok(match reply {
         Reply::Json => {
             let mut r = if run_compat {

@@ -122,7 +122,10 @@ fn v1_uses_each_hierarchys_own_path() {
         fs::read_to_string(root.join("pids/outpost-k2/t-9/pids.max")).unwrap(),
         "100"
     );
-    assert_eq!(task.procs_files().len(), 4);
+    // v1: the one-thread `tasks` file of every hierarchy (the fast move).
+    let files = task.procs_files();
+    assert_eq!(files.len(), 4);
+    assert!(files.iter().all(|f| f.ends_with("tasks")), "{files:?}");
     fs::write(
         root.join("cpuacct/outpost-k2/t-9/cpuacct.usage"),
         "2000000000\n",

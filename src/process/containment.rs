@@ -174,7 +174,7 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// What the exec shim does for this task's agent.
+    /// What is done in this task's agent process before it runs.
     pub fn plan(&self) -> &ExecPlan {
         &self.plan
     }

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod containment;
+mod direct;
 pub mod exec;
 pub mod identity;
 pub mod reaper;

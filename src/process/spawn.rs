@@ -1,5 +1,5 @@
-//! Starting an agent process on a terminal (through the shim of `exec` when it must be
-//! contained or change user): `posix_spawn` in a new session whose
+//! Starting an agent process on a terminal (through `direct` when it must be contained
+//! or change user, with the same steps and more): `posix_spawn` in a new session whose
 //! controlling terminal is the PTY (opened by path after `setsid`, so the kernel makes
 //! it the session's terminal and the agent's group its foreground group), with the
 //! terminal as stdin, stdout and stderr, every signal at its default and none blocked.
@@ -34,13 +34,10 @@ pub(crate) struct Spawn<'a> {
     pub cwd: &'a Path,
     /// The PTY's slave device (`/dev/pts/N`).
     pub tty: &'a Path,
-    /// What the shim does before the program runs (cgroups, user, limits); empty:
+    /// What is done before the program runs (cgroups, user, limits); empty:
     /// the program is started directly.
     pub plan: &'a ExecPlan,
 }
-
-/// This binary, as the child sees it right after the spawn (it still runs our image).
-const SELF_EXE: &str = "/proc/self/exe";
 
 /// Starts the process; returns its pid (also its process group and session id).
 pub(crate) fn spawn(s: &Spawn<'_>) -> anyhow::Result<i32> {
@@ -60,15 +57,9 @@ pub(crate) fn spawn(s: &Spawn<'_>) -> anyhow::Result<i32> {
     }
     let tty = cstring(s.tty.as_os_str())?;
     let cwd = cstring(s.cwd.as_os_str())?;
-    // With a plan, the shim (this binary) runs first and then executes the program.
-    let (exe_c, words) = if s.plan.is_empty() {
-        (cstring(exe.as_os_str())?, s.argv.to_vec())
-    } else {
-        let mut words = vec!["outpost".to_string()];
-        words.extend(s.plan.args(&exe.to_string_lossy(), s.argv));
-        (cstring(OsStr::new(SELF_EXE))?, words)
-    };
-    let argv: Vec<CString> = words
+    let exe_c = cstring(exe.as_os_str())?;
+    let argv: Vec<CString> = s
+        .argv
         .iter()
         .map(|a| cstring(OsStr::new(a)))
         .collect::<anyhow::Result<_>>()?;
@@ -84,6 +75,19 @@ pub(crate) fn spawn(s: &Spawn<'_>) -> anyhow::Result<i32> {
         .collect::<anyhow::Result<_>>()?;
     let argv_p = null_terminated(&argv);
     let env_p = null_terminated(&env);
+    if !s.plan.is_empty() {
+        // Containment, user and limits: steps posix_spawn does not offer.
+        return super::direct::spawn(&exe_c, &argv_p, &env_p, &tty, &cwd, s.plan).with_context(
+            || {
+                format!(
+                    "starting {} in {} on {}",
+                    exe.display(),
+                    s.cwd.display(),
+                    s.tty.display()
+                )
+            },
+        );
+    }
 
     let actions = FileActions::new()?;
     let attr = Attr::new()?;

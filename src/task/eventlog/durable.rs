@@ -5,6 +5,13 @@
 //! every record appended before it started, so a fast writer costs a sync per batch,
 //! not per record (group commit). On a file system held in memory (tmpfs, ramfs) there
 //! is nothing to sync: records are served as soon as they are written.
+//!
+//! A new log's directory is synced here too, before its first record is served: its
+//! files (`meta.json`, the log), the directory, and its entry in the parent, where the
+//! parent (`tasks/`) is synced once for every new log of the batch. So admitting a task
+//! costs no sync on the caller's thread, and tasks admitted together share the parent's.
+
+use std::path::PathBuf;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -81,22 +88,67 @@ fn run() {
             }
             logs.drain(..).collect()
         };
-        for log in batch {
-            sync_one(&log);
-        }
+        sync_batch(batch);
     }
 }
 
 fn sync_one(log: &Arc<Shared>) {
-    let Some((file, len)) = log.to_sync() else {
-        return;
-    };
-    if let Err(e) = file.sync_data() {
-        // The data is in the page cache; serving it is what the log did before
-        // syncing existed. A log that cannot sync must not stall its readers forever.
-        tracing::warn!("syncing an event log failed: {e}; serving its records unsynced");
+    sync_batch(vec![log.clone()]);
+}
+
+/// Syncs every log of the batch (new ones with their directory, their parents once),
+/// then serves what is on disk.
+fn sync_batch(batch: Vec<Arc<Shared>>) {
+    let work: Vec<(Arc<Shared>, Arc<std::fs::File>, u64, Option<PathBuf>)> = batch
+        .into_iter()
+        .filter_map(|log| {
+            let (file, len, dir) = log.to_sync()?;
+            Some((log, file, len, dir))
+        })
+        .collect();
+    for (_, file, _, dir) in &work {
+        // A new log's file is synced whole with its directory.
+        let r = match dir {
+            Some(d) => sync_dir(d),
+            None => file.sync_data(),
+        };
+        if let Err(e) = r {
+            // The data is in the page cache; serving it is what the log did before
+            // syncing existed. A log that cannot sync must not stall its readers forever.
+            tracing::warn!("syncing an event log failed: {e}; serving its records unsynced");
+        }
     }
-    if log.synced(len) {
-        queue(log.clone());
+    let dirs: Vec<&Path> = work.iter().filter_map(|w| w.3.as_deref()).collect();
+    sync_parents(&dirs);
+    for (log, _, len, dir) in &work {
+        if dir.is_some() {
+            log.dir_synced();
+        }
+        if log.synced(*len) {
+            queue(log.clone());
+        }
+    }
+}
+
+/// Syncs a new log's directory: every file in it (the log included: data and size),
+/// then the directory itself.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Syncs the parent of each directory (each parent once): their entries in it.
+pub(super) fn sync_parents(dirs: &[&Path]) {
+    let mut parents: Vec<&Path> = dirs.iter().filter_map(|d| d.parent()).collect();
+    parents.sort_unstable();
+    parents.dedup();
+    for p in parents {
+        if let Err(e) = std::fs::File::open(p).and_then(|f| f.sync_all()) {
+            tracing::warn!(dir = %p.display(), "syncing a directory of event logs failed: {e}");
+        }
     }
 }

@@ -15,7 +15,8 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -98,6 +99,11 @@ struct Inner {
     needs_sync: bool,
     /// Whether the syncer has this log queued.
     sync_queued: bool,
+    /// A new log's directory (its files, itself, its entry in the parent) is not known
+    /// to be on stable storage yet: nothing is served before it is (see `durable`).
+    unsynced_dir: Option<PathBuf>,
+    /// The syncer is syncing `unsynced_dir` now.
+    dir_syncing: bool,
     output_bytes: u64,
     tail: VecDeque<Record>,
     tail_bytes: usize,
@@ -115,6 +121,8 @@ pub struct EventLog {
 pub(super) struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<u64>,
+    /// Signalled when the syncer has synced a new log's directory.
+    dir_done: Condvar,
 }
 
 impl Shared {
@@ -123,14 +131,49 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// For the syncer: the file and how far it reaches now (None: nothing to sync).
-    pub(super) fn to_sync(&self) -> Option<(Arc<File>, u64)> {
+    /// For the syncer: the file, how far it reaches now, and the directory to sync
+    /// first if it is new (None: nothing to sync).
+    pub(super) fn to_sync(&self) -> Option<(Arc<File>, u64, Option<PathBuf>)> {
         let mut g = self.lock();
         g.sync_queued = false;
         if g.durable >= g.len {
             return None;
         }
-        Some((g.events.clone()?, g.len))
+        let file = g.events.clone()?;
+        let dir = g.unsynced_dir.clone();
+        g.dir_syncing = dir.is_some();
+        Some((file, g.len, dir))
+    }
+
+    /// For the syncer: the new log's directory is on stable storage.
+    pub(super) fn dir_synced(&self) {
+        let mut g = self.lock();
+        g.unsynced_dir = None;
+        g.dir_syncing = false;
+        self.dir_done.notify_all();
+    }
+
+    /// Makes sure the new log's directory is on stable storage: syncs it here unless the
+    /// syncer is at it, in which case this waits for the syncer (a task that ends right
+    /// away would otherwise sync the same files twice).
+    fn ensure_dir_synced<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Inner>,
+    ) -> io::Result<MutexGuard<'a, Inner>> {
+        if g.dir_syncing {
+            // Bounded: the syncer ends its syncs (or gives up on them) and says so; after
+            // the wait this syncs the directory itself.
+            let (back, _) = self
+                .dir_done
+                .wait_timeout_while(g, Duration::from_secs(30), |g| g.dir_syncing)
+                .unwrap_or_else(|e| e.into_inner());
+            g = back;
+        }
+        if let Some(dir) = g.unsynced_dir.take() {
+            durable::sync_dir(&dir)?;
+            durable::sync_parents(&[dir.as_path()]);
+        }
+        Ok(g)
     }
 
     /// For the syncer: `len` bytes are on stable storage; returns whether more came
@@ -161,20 +204,15 @@ impl EventLog {
         let events = open(EVENTS_FILE)?;
         // The task's directory (its files so far, such as meta.json, and its entry in
         // the parent) must survive a power loss too, or its synced events would belong
-        // to a task that is not there after a reboot.
+        // to a task that is not there after a reboot. The syncer does that before it
+        // serves the first record (with the parents of every new log it has at the
+        // time synced once), so the caller does not wait for four syncs in a row.
         let needs_sync = durable::needs_sync(dir);
+        let log = Self::from_parts(dir, Some(events), 1, 0, 0, needs_sync);
         if needs_sync {
-            for entry in std::fs::read_dir(dir)?.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
-                    File::open(entry.path())?.sync_all()?;
-                }
-            }
-            File::open(dir)?.sync_all()?;
-            if let Some(parent) = dir.parent() {
-                File::open(parent)?.sync_all()?;
-            }
+            log.lock().unsynced_dir = Some(dir.to_path_buf());
         }
-        Ok(Self::from_parts(dir, Some(events), 1, 0, 0, needs_sync))
+        Ok(log)
     }
 
     /// Opens the log of a task from an earlier run, keeping its valid prefix: a torn last
@@ -237,12 +275,15 @@ impl EventLog {
                     durable: len,
                     needs_sync,
                     sync_queued: false,
+                    unsynced_dir: None,
+                    dir_syncing: false,
                     output_bytes,
                     tail: VecDeque::new(),
                     tail_bytes: 0,
                     closed: false,
                 }),
                 tx,
+                dir_done: Condvar::new(),
             }),
         }
     }
@@ -300,7 +341,11 @@ impl EventLog {
             trim_tail(&mut g, TAIL_KEEP);
         }
         if event == "done" {
-            // The end is on stable storage before anyone is told of it.
+            // The end is on stable storage before anyone is told of it (and the
+            // directory too, if it is not yet).
+            if g.unsynced_dir.is_some() {
+                g = self.shared.ensure_dir_synced(g)?;
+            }
             if g.needs_sync {
                 if let Some(f) = g.events.as_ref() {
                     f.sync_data()?;
@@ -339,7 +384,10 @@ impl EventLog {
     /// Flushes appended records to stable storage now (and serves them).
     pub fn sync(&self) -> io::Result<()> {
         let (file, len) = {
-            let g = self.lock();
+            let mut g = self.lock();
+            if g.unsynced_dir.is_some() {
+                g = self.shared.ensure_dir_synced(g)?;
+            }
             match g.events.as_ref() {
                 Some(f) => (f.clone(), g.len),
                 None => return Ok(()),
@@ -371,6 +419,14 @@ impl EventLog {
     /// A receiver that changes whenever a record is appended.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.tx.subscribe()
+    }
+
+    /// Waits until the first record is on stable storage, and with it the log's
+    /// directory (at once where nothing needs syncing).
+    pub async fn first_durable(&self) {
+        let mut rx = self.shared.tx.subscribe();
+        // Err: the log is gone, nothing more will become durable.
+        let _ = rx.wait_for(|durable| *durable > 0).await;
     }
 
     /// Readers following this log right now.

@@ -178,3 +178,38 @@ fn a_record_with_a_number_out_of_range_is_not_served() {
     assert!(last.is_none());
     assert_eq!(log.last_id(), 0);
 }
+
+#[test]
+fn a_new_logs_directory_is_synced_before_its_first_record_is_served() {
+    // The syncer syncs the directory (and its parent) before it serves record 1.
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("t-1");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("meta.json"), "{}").unwrap();
+    let log = EventLog::create(&dir).unwrap();
+    assert!(log.lock().unsynced_dir.is_some());
+    log.append("status", r#"{"status":"queued"}"#).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), log.first_durable())
+            .await
+            .expect("the first record became durable");
+    });
+    let g = log.lock();
+    assert!(g.unsynced_dir.is_none() && !g.dir_syncing);
+    assert!(g.durable > 0);
+    drop(g);
+    // A log that ends at once syncs its directory itself (or waits for the syncer)
+    // before its end is served.
+    let dir2 = parent.path().join("t-2");
+    std::fs::create_dir(&dir2).unwrap();
+    let log2 = EventLog::create(&dir2).unwrap();
+    log2.append("status", r#"{"status":"queued"}"#).unwrap();
+    log2.append("done", r#"{"status":"done"}"#).unwrap();
+    let g = log2.lock();
+    assert!(g.unsynced_dir.is_none() && g.closed);
+    assert_eq!(g.durable, g.len);
+}
