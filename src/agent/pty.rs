@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,6 +92,9 @@ impl Agent {
         // SAFETY: `fcntl` returned a new descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         let reader = file.try_clone().context("duplicating the PTY descriptor")?;
+        // Non-blocking (for the pump and the input alike: one open file): the pump
+        // reads until the terminal is empty instead of polling before every read.
+        set_nonblocking(&file).context("making the PTY non-blocking")?;
         let env = agent_env(&spec.env);
         if let Some((uid, gid)) = spec.plan.user {
             // The terminal is the agent's, as login makes it a user's.
@@ -185,11 +188,34 @@ impl AgentHandle {
         self.pid
     }
 
-    /// Writes bytes to the agent's terminal (blocking: call from a blocking thread).
-    pub fn write_input(&self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes bytes to the agent's terminal (blocking: call from a blocking thread),
+    /// waiting while the terminal is full, at most `INPUT_STALL` without progress.
+    pub fn write_input(&self, mut bytes: &[u8]) -> io::Result<()> {
         let mut w: &File = &self.input;
-        w.write_all(bytes)?;
-        w.flush()
+        let mut waited = Duration::ZERO;
+        while !bytes.is_empty() {
+            match w.write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    waited = Duration::ZERO;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if waited >= INPUT_STALL {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the agent has not read its input for 30 s",
+                        ));
+                    }
+                    let mut fds = [PollFd::new(w.as_fd(), PollFlags::POLLOUT)];
+                    let _ = poll(&mut fds, PollTimeout::from(100u16));
+                    waited += Duration::from_millis(100);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Changes the terminal size (the agent gets SIGWINCH).
@@ -231,6 +257,17 @@ pub fn signal_group(pgid: i32, sig: Signal) {
     if pgid > 1 {
         let _ = killpg(Pid::from_raw(pgid), sig);
     }
+}
+
+/// How long input may wait for an agent that does not read its terminal.
+const INPUT_STALL: Duration = Duration::from_secs(30);
+
+fn set_nonblocking(f: &File) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(f.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
 }
 
 /// Chunks in flight from the reading thread to the writing one.
@@ -360,12 +397,15 @@ impl Delivery {
 }
 
 /// Reads the terminal until EOF (EIO once every writer has closed it) or until asked
-/// to stop, in which case it drains what is readable now and returns.
+/// to stop, in which case it drains what is readable now and returns. The terminal is
+/// non-blocking: each wake-up reads until it is empty (a fast writer fills it 4 KiB at
+/// a time), so one event carries up to 64 KiB, and a full buffer reads on at once.
 fn pump(mut reader: File, stop: &AtomicBool, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut more = false;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        let ready = {
+        if !more {
             let fd = reader.as_fd();
             let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
             let timeout = if stopping {
@@ -374,49 +414,50 @@ fn pump(mut reader: File, stop: &AtomicBool, sink: &mut dyn FnMut(&[u8])) -> io:
                 PollTimeout::from(200u16)
             };
             match poll(&mut fds, timeout) {
-                Ok(n) => n > 0,
+                Ok(0) if stopping => return Ok(()),
+                Ok(0) => continue,
+                Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(io::Error::from(e)),
             }
-        };
-        if !ready {
-            if stopping {
-                return Ok(());
-            }
-            continue;
         }
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                // A fast writer fills the terminal 4 KiB at a time: gather what is
-                // already there (without waiting) so one event carries up to 64 KiB.
-                let n = gather(&mut reader, &mut buf, n);
-                sink(&buf[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // Linux reports EIO on the master once the last slave descriptor closes.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
-            Err(e) => return Err(e),
+        let (n, end) = drain(&mut reader, &mut buf)?;
+        if n > 0 {
+            sink(&buf[..n]);
+        }
+        if end {
+            return Ok(());
+        }
+        // A full buffer: more is likely there already.
+        more = n == buf.len();
+        if n == 0 && stopping {
+            return Ok(());
         }
     }
 }
 
-/// Reads on while more is ready right now and `buf` has room; returns the bytes held.
-fn gather(reader: &mut File, buf: &mut [u8], mut n: usize) -> usize {
+/// Reads until the terminal is empty or `buf` is full; returns the bytes read and
+/// whether the output has ended (EOF, or EIO: Linux reports it on the master once the
+/// last slave descriptor closes).
+fn drain(reader: &mut File, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut n = 0;
+    // Bounded: every turn fills part of `buf` or returns.
     while n < buf.len() {
-        let ready = {
-            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-            matches!(poll(&mut fds, PollTimeout::ZERO), Ok(k) if k > 0)
-        };
-        if !ready {
-            break;
-        }
         match reader.read(&mut buf[n..]) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return Ok((n, true)),
             Ok(m) => n += m,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok((n, true)),
+            Err(e) if n > 0 => {
+                // Deliver what was read; the error comes back on the next read.
+                tracing::debug!("reading the terminal: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
-    n
+    Ok((n, false))
 }
 
 #[cfg(test)]

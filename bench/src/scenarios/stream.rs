@@ -16,6 +16,9 @@ use std::time::Duration;
 /// Goals (issue 15): one stream, and several at once, against the raw PTY.
 const GOAL_ONE: f64 = 0.9;
 const GOAL_MANY: f64 = 0.8;
+/// Output is stored once (its records); the JSON framing and the partial page a sync
+/// leaves to be written again are the rest.
+const DISK_GOAL: f64 = 1.1;
 
 pub(super) fn command(bytes: u64) -> String {
     format!("head -c {bytes} /dev/zero | tr '\\0' a")
@@ -51,6 +54,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ));
     }
     rows.push(row);
+    rows.extend(worker_rows(&o, one >> 20));
     let (mut ot, mut bt) = (o.ttfb, b.ttfb);
     rows.push(
         Row::new("stream", "time to first byte (p50)", "ms")
@@ -87,6 +91,75 @@ struct Total {
     bytes: u64,
     best: Option<f64>,
     ttfb: Samples,
+    /// The worker's own figures over the outpost rounds (when its pid is known).
+    worker: Option<WorkerUse>,
+}
+
+/// What the worker process spent: bytes it sent to storage (`write_bytes` of
+/// /proc/<pid>/io: pages it dirtied, so a partial page rewritten after a sync counts
+/// again) and CPU time (utime + stime of /proc/<pid>/stat, every thread).
+#[derive(Debug, Default, Clone, Copy)]
+struct WorkerUse {
+    disk_bytes: u64,
+    cpu_ticks: u64,
+}
+
+impl WorkerUse {
+    fn read(pid: u32) -> Option<WorkerUse> {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+        let disk_bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces): state is field 3, utime 14.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let cpu_ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some(WorkerUse {
+            disk_bytes,
+            cpu_ticks,
+        })
+    }
+
+    fn since(self, before: WorkerUse) -> WorkerUse {
+        WorkerUse {
+            disk_bytes: self.disk_bytes.saturating_sub(before.disk_bytes),
+            cpu_ticks: self.cpu_ticks.saturating_sub(before.cpu_ticks),
+        }
+    }
+}
+
+/// Disk bytes per output byte and worker CPU per MiB over the outpost rounds.
+fn worker_rows(o: &Total, mib: u64) -> Vec<Row> {
+    let Some(w) = o.worker.filter(|_| o.bytes > 0) else {
+        return Vec::new();
+    };
+    let tick_ms = 1000.0 / clock_ticks_per_sec();
+    vec![
+        Row::new(
+            "stream",
+            format!("1 x {mib} MiB: bytes written to disk per output byte"),
+            "x",
+        )
+        .outpost(Some(w.disk_bytes as f64 / o.bytes as f64))
+        .goal(Goal::AtMost(DISK_GOAL))
+        .note("worker write_bytes (/proc/<pid>/io) over the outpost rounds / output bytes delivered; on tmpfs 0"),
+        Row::new("stream", format!("1 x {mib} MiB: worker CPU per MiB"), "ms")
+            .outpost(Some(w.cpu_ticks as f64 * tick_ms / (o.bytes as f64 / MIB))),
+    ]
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 impl Total {
@@ -128,7 +201,15 @@ async fn measure(ctx: &Ctx, n: usize, bytes: u64, rounds: usize) -> Result<(Tota
             let label = format!("{shape}, {who} (round {}/{rounds})", round + 1);
             let phase = ctx.progress.phase(label, "bytes", budget);
             if via_outpost {
+                let before = ctx.target.pid.and_then(WorkerUse::read);
                 o.add(outpost_streams(&ctx.target.ep, n, bytes, phase.counter()).await?);
+                let after = ctx.target.pid.and_then(WorkerUse::read);
+                if let (Some(a), Some(b)) = (after, before) {
+                    let d = a.since(b);
+                    let w = o.worker.get_or_insert_with(WorkerUse::default);
+                    w.disk_bytes += d.disk_bytes;
+                    w.cpu_ticks += d.cpu_ticks;
+                }
             } else {
                 b.add(pty_streams(n, bytes, phase.counter()).await?);
             }

@@ -1,23 +1,26 @@
 //! Durability of event logs: an event reaches a client only once it is on stable
 //! storage, so a machine that loses power never comes back without events a client
-//! already saw (nor hands out their ids again for other events). One syncer thread
-//! serves every log: a log with new records is queued once, and one `fdatasync` covers
+//! already saw (nor hands out their ids again for other events). A few syncer threads
+//! serve every log: a log with new records is queued once, and one `fdatasync` covers
 //! every record appended before it started, so a fast writer costs a sync per batch,
-//! not per record (group commit). On a file system held in memory (tmpfs, ramfs) there
-//! is nothing to sync: records are served as soon as they are written.
+//! not per record (group commit). The threads (started as needed, at most `SYNCERS`)
+//! sync different logs at once: the block layer folds flushes that arrive while one is
+//! in flight into the next, so eight busy logs cost about one device flush per round
+//! rather than eight in a row. On a file system held in memory (tmpfs, ramfs) there is
+//! nothing to sync: records are served as soon as they are written.
 //!
 //! A new log's directory is synced here too, before its first record is served: its
-//! files (`meta.json`, the log), the directory, and its entry in the parent, where the
-//! parent (`tasks/`) is synced once for every new log of the batch. So admitting a task
-//! costs no sync on the caller's thread, and tasks admitted together share the parent's.
-
-use std::path::PathBuf;
+//! files (`meta.json`, the log), the directory, and its entry in the parent (`tasks/`).
+//! So admitting a task costs no sync on the caller's thread.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use super::Shared;
+
+/// Syncer threads at most (each holds one log at a time).
+const SYNCERS: usize = 4;
 
 /// Whether files in `dir` need syncing to survive a power loss.
 pub(super) fn needs_sync(dir: &Path) -> bool {
@@ -36,98 +39,117 @@ pub(super) fn needs_sync(dir: &Path) -> bool {
 }
 
 struct Queue {
-    logs: Mutex<VecDeque<Arc<Shared>>>,
+    state: Mutex<State>,
     ready: Condvar,
+}
+
+struct State {
+    logs: VecDeque<Arc<Shared>>,
+    /// Syncer threads running, and how many of them wait for work.
+    threads: usize,
+    idle: usize,
 }
 
 fn queue_handle() -> &'static Queue {
     static Q: OnceLock<Queue> = OnceLock::new();
-    Q.get_or_init(|| {
-        let q = Queue {
-            logs: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-        };
-        if let Err(e) = std::thread::Builder::new()
-            .name("log-sync".into())
-            .spawn(run)
-        {
-            // Without the thread nothing would ever be served: say so loudly; appends
-            // still sync in `queue`.
-            tracing::error!("cannot start the event log syncer: {e}; syncing inline");
-        }
-        q
+    Q.get_or_init(|| Queue {
+        state: Mutex::new(State {
+            logs: VecDeque::new(),
+            threads: 0,
+            idle: 0,
+        }),
+        ready: Condvar::new(),
     })
 }
-
-static STARTED: OnceLock<bool> = OnceLock::new();
 
 /// Queues a log whose new records must reach stable storage.
 pub(super) fn queue(log: Arc<Shared>) {
     let q = queue_handle();
-    if STARTED.get().is_none() {
-        // The syncer thread did not start (or not yet): sync here rather than never.
-        sync_one(&log);
+    let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
+    st.logs.push_back(log);
+    if st.idle > 0 {
+        drop(st);
+        q.ready.notify_one();
         return;
     }
-    q.logs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push_back(log);
-    q.ready.notify_one();
-}
-
-/// The syncer: takes every queued log, syncs it, serves what is now on disk.
-fn run() {
-    let _ = STARTED.set(true);
-    let q = queue_handle();
-    loop {
-        let batch: Vec<Arc<Shared>> = {
-            let mut logs = q.logs.lock().unwrap_or_else(|e| e.into_inner());
-            while logs.is_empty() {
-                logs = q.ready.wait(logs).unwrap_or_else(|e| e.into_inner());
+    if st.threads >= SYNCERS {
+        // Every syncer is busy: the first free one takes it.
+        return;
+    }
+    st.threads += 1;
+    let started = std::thread::Builder::new()
+        .name("log-sync".into())
+        .spawn(run);
+    if let Err(e) = started {
+        st.threads -= 1;
+        if st.threads == 0 {
+            // Without a thread nothing would ever be served: sync here rather than never.
+            let log = st.logs.pop_back();
+            drop(st);
+            tracing::error!("cannot start an event log syncer: {e}; syncing inline");
+            // Bounded by the log's appends: each turn serves all it had.
+            if let Some(log) = log {
+                while sync_one(&log) {}
             }
-            logs.drain(..).collect()
-        };
-        sync_batch(batch);
+        }
     }
 }
 
-fn sync_one(log: &Arc<Shared>) {
-    sync_batch(vec![log.clone()]);
+/// Syncs `log` on the calling thread (which may block for a device flush), then
+/// queues it for the syncers if it grew meanwhile.
+pub(super) fn sync_here(log: &Arc<Shared>) {
+    if sync_one(log) {
+        queue(log.clone());
+    }
 }
 
-/// Syncs every log of the batch (new ones with their directory, their parents once),
-/// then serves what is on disk.
-fn sync_batch(batch: Vec<Arc<Shared>>) {
-    let work: Vec<(Arc<Shared>, Arc<std::fs::File>, u64, Option<PathBuf>)> = batch
-        .into_iter()
-        .filter_map(|log| {
-            let (file, len, dir) = log.to_sync()?;
-            Some((log, file, len, dir))
-        })
-        .collect();
-    for (_, file, _, dir) in &work {
+/// A syncer: takes a queued log, syncs it, serves what is now on disk; a log that
+/// grew meanwhile goes to the back of the queue (so every busy log gets its turn).
+fn run() {
+    let q = queue_handle();
+    let mut again: Option<Arc<Shared>> = None;
+    loop {
+        let log = {
+            let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(log) = again.take() {
+                st.logs.push_back(log);
+            }
+            loop {
+                if let Some(log) = st.logs.pop_front() {
+                    break log;
+                }
+                st.idle += 1;
+                st = q.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.idle -= 1;
+            }
+        };
+        if sync_one(&log) {
+            again = Some(log);
+        }
+    }
+}
+
+/// Syncs what `log` has appended so far (with its directory first, when the log is
+/// new) and serves it; returns whether more came meanwhile (the log is then marked
+/// queued again, for the caller to queue).
+fn sync_one(log: &Arc<Shared>) -> bool {
+    let Some((file, len, dir)) = log.to_sync() else {
+        return false;
+    };
+    let r = match &dir {
         // A new log's file is synced whole with its directory.
-        let r = match dir {
-            Some(d) => sync_dir(d),
-            None => file.sync_data(),
-        };
-        if let Err(e) = r {
-            // The data is in the page cache; serving it is what the log did before
-            // syncing existed. A log that cannot sync must not stall its readers forever.
-            tracing::warn!("syncing an event log failed: {e}; serving its records unsynced");
-        }
+        Some(d) => sync_dir(d).map(|()| sync_parents(&[d.as_path()])),
+        None => file.sync_data(),
+    };
+    if let Err(e) = r {
+        // The data is in the page cache; serving it is what the log did before
+        // syncing existed. A log that cannot sync must not stall its readers forever.
+        tracing::warn!("syncing an event log failed: {e}; serving its records unsynced");
     }
-    let dirs: Vec<&Path> = work.iter().filter_map(|w| w.3.as_deref()).collect();
-    sync_parents(&dirs);
-    for (log, _, len, dir) in &work {
-        if dir.is_some() {
-            log.dir_synced();
-        }
-        if log.synced(*len) {
-            queue(log.clone());
-        }
+    if dir.is_some() {
+        log.dir_synced();
     }
+    log.synced(len)
 }
 
 /// Syncs a new log's directory: every file in it (the log included: data and size),

@@ -31,9 +31,17 @@ pub const EVENTS_FILE: &str = "events.ndjson";
 /// still read for the size of logs written then.
 const OLD_OUTPUT_FILE: &str = "output.raw";
 
-/// The in-memory tail is trimmed back to `TAIL_KEEP` bytes when it passes `TAIL_MAX`.
+/// The in-memory tail is trimmed back to `TAIL_KEEP` bytes of served (durable)
+/// records when it passes `TAIL_MAX`. Records still waiting for their sync are kept
+/// too, up to `TAIL_UNSYNCED` bytes: a fast writer gets well ahead of a slow sync, and
+/// its readers would otherwise find their next records gone from memory the moment
+/// they are served, and read them back from the file.
 const TAIL_MAX: usize = 512 * 1024;
 const TAIL_KEEP: usize = 256 * 1024;
+const TAIL_UNSYNCED: usize = 4 * 1024 * 1024;
+/// Output records up to this size are synced by the thread appending them when no
+/// sync is under way (see `append_payload`).
+const INLINE_SYNC_MAX: usize = 2 * 1024;
 /// What is kept in memory once the log is closed: only the `done` record, so that
 /// thousands of finished tasks cost next to nothing.
 const TAIL_CLOSED: usize = 0;
@@ -335,10 +343,11 @@ impl EventLog {
             offset,
             line: Bytes::from(line),
         };
-        g.tail_bytes += rec.line.len();
+        let rec_len = rec.line.len();
+        g.tail_bytes += rec_len;
         g.tail.push_back(rec);
         if g.tail_bytes > TAIL_MAX {
-            trim_tail(&mut g, TAIL_KEEP);
+            trim_served(&mut g);
         }
         if event == "done" {
             // The end is on stable storage before anyone is told of it (and the
@@ -358,12 +367,21 @@ impl EventLog {
         } else if !g.needs_sync {
             g.durable = g.len;
         } else {
-            // Served once the syncer has it on disk (one sync covers every append
-            // made meanwhile, so a fast writer costs few syncs).
-            let queue = !g.sync_queued;
-            g.sync_queued = true;
+            // Served once it is on disk (one sync covers every append made meanwhile,
+            // so a fast writer costs few syncs). A little output with no sync under
+            // way (a prompt, a line) is synced here, on the agent's output thread
+            // (never the runtime's: only output comes from there), which saves the
+            // hand-off to a syncer before a client sees it; bulk output goes to the
+            // syncers so that the output thread keeps reading the terminal.
+            let idle = !g.sync_queued;
+            let inline = idle && event == "output" && rec_len < INLINE_SYNC_MAX;
+            if !inline {
+                g.sync_queued = true;
+            }
             drop(g);
-            if queue {
+            if inline {
+                durable::sync_here(&self.shared);
+            } else if idle {
                 durable::queue(self.shared.clone());
             }
             return Ok(id);
@@ -636,6 +654,14 @@ fn keep_cut(events: &File, path: &Path, from: u64, len: u64) -> io::Result<()> {
         cut_path.display()
     );
     Ok(())
+}
+
+/// Trims the tail to `TAIL_KEEP` bytes of durable records plus those not yet durable
+/// (at most `TAIL_UNSYNCED` of them: past that they are read back once synced).
+fn trim_served(g: &mut Inner) {
+    let unsynced = usize::try_from(g.len - g.durable).unwrap_or(usize::MAX);
+    let keep = TAIL_KEEP.saturating_add(unsynced.min(TAIL_UNSYNCED));
+    trim_tail(g, keep);
 }
 
 fn trim_tail(g: &mut Inner, keep: usize) {
