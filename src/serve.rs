@@ -224,9 +224,15 @@ async fn contain(cfg: &Config) -> anyhow::Result<(Arc<Containment>, Instance)> {
     }
     let key = data_dir_key(&cfg.data_dir);
     let forced = cfg.containment;
-    let c = tokio::task::spawn_blocking(move || Containment::setup(who, &key, limits, forced))
-        .await
-        .context("setting up containment")?;
+    // A task cgroup whose task another worker on this data dir runs is not a leftover.
+    let tasks_dir = cfg.data_dir.join("tasks");
+    let live_elsewhere: crate::process::containment::LiveElsewhere =
+        Box::new(move |name| crate::task::eventlog::held_elsewhere(&tasks_dir.join(name)));
+    let c = tokio::task::spawn_blocking(move || {
+        Containment::setup(who, &key, limits, forced, live_elsewhere)
+    })
+    .await
+    .context("setting up containment")?;
     if let Some(note) = &c.note {
         tracing::warn!(containment = c.kind().name(), "{note}");
     }

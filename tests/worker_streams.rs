@@ -245,6 +245,43 @@ async fn a_stream_past_stream_max_ends_cleanly_with_retry_and_resumes_without_ga
 }
 
 #[tokio::test]
+async fn a_worker_starting_on_a_shared_data_dir_leaves_the_other_workers_live_task_alone() {
+    // Two instances on one volume (an old one draining while a new one starts): the
+    // newcomer reads back the tasks it finds, and must not take the other's live task for
+    // a crash's leftover (ending it `interrupted`, or killing its processes).
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let a = Worker::start_on(&data, free_port(), &[]);
+    let c = h1();
+    let id = submit(&c, &a, json!({"prompt": "sleep 3; echo finished"})).await;
+    // Its own agent uids: the uid fallback kills what a slot's uid runs.
+    let b = Worker::start_on(&data, free_port(), &[("OUTPOST_AGENT_USER", "63980")]);
+    let seen = c.get(b.url(&format!("/work/{id}"))).send().await.unwrap();
+    assert_eq!(
+        seen.status(),
+        404,
+        "the newcomer took the other's live task as its own"
+    );
+    let t = wait_terminal(&c, &a, &id, T).await;
+    assert_eq!(t["status"], "done", "{t}\nlog of b:\n{}", b.log_text());
+    let evs = events_of(&c, &a, &id).await;
+    assert_complete(&evs, 1);
+    assert!(String::from_utf8(output_of(&evs))
+        .unwrap()
+        .contains("finished"));
+    assert!(
+        b.log_text()
+            .contains("leaving alone a task another worker runs"),
+        "{}",
+        b.log_text()
+    );
+    // Once it has ended, a worker starting on the dir reads it back as it ended.
+    let b2 = Worker::start_on(&data, free_port(), &[("OUTPOST_AGENT_USER", "63980")]);
+    let back: Value = get_json(&c, b2.url(&format!("/work/{id}"))).await;
+    assert_eq!(back["status"], "done", "{back}");
+}
+
+#[tokio::test]
 async fn kill_9_then_restart_replays_and_marks_interrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -140,9 +140,10 @@ impl Cgroups {
         }
     }
 
-    /// Kills and removes every task cgroup an earlier run left under the parent.
-    /// Returns how many there were.
-    pub fn sweep(&self) -> usize {
+    /// Kills and removes every task cgroup an earlier run left under the parent, but
+    /// those `live` says belong to a task alive elsewhere (another worker sharing the
+    /// data dir, hence the parent). Returns how many it removed.
+    pub fn sweep(&self, live: &dyn Fn(&str) -> bool) -> usize {
         let Some(first) = self.parents.iter().flatten().next() else {
             return 0;
         };
@@ -151,6 +152,7 @@ impl Cgroups {
                 .flatten()
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| !live(name))
                 .collect(),
             Err(_) => return 0,
         };

@@ -135,5 +135,5 @@ fn v1_uses_each_hierarchys_own_path() {
     assert_eq!(task.usage().cpu_us, 2_000_000);
     assert_eq!(task.usage().memory_peak, 5000);
     // Sweeping finds the task cgroup an earlier run left behind.
-    assert_eq!(cg.sweep(), 1);
+    assert_eq!(cg.sweep(&|_| false), 1);
 }

@@ -58,16 +58,25 @@ pub struct Containment {
     limits: Limits,
     /// Why a weaker kind is in force, for the log.
     pub note: Option<String>,
+    /// Whether the task cgroup of this name belongs to a task alive in another worker
+    /// sharing the data dir (left alone by the sweeps).
+    live_elsewhere: LiveElsewhere,
 }
+
+/// See [`Containment::setup`]'s `live_elsewhere`.
+pub type LiveElsewhere = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Containment {
     /// Picks the strongest containment this worker can have. `key` names this worker's
-    /// cgroup parent (derived from its data dir); `forced` is `OUTPOST_CONTAINMENT`.
+    /// cgroup parent (derived from its data dir); `forced` is `OUTPOST_CONTAINMENT`;
+    /// `live_elsewhere` says which task (by id, the name of its cgroup) another worker
+    /// on the same data dir runs now, so that no sweep kills it.
     pub fn setup(
         identity: Identity,
         key: &str,
         limits: Limits,
         forced: Option<Kind>,
+        live_elsewhere: LiveElsewhere,
     ) -> Containment {
         let root = nix::unistd::geteuid().is_root();
         let fallback = |note: Option<String>| {
@@ -95,7 +104,7 @@ impl Containment {
                             Version::V2 => Kind::Cgroup2,
                             Version::V1 => Kind::Cgroup1,
                         };
-                        let swept = cg.sweep();
+                        let swept = cg.sweep(&live_elsewhere);
                         let note = (swept > 0).then(|| {
                         format!("killed the processes of {swept} task cgroup(s) an earlier run left")
                     });
@@ -111,13 +120,14 @@ impl Containment {
             identity,
             limits,
             note,
+            live_elsewhere,
         }
     }
 
     /// At a clean stop: removes the cgroup parent of the tasks (all have ended).
     pub fn close(&self) {
         if let Some(cg) = &self.cgroups {
-            cg.sweep();
+            cg.sweep(&self.live_elsewhere);
             cg.remove_parents();
         }
     }

@@ -434,7 +434,15 @@ fn recover_one(dir: &std::path::Path) -> anyhow::Result<Option<Task>> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let (log, last) = EventLog::reopen(dir).context("reopening the event log")?;
+    let (log, last) = match EventLog::reopen(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // Not a crash's leftover: another worker on this data dir runs it.
+            tracing::info!(dir = %dir.display(), "leaving alone a task another worker runs: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reopening the event log")),
+    };
     if let Some(done) = last.filter(|r| r.is_done()) {
         // The log is the truth: take the outcome from its done event.
         let v: serde_json::Value = serde_json::from_slice(done.json()).unwrap_or_default();

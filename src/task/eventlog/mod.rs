@@ -22,6 +22,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 mod durable;
+mod owner;
+pub use owner::held_elsewhere;
 mod scan;
 use scan::{read_line_at, seek, valid_prefix};
 
@@ -210,6 +212,9 @@ impl EventLog {
                 .open(dir.join(name))
         };
         let events = open(EVENTS_FILE)?;
+        if !owner::claim(&events)? {
+            return Err(owner::held_error(&dir.join(EVENTS_FILE)));
+        }
         // The task's directory (its files so far, such as meta.json, and its entry in
         // the parent) must survive a power loss too, or its synced events would belong
         // to a task that is not there after a reboot. The syncer does that before it
@@ -230,6 +235,10 @@ impl EventLog {
     pub fn reopen(dir: &Path) -> io::Result<(EventLog, Option<Record>)> {
         let path = dir.join(EVENTS_FILE);
         let events = OpenOptions::new().read(true).append(true).open(&path)?;
+        // Before anything is cut or written: a log another worker writes is not ours.
+        if !owner::claim(&events)? {
+            return Err(owner::held_error(&path));
+        }
         let mut len = events.metadata()?.len();
         let (good_end, last) = valid_prefix(&events, len)?;
         if good_end < len {

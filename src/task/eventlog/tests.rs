@@ -1,6 +1,56 @@
 //! The event log against real files: appends, reads, seeks, reopen and damage.
 use super::*;
 
+/// Reopens a log this process dropped: a syncer thread may hold the dropped log's file
+/// (and so its lock) a moment longer.
+fn reopen(dir: &Path) -> (EventLog, Option<Record>) {
+    for _ in 0..200 {
+        match EventLog::reopen(dir) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("the dropped log's file stayed locked for 2 s");
+}
+
+/// A second process holding a live log's lock (as another worker sharing the data
+/// dir does) keeps this one from reopening it; once it is gone, it reopens.
+#[test]
+fn a_log_held_by_another_process_is_not_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::create(dir.path()).unwrap();
+    log.append("status", r#"{"status":"queued"}"#).unwrap();
+    let path = dir.path().join(EVENTS_FILE);
+    // flock(1) holds the lock from another process while it sleeps.
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&path)
+        .args(["sleep", "10"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    drop(log);
+    // Bounded: until flock(1) holds the lock (it waits for ours to go).
+    for _ in 0..500 {
+        if super::held_elsewhere(dir.path()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(super::held_elsewhere(dir.path()));
+    let err = EventLog::reopen(dir.path())
+        .err()
+        .expect("reopened a held log");
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+    assert!(err.to_string().contains("another worker"), "{err}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let (log, last) = reopen(dir.path());
+    assert_eq!(last.unwrap().id, 1);
+    assert_eq!(log.last_id(), 1);
+}
+
 fn ids(r: Read) -> Vec<u64> {
     match r {
         Read::Records(v) => v.iter().map(|r| r.id).collect(),
@@ -52,7 +102,7 @@ fn append_read_seek_and_reopen() {
     ));
     drop(log);
 
-    let (log, last) = EventLog::reopen(dir.path()).unwrap();
+    let (log, last) = reopen(dir.path());
     assert!(last.unwrap().is_done());
     assert!(log.is_closed());
     assert_eq!(log.last_id(), 2002);
@@ -71,7 +121,7 @@ fn torn_last_line_is_cut_on_reopen() {
         .open(dir.path().join(EVENTS_FILE))
         .unwrap();
     f.write_all(b"{\"id\":3,\"event\":\"out").unwrap();
-    let (log, last) = EventLog::reopen(dir.path()).unwrap();
+    let (log, last) = reopen(dir.path());
     assert_eq!(last.unwrap().id, 2);
     assert_eq!(
         log.append("status", r#"{"status":"interrupted"}"#).unwrap(),
@@ -102,7 +152,7 @@ fn damage_anywhere_keeps_the_valid_prefix_on_reopen() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(EVENTS_FILE), [good, rest].concat()).unwrap();
-        let (log, last) = EventLog::reopen(dir.path()).unwrap();
+        let (log, last) = reopen(dir.path());
         let kept = if rest.starts_with(done3) { 3 } else { 2 };
         assert_eq!(last.unwrap().id, kept, "{rest:?}");
         let cut = std::fs::read(dir.path().join("events.ndjson.cut")).unwrap();
@@ -174,7 +224,7 @@ fn a_record_with_a_number_out_of_range_is_not_served() {
         "7".repeat(40)
     );
     std::fs::write(dir.path().join(EVENTS_FILE), line).unwrap();
-    let (log, last) = EventLog::reopen(dir.path()).unwrap();
+    let (log, last) = reopen(dir.path());
     assert!(last.is_none());
     assert_eq!(log.last_id(), 0);
 }
