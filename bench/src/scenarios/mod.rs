@@ -5,6 +5,7 @@ mod hello;
 mod idle;
 mod latency;
 mod memory;
+mod peers;
 mod stream;
 mod tasks;
 
@@ -39,6 +40,7 @@ impl Ctx {
             ("tasks", _) => 4.0 * d + 60.0,
             ("idle", true) => 60.0,
             ("idle", false) => 180.0,
+            ("peers", _) => 3600.0, // installs, then four servers one after another
             _ => 60.0,
         };
         Duration::from_secs_f64(secs)
@@ -57,6 +59,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Vec<Row> {
             "idle" => idle::run(ctx).await,
             "clone" => clone::run(ctx).await,
             "memory" => memory::run(ctx).await,
+            "peers" => peers::run(ctx).await,
             other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
         }
     };
