@@ -22,6 +22,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The small command: with output, as an agent's commands have (ttyd takes 5 s to close
+/// the socket of a command that printed nothing, e.g. `true`).
+pub const SMALL: &str = "echo hi";
+
 /// Output of one stream, timed from just before the request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Streamed {
@@ -43,6 +47,10 @@ pub trait Peer {
     /// Starts `cmd` and opens a stream on its output; returns once output has come.
     /// `Ok(None)`: this peer has no way to stream output.
     async fn open(&mut self, cmd: &str) -> Result<Option<Held>>;
+    /// What an open stream means for this peer, when it is not "output has come".
+    fn open_note(&self) -> Option<&'static str> {
+        None
+    }
     /// After the open streams were dropped: waits until their commands are gone.
     async fn closed(&mut self) -> Result<()> {
         Ok(())
@@ -175,7 +183,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Result<()> {
     let name = f.label.clone();
     // Idle: after one command, so lazy start-up work is done, and a second to settle.
-    p.command("true").await.context("a first command")?;
+    p.command(SMALL).await.context("a first command")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     f.idle_mib = Some(p.server().memory().rss_kib as f64 / 1024.0);
 
@@ -236,6 +244,9 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
             ),
         );
     }
+    if let (Some(n), false) = (p.open_note(), none) {
+        f.note("per stream", n);
+    }
     drop(held);
     p.closed().await.context("closing the open streams")?;
 
@@ -250,7 +261,7 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed() < w.cmd_time && n < 100_000 {
-            p.command("true").await.context("a small command")?;
+            p.command(SMALL).await.context("a small command")?;
             n += 1;
             phase.counter().fetch_add(1, Ordering::Relaxed);
         }
@@ -260,7 +271,7 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
 
     // The big stream: median MiB/s and first byte, the highest tree RSS over all rounds.
     let cmd = stream_command(w.stream_bytes);
-    let (mut rates, mut firsts) = (Vec::new(), Vec::new());
+    let (mut rates, mut firsts, mut short) = (Vec::new(), Vec::new(), Vec::new());
     let sampler = PeakSampler::start(p.server());
     for round in 0..w.rounds {
         let phase = ctx.progress.phase(
@@ -278,20 +289,35 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
             .await
             .context("the big stream")?;
         if s.bytes < w.stream_bytes {
-            bail!(
-                "the stream delivered {} of {} bytes",
-                s.bytes,
-                w.stream_bytes
-            );
+            // Counted at the rate of what came; a short stream is said, not hidden.
+            if s.bytes < w.stream_bytes / 2 {
+                bail!(
+                    "the stream delivered {} of {} bytes",
+                    s.bytes,
+                    w.stream_bytes
+                );
+            }
+            short.push(w.stream_bytes - s.bytes);
         }
         if let Some(last) = s.last_byte.filter(|d| !d.is_zero()) {
-            rates.push(w.stream_bytes as f64 / MIB / last.as_secs_f64());
+            rates.push(s.bytes.min(w.stream_bytes) as f64 / MIB / last.as_secs_f64());
         }
         if let Some(first) = s.first_byte {
             firsts.push(first.as_secs_f64() * 1e3);
         }
     }
     f.stream_peak_mib = Some(sampler.finish().rss_kib as f64 / 1024.0);
+    if !short.is_empty() {
+        f.note(
+            "stream",
+            format!(
+                "{} of {} rounds lost the stream's last bytes ({:?} bytes short)",
+                short.len(),
+                w.rounds,
+                short
+            ),
+        );
+    }
     f.mib_s = median(rates);
     f.first_byte_ms = median(firsts);
 

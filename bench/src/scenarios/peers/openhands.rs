@@ -233,6 +233,10 @@ impl Peer for OpenHands {
         Ok(Some(Box::new(AbortOnDrop(reader))))
     }
 
+    fn open_note(&self) -> Option<&'static str> {
+        Some("its output comes in 1 MiB pieces or at the end: a stream is open at the command's start event")
+    }
+
     async fn closed(&mut self) -> Result<()> {
         for id in std::mem::take(&mut self.open_ids) {
             let mut c = self.ep.connect(Proto::H1).await?;

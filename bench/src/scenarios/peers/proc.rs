@@ -183,7 +183,7 @@ fn kib_field(text: &str, field: &str) -> Option<u64> {
     })
 }
 
-/// Samples a server's tree memory every 100 ms on a thread of its own; the peak comes back
+/// Samples a server's tree memory every 250 ms on a thread of its own; the peak comes back
 /// when the sampler is finished.
 pub struct PeakSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -204,7 +204,7 @@ impl PeakSampler {
                     if m.rss_kib > peak.rss_kib {
                         peak = m;
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(250));
                 }
                 peak
             })
