@@ -15,7 +15,7 @@ mod ttyd;
 
 use super::Ctx;
 use crate::report::{self, Goal, Row};
-use crate::stats::MIB;
+use crate::stats::{Samples, MIB};
 use anyhow::{bail, Context, Result};
 use proc::{PeakSampler, Server};
 use std::path::PathBuf;
@@ -252,6 +252,8 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
 
     // Small commands per second: back to back, `--duration` per round, median of rounds.
     let mut rates = Vec::new();
+    let mut each = Samples::new();
+    let mut slow = 0usize;
     for round in 0..w.rounds {
         let phase = ctx.progress.phase(
             format!("{name}: commands (round {}/{})", round + 1, w.rounds),
@@ -261,13 +263,26 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed() < w.cmd_time && n < 100_000 {
+            let t = Instant::now();
             p.command(SMALL).await.context("a small command")?;
+            slow += usize::from(t.elapsed() > Duration::from_secs(1));
+            each.push(t.elapsed());
             n += 1;
             phase.counter().fetch_add(1, Ordering::Relaxed);
         }
         rates.push(n as f64 / t0.elapsed().as_secs_f64());
     }
     f.cmds_per_s = median(rates);
+    let total = each.len();
+    let mut note = format!(
+        "{total} commands, p50 {:.2} ms, p99 {:.1} ms",
+        each.p50().unwrap_or(0.0),
+        each.p99().unwrap_or(0.0)
+    );
+    if slow > 0 {
+        note.push_str(&format!(", {slow} over 1 s"));
+    }
+    f.note("commands", note);
 
     // The big stream: median MiB/s and first byte, the highest tree RSS over all rounds.
     let cmd = stream_command(w.stream_bytes);
@@ -383,11 +398,20 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             .map(|d| d.join("outpost"))
             .context("bench has no directory")?,
     };
+    // BENCH_PEERS=ttyd,swe-rex,openhands picks some (outpost is always measured).
+    let only = std::env::var("BENCH_PEERS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
     let o = one(ctx, &w, "outpost", outpost::Outpost::start(&bin, &w)).await;
     let mut peers = Vec::new();
-    peers.push(one(ctx, &w, ttyd::LABEL, ttyd::Ttyd::start(&w)).await);
-    peers.push(one(ctx, &w, swerex::LABEL, swerex::SweRex::start(&w)).await);
-    peers.push(one(ctx, &w, openhands::LABEL, openhands::OpenHands::start(&w)).await);
+    if wanted("ttyd") {
+        peers.push(one(ctx, &w, ttyd::LABEL, ttyd::Ttyd::start(&w)).await);
+    }
+    if wanted("swe-rex") {
+        peers.push(one(ctx, &w, swerex::LABEL, swerex::SweRex::start(&w)).await);
+    }
+    if wanted("openhands") {
+        peers.push(one(ctx, &w, openhands::LABEL, openhands::OpenHands::start(&w)).await);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows(&o, &peers))
 }
@@ -486,6 +510,9 @@ fn rows(o: &Figures, peers: &[Figures]) -> Vec<Row> {
                 for (_, n) in o.notes.iter().filter(|(k, _)| k == key) {
                     row = row.note(format!("outpost: {n}"));
                 }
+            }
+            if *unit == "yes/no" {
+                row.ratio = None; // yes against no is not a ratio
             }
             rows.push(row);
         }

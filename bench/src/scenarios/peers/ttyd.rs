@@ -152,7 +152,14 @@ async fn read(
                     return Ok(s);
                 }
             }
-            Ok(Message::Close(_)) => return Ok(s),
+            Ok(Message::Close(_)) => {
+                // Answer the close (tungstenite does on the next read) as a browser would.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return Ok(s);
+            }
             Ok(_) => {}
             // ttyd drops the TCP connection right after its close frame at times.
             Err(_) if s.bytes > 0 => return Ok(s),
