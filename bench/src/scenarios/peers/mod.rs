@@ -519,3 +519,80 @@ fn rows(o: &Figures, peers: &[Figures]) -> Vec<Row> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replay command run for real, twice: the judge tells the first run's output
+    /// from a second run's.
+    #[test]
+    fn the_replay_command_counts_its_runs_and_the_judge_reads_them() {
+        let dir = std::env::temp_dir().join(format!("peers-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cmd = replay_command(&dir.join("runs"));
+        let run = || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let first = run();
+        assert!(first.starts_with("run1-line1\n"), "{first}");
+        assert!(judge(&first).0);
+        let second = run();
+        let (yes, why) = judge(&second);
+        assert!(!yes && why.contains("run 2"), "{second}: {why}");
+        let (yes, why) = judge("run1-line3\n");
+        assert!(!yes && why.contains("did not come back"), "{why}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_compare_outpost_with_each_peer_and_say_why_one_is_missing() {
+        let o = Figures {
+            label: "outpost".into(),
+            cmds_per_s: Some(300.0),
+            idle_mib: Some(4.0),
+            replay_disconnect: Some(true),
+            ..Figures::default()
+        };
+        let mut p = Figures {
+            label: "peer 1".into(),
+            cmds_per_s: Some(100.0),
+            idle_mib: Some(2.0),
+            replay_disconnect: Some(false),
+            ..Figures::default()
+        };
+        p.note("idle", "a note");
+        let mut gone = Figures {
+            label: "peer 2".into(),
+            ..Figures::default()
+        };
+        gone.note("skipped", "peer 2 skipped: no Python");
+        let rows = rows(&o, &[p, gone]);
+        let cmds = rows
+            .iter()
+            .find(|r| r.metric == "small commands/s: vs peer 1")
+            .unwrap();
+        assert_eq!(cmds.ratio, Some(3.0));
+        assert_eq!(cmds.met, Some(true));
+        let idle = rows
+            .iter()
+            .find(|r| r.metric == "idle RSS: vs peer 1")
+            .unwrap();
+        assert_eq!(idle.met, Some(false));
+        assert!(idle.note.as_deref().unwrap().contains("a note"));
+        let replay = rows
+            .iter()
+            .find(|r| r.metric == "replay after disconnect: vs peer 1")
+            .unwrap();
+        assert_eq!((replay.ratio, replay.met), (None, Some(true)));
+        assert!(rows
+            .iter()
+            .any(|r| r.note.as_deref() == Some("peer 2 skipped: no Python")));
+        assert!(!rows.iter().any(|r| r.metric.contains("peer 2")));
+    }
+}

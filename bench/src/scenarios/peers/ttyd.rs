@@ -230,3 +230,15 @@ impl Peer for Ttyd {
         Ok((dropped, restarted))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_command_is_one_query_value() {
+        assert_eq!(
+            super::url_encode("echo hi; a=b&c"),
+            "echo%20hi%3B%20a%3Db%26c"
+        );
+        assert_eq!(super::url_encode("head -c 1|tr"), "head%20-c%201%7Ctr");
+    }
+}
