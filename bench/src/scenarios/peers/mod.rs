@@ -254,6 +254,7 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
     let mut rates = Vec::new();
     let mut each = Samples::new();
     let mut slow = 0usize;
+    let mut retried = Vec::new();
     for round in 0..w.rounds {
         let phase = ctx.progress.phase(
             format!("{name}: commands (round {}/{})", round + 1, w.rounds),
@@ -264,7 +265,13 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
         let mut n = 0u64;
         while t0.elapsed() < w.cmd_time && n < 100_000 {
             let t = Instant::now();
-            p.command(SMALL).await.context("a small command")?;
+            if let Err(e) = p.command(SMALL).await {
+                // A kept connection the server closed: once more on a new one.
+                retried.push(format!("{e:#}"));
+                p.command(SMALL)
+                    .await
+                    .context("a small command, tried twice")?;
+            }
             slow += usize::from(t.elapsed() > Duration::from_secs(1));
             each.push(t.elapsed());
             n += 1;
@@ -281,6 +288,9 @@ async fn measure<P: Peer>(ctx: &Ctx, p: &mut P, w: &Work, f: &mut Figures) -> Re
     );
     if slow > 0 {
         note.push_str(&format!(", {slow} over 1 s"));
+    }
+    if let Some(first) = retried.first() {
+        note.push_str(&format!(", {} retried ({first})", retried.len()));
     }
     f.note("commands", note);
 

@@ -181,7 +181,7 @@ impl Peer for Outpost {
     }
 
     async fn stream(&mut self, cmd: &str, counter: &AtomicU64) -> Result<Streamed> {
-        let conn = self.conn().await?;
+        let conn = &mut self.ep.connect(Proto::H1).await?;
         let tick = |n: u64| {
             counter.fetch_add(n, Ordering::Relaxed);
         };
