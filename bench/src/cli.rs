@@ -4,9 +4,10 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Every scenario, in the order the results are shown.
-pub const SCENARIOS: [&str; 9] = [
-    "hello", "stream", "latency", "tasks", "sync", "idle", "scale", "clone", "memory",
+/// Every scenario, in the order the results are shown (`peers` only when named: it
+/// installs from PyPI, so `all` leaves it out).
+pub const SCENARIOS: [&str; 10] = [
+    "hello", "stream", "latency", "tasks", "sync", "idle", "scale", "clone", "memory", "peers",
 ];
 
 /// The order they run in: `idle` before the streams have grown the worker's heap (its
@@ -21,7 +22,8 @@ pub const USAGE: &str = "\
 usage: bench <scenario|all> [options]
 
 scenarios: hello stream latency tasks sync idle scale clone memory (or `all`, or a
-           comma list); sync and scale start workers of their own
+           comma list); sync and scale start workers of their own;
+           peers (only when named: installs ttyd, SWE-ReX, OpenHands from PyPI)
 
 options:
   --url URL            worker to measure (default http://127.0.0.1:8080)
@@ -171,7 +173,12 @@ fn expand(names: &str) -> Result<Vec<String>> {
     if out.is_empty() {
         bail!("no scenario named in {names:?}");
     }
-    out.sort_by_key(|n| RUN_ORDER.iter().position(|r| r == n));
+    out.sort_by_key(|n| {
+        RUN_ORDER
+            .iter()
+            .position(|r| r == n)
+            .unwrap_or(RUN_ORDER.len())
+    });
     Ok(out)
 }
 

@@ -6,6 +6,7 @@ mod idle;
 mod latency;
 mod memory;
 mod scale;
+mod peers;
 mod stream;
 mod sync;
 mod tasks;
@@ -44,6 +45,7 @@ impl Ctx {
             ("sync", true) => 60.0,
             ("sync", false) => 24.0 * d + 240.0,
             ("scale", _) => 180.0,
+            ("peers", _) => 3600.0, // installs, then four servers one after another
             _ => 60.0,
         };
         Duration::from_secs_f64(secs)
@@ -64,6 +66,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Vec<Row> {
             "memory" => memory::run(ctx).await,
             "sync" => sync::run(ctx).await,
             "scale" => scale::run(ctx).await,
+            "peers" => peers::run(ctx).await,
             other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
         }
     };
