@@ -25,7 +25,7 @@ mod durable;
 mod owner;
 pub use owner::held_elsewhere;
 mod scan;
-use scan::{read_line_at, seek, valid_prefix};
+use scan::{read_line_at, read_line_sized, seek, valid_prefix};
 
 /// The file of records.
 pub const EVENTS_FILE: &str = "events.ndjson";
@@ -512,10 +512,13 @@ impl EventLog {
         let mut out = Vec::new();
         let mut size = 0;
         let mut expect = cursor.after.saturating_add(1);
+        // The first read's size for each record: the one before's, with room to spare.
+        let mut first = 8192;
         while offset < len && size < max_bytes {
-            let Some(rec) = read_line_at(&file, offset, len)? else {
+            let Some(rec) = read_line_sized(&file, offset, len, first)? else {
                 return Err(damaged(offset, "a record without its end"));
             };
+            first = (rec.line.len() + 1024).clamp(8192, 1 << 20);
             if scan::record_event(&rec.line, rec.id).is_none() {
                 return Err(damaged(offset, "a record that is not JSON"));
             }
