@@ -101,6 +101,13 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
         reg: reg.clone(),
         metrics: Default::default(),
     }));
+    // Start-up is over: drop the binary's pages only it touched (memory::shed). Read
+    // in place (well under a millisecond, before serving): a blocking-pool thread would
+    // cost more resident memory than the call saves.
+    match crate::memory::shed::startup_pages() {
+        Ok(n) => tracing::debug!(bytes = n, "start-up pages shed"),
+        Err(e) => tracing::debug!("start-up pages not shed: {e}"),
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::server::serve(
         state,

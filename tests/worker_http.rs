@@ -35,6 +35,54 @@ async fn hello_and_pty_status_on_h1_and_h2c() {
     }
 }
 
+/// Many streams at once on one h2c connection (the streams run in the connection's
+/// task and their frames are packed into shared writes: src/http/inline.rs and
+/// coalesce.rs): every answer arrives whole, small and large bodies alike, and the same
+/// bytes as over HTTP/1.1.
+#[tokio::test]
+async fn many_streams_on_one_h2c_connection_answer_whole() {
+    let w = Worker::start(&[]);
+    let h2 = h2c();
+    let big_h1 = h1()
+        .get(w.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        big_h1.len() > 16 * 1024,
+        "a body over more than one h2 frame"
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (c, url) = if i % 30 == 0 {
+            (h2.clone(), w.url("/openapi.json"))
+        } else {
+            (h2.clone(), w.url("/hello"))
+        };
+        set.spawn(async move {
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            assert_eq!(r.status(), 200);
+            (i, r.bytes().await.unwrap())
+        });
+    }
+    let mut n = 0;
+    while let Some(done) = set.join_next().await {
+        let (i, body) = done.unwrap();
+        if i % 30 == 0 {
+            assert_eq!(body, big_h1);
+        } else {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["status"], "available");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 300);
+}
+
 #[tokio::test]
 async fn curl_streams_a_shell_task_on_h1_and_h2_prior_knowledge() {
     let w = Worker::start(&[]);

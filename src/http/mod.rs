@@ -2,8 +2,10 @@
 //! auth, the routes of the contract, and the event streams. Handlers never block the
 //! runtime; every error leaves in the contract's JSON shape.
 
+pub mod coalesce;
 pub mod errors;
 pub mod health;
+pub mod inline;
 pub mod openapi;
 pub mod routes;
 pub mod server;

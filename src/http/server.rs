@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::Either;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
@@ -18,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::coalesce::Coalesce;
+use super::inline::{self, InlineExec};
 use super::{handle, AppState};
 
 /// Builds the TLS acceptor from PEM files.
@@ -42,8 +45,8 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder() -> auto::Builder<InlineExec> {
+    let mut b = auto::Builder::new(InlineExec);
     b.http1()
         .keep_alive(true)
         .max_buf_size(64 * 1024)
@@ -62,12 +65,12 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// reads straight into its own buffer (auto-detection would hand it the sniffed bytes
 /// first, and its read buffer then grows to 16 KiB for every connection).
 struct Builders {
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<InlineExec>,
+    h2: auto::Builder<InlineExec>,
 }
 
 impl Builders {
-    fn pick(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
+    fn pick(&self, h2: bool) -> &auto::Builder<InlineExec> {
         if h2 {
             &self.h2
         } else {
@@ -100,6 +103,15 @@ async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs a connection: an h2 one with its streams in its own task (see `inline`).
+fn served<C: std::future::Future>(h2: bool, conn: C) -> Either<inline::Driven<C>, C> {
+    if h2 {
+        Either::Left(inline::drive(conn))
+    } else {
+        Either::Right(conn)
     }
 }
 
@@ -144,9 +156,9 @@ pub async fn serve(
                     };
                     let conn = builders
                         .pick(h2)
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection(TokioIo::new(Coalesce::new(stream, h2)), svc)
                         .into_owned();
-                    watcher.watch(conn).await
+                    served(h2, watcher.watch(conn)).await
                 }
                 Some(acc) => {
                     let tls =
@@ -163,9 +175,9 @@ pub async fn serve(
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let conn = builders
                         .pick(h2)
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection(TokioIo::new(Coalesce::new(tls, h2)), svc)
                         .into_owned();
-                    watcher.watch(conn).await
+                    served(h2, watcher.watch(conn)).await
                 }
             };
             if let Err(e) = ended {

@@ -6,6 +6,7 @@
 mod oom;
 mod policy;
 mod procs;
+pub mod shed;
 mod size;
 pub mod swap;
 mod view;
