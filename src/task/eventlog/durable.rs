@@ -96,10 +96,13 @@ fn sync_one(log: &Arc<Shared>) {
     sync_batch(vec![log.clone()]);
 }
 
+/// A log to sync: the log, its file, the length to cover, a new directory to sync.
+type Pending = (Arc<Shared>, Arc<std::fs::File>, u64, Option<PathBuf>);
+
 /// Syncs every log of the batch (new ones with their directory, their parents once),
 /// then serves what is on disk.
 fn sync_batch(batch: Vec<Arc<Shared>>) {
-    let work: Vec<(Arc<Shared>, Arc<std::fs::File>, u64, Option<PathBuf>)> = batch
+    let work: Vec<Pending> = batch
         .into_iter()
         .filter_map(|log| {
             let (file, len, dir) = log.to_sync()?;
