@@ -314,33 +314,35 @@ pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Optio
 }
 
 /// Removes the working directory and the task's run dir so the disk does not grow
-/// without bound.
+/// without bound (on one blocking thread: one hand-off per task, not two).
 pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {
     let run = run_dir(cfg, task);
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run)).await;
-    match ws {
-        Workspace::Scratch(dir) => {
-            let dir = dir.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_dir_all(&dir);
-                // The run dir of the task it continued, if that is where it was: gone
-                // once empty.
-                if let Some(parent) = dir.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
-            })
-            .await;
+    let scratch = match ws {
+        Workspace::Scratch(dir) => Some(dir.clone()),
+        Workspace::Git(_) => None,
+    };
+    let git = match ws {
+        Workspace::Git(g) => Some((g.cfg.clone(), g.main.clone(), g.beads.clone())),
+        Workspace::Scratch(_) => None,
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(run);
+        if let Some(dir) = scratch {
+            // Usually inside the run dir, so already gone.
+            let _ = std::fs::remove_dir_all(&dir);
+            // The run dir of the task it continued, if that is where it was: gone
+            // once empty.
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
-        Workspace::Git(g) => {
-            let (cfg, main, beads) = (g.cfg.clone(), g.main.clone(), g.beads.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                for ws in std::iter::once(&main).chain(beads.as_ref()) {
-                    if let Err(e) = git::remove_worktree(&cfg, ws) {
-                        tracing::warn!(path = %ws.path.display(), "removing the worktree: {e}");
-                    }
+        if let Some((cfg, main, beads)) = git {
+            for ws in std::iter::once(&main).chain(beads.as_ref()) {
+                if let Err(e) = git::remove_worktree(&cfg, ws) {
+                    tracing::warn!(path = %ws.path.display(), "removing the worktree: {e}");
                 }
-            })
-            .await;
+            }
         }
-    }
+    })
+    .await;
 }

@@ -16,7 +16,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -139,51 +138,6 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (appends are whole).
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// For the syncer: the file, how far it reaches now, and the directory to sync
-    /// first if it is new (None: nothing to sync).
-    pub(super) fn to_sync(&self) -> Option<(Arc<File>, u64, Option<PathBuf>)> {
-        let mut g = self.lock();
-        g.sync_queued = false;
-        if g.durable >= g.len {
-            return None;
-        }
-        let file = g.events.clone()?;
-        let dir = g.unsynced_dir.clone();
-        g.dir_syncing = dir.is_some();
-        Some((file, g.len, dir))
-    }
-
-    /// For the syncer: the new log's directory is on stable storage.
-    pub(super) fn dir_synced(&self) {
-        let mut g = self.lock();
-        g.unsynced_dir = None;
-        g.dir_syncing = false;
-        self.dir_done.notify_all();
-    }
-
-    /// Makes sure the new log's directory is on stable storage: syncs it here unless the
-    /// syncer is at it, in which case this waits for the syncer (a task that ends right
-    /// away would otherwise sync the same files twice).
-    fn ensure_dir_synced<'a>(
-        &'a self,
-        mut g: MutexGuard<'a, Inner>,
-    ) -> io::Result<MutexGuard<'a, Inner>> {
-        if g.dir_syncing {
-            // Bounded: the syncer ends its syncs (or gives up on them) and says so; after
-            // the wait this syncs the directory itself.
-            let (back, _) = self
-                .dir_done
-                .wait_timeout_while(g, Duration::from_secs(30), |g| g.dir_syncing)
-                .unwrap_or_else(|e| e.into_inner());
-            g = back;
-        }
-        if let Some(dir) = g.unsynced_dir.take() {
-            durable::sync_dir(&dir)?;
-            durable::sync_parents(&[dir.as_path()]);
-        }
-        Ok(g)
     }
 
     /// For the syncer: `len` bytes are on stable storage; returns whether more came
