@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::*;
 use gitserver::GitServer;
-use modelserver::agents::{agent_bin, provider_env, Cli, TEXT_USAGE, TOOL_USAGE};
+use modelserver::agents::{worker_env, Cli, TEXT_USAGE, TOOL_USAGE};
 use modelserver::{ModelServer, Recorded, Reply, Script, Step};
 use serde_json::{json, Value};
 
@@ -76,22 +76,9 @@ fn resumed_script(cli: Cli) -> Script {
 }
 
 fn agent_env(cli: Cli, model: &ModelServer) -> Vec<(String, String)> {
-    let bin = agent_bin(cli.name());
-    let dir = bin.parent().unwrap().to_string_lossy().into_owned();
-    let mut env: Vec<(String, String)> = vec![
-        ("OUTPOST_AGENT".into(), cli.name().into()),
-        ("OUTPOST_ALLOW_HTTP".into(), "1".into()),
-        ("OUTPOST_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
-        (
-            "PATH".into(),
-            format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
-        ),
-        ("ANTHROPIC_MODEL".into(), "claude-sonnet-4-5".into()),
-        ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
-        // Room for the drain's checkpoint on a loaded machine.
-        ("OUTPOST_GRACE_S".into(), "10".into()),
-    ];
-    env.extend(provider_env(cli, model, &model.api_key()));
+    let mut env = worker_env(cli, model, &model.api_key());
+    // Room for the drain's checkpoint on a loaded machine.
+    env.push(("OUTPOST_GRACE_S".into(), "10".into()));
     env
 }
 

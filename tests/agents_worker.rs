@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::*;
 use gitserver::GitServer;
-use modelserver::agents::{agent_bin, cost_of, provider_env, Cli, TEXT_USAGE, TOOL_USAGE};
+use modelserver::agents::{cost_of, worker_env, Cli, TEXT_USAGE, TOOL_USAGE};
 use modelserver::{ModelServer, Script, Usage};
 use serde_json::{json, Value};
 
@@ -48,22 +48,7 @@ fn scripted(cli: Cli) -> Script {
 
 /// A worker that runs `cli` against `model` with `key`.
 fn agent_worker(cli: Cli, model: &ModelServer, key: &str, extra: &[(&str, &str)]) -> Worker {
-    let bin = agent_bin(cli.name());
-    let dir = bin.parent().unwrap().to_string_lossy().into_owned();
-    let mut env: Vec<(String, String)> = vec![
-        ("OUTPOST_AGENT".into(), cli.name().into()),
-        ("OUTPOST_ALLOW_HTTP".into(), "1".into()),
-        ("OUTPOST_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
-        (
-            "PATH".into(),
-            format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
-        ),
-        // The model Claude Code prices as the tests do (its own table).
-        ("ANTHROPIC_MODEL".into(), "claude-sonnet-4-5".into()),
-        // Claude Code retries a 401 ten times with backoff (about 3 minutes).
-        ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
-    ];
-    env.extend(provider_env(cli, model, key));
+    let mut env = worker_env(cli, model, key);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Worker::start(&env)

@@ -25,6 +25,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::workspace::{chown_tree, RootOwned};
 use crate::agent::profile::{AgentProfile, SessionPlan};
 
 /// How the issue's last task ended, as the record says.
@@ -320,7 +321,8 @@ impl Claim {
             .create(&state)
             .with_context(|| format!("creating {}", state.display()))?;
         if let Some((uid, gid)) = owner {
-            give_state(&state, uid, gid)?;
+            // An earlier task of the issue may have run as another slot's uid.
+            chown_tree(&state, uid, gid, 64, RootOwned::Keep)?;
         }
         Ok(state)
     }
@@ -416,45 +418,6 @@ fn write_record(path: &Path, r: &Record) -> anyhow::Result<()> {
         .and_then(|_| f.sync_data())
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
-}
-
-/// Gives the state tree to uid:gid (an earlier task of the issue may have run as
-/// another slot's uid), never following a symbolic link and leaving alone anything
-/// root owns below the top (the agent cannot have made it: a hard link to a file of
-/// the worker's must not change hands).
-fn give_state(root: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let own = |p: &Path| {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-            .with_context(|| format!("giving {} to uid {uid}", p.display()))
-    };
-    own(root)?;
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    // Bounded by the tree and a depth cap: each directory is visited once.
-    while let Some((dir, level)) = stack.pop() {
-        if level >= 64 {
-            continue;
-        }
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if meta.uid() == 0 {
-                continue;
-            }
-            if meta.uid() != uid || meta.gid() != gid {
-                own(&p)?;
-            }
-            if meta.is_dir() {
-                stack.push((p, level + 1));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A random (version 4) UUID, for Claude Code's `--session-id`.

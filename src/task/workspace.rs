@@ -101,10 +101,11 @@ pub fn hand_over(
     if let Some((uid, gid)) = owner {
         let h = cfg.data_dir.join("home").join(task.slot().to_string());
         private_dir(&h)?;
-        chown_tree(&h, uid, gid, 1)?;
-        chown_tree(&run, uid, gid, 2)?;
+        // HOME is kept across tasks: what is in it the agents wrote.
+        chown_tree(&h, uid, gid, 1, RootOwned::Keep)?;
+        chown_tree(&run, uid, gid, 2, RootOwned::Give)?;
         for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
-            chown_tree(p, uid, gid, 4096)?;
+            chown_tree(p, uid, gid, 4096, RootOwned::Give)?;
         }
         let user = crate::process::identity::name_of(uid).unwrap_or_else(|| uid.to_string());
         home = Some((h, user));
@@ -129,9 +130,27 @@ fn private_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", p.display()))
 }
 
+/// What [`chown_tree`] does with what root owns below the top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RootOwned {
+    /// Give it too (a tree the worker has just made as root: a checkout, a run dir).
+    Give,
+    /// Leave it alone (a tree an agent wrote before: an agent cannot have made a
+    /// root-owned entry, so one there is a hard link to a file of the worker's, which
+    /// must not change hands).
+    Keep,
+}
+
 /// Makes `root` and everything below it (to `depth` levels) owned by uid:gid, never
-/// following a symbolic link.
-fn chown_tree(root: &Path, uid: u32, gid: u32, depth: usize) -> anyhow::Result<()> {
+/// following a symbolic link; entries that already are are not touched.
+pub(crate) fn chown_tree(
+    root: &Path,
+    uid: u32,
+    gid: u32,
+    depth: usize,
+    root_owned: RootOwned,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let own = |p: &Path| {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid))
             .with_context(|| format!("giving {} to uid {uid}", p.display()))
@@ -148,8 +167,16 @@ fn chown_tree(root: &Path, uid: u32, gid: u32, depth: usize) -> anyhow::Result<(
         };
         for e in rd.flatten() {
             let p = e.path();
-            own(&p)?;
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.uid() == 0 && root_owned == RootOwned::Keep {
+                continue;
+            }
+            if meta.uid() != uid || meta.gid() != gid {
+                own(&p)?;
+            }
+            if meta.is_dir() {
                 stack.push((p, level + 1));
             }
         }

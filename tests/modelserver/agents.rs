@@ -219,6 +219,29 @@ impl<'a> RunOpts<'a> {
     }
 }
 
+/// The environment of a worker that runs `cli` against `model` with the API key `key`:
+/// the profile, plain HTTP to the test servers on 127.0.0.1, the CLI's directory first
+/// on PATH, the model Claude Code prices as the tests do (its own table), one retry of a
+/// refused key (Claude Code retries a 401 ten times with backoff, about 3 minutes), and
+/// the provider settings.
+pub fn worker_env(cli: Cli, model: &ModelServer, key: &str) -> Vec<(String, String)> {
+    let bin = agent_bin(cli.name());
+    let dir = bin.parent().unwrap().to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = vec![
+        ("OUTPOST_AGENT".into(), cli.name().into()),
+        ("OUTPOST_ALLOW_HTTP".into(), "1".into()),
+        ("OUTPOST_ALLOWED_HOSTS".into(), "127.0.0.1".into()),
+        (
+            "PATH".into(),
+            format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
+        ),
+        ("ANTHROPIC_MODEL".into(), "claude-sonnet-4-5".into()),
+        ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
+    ];
+    env.extend(provider_env(cli, model, key));
+    env
+}
+
 /// The model provider's environment for a CLI: where the model server is, the key, and
 /// for opencode the config that points its Anthropic provider there.
 pub fn provider_env(cli: Cli, server: &ModelServer, key: &str) -> Vec<(String, String)> {
