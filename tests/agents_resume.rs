@@ -87,6 +87,21 @@ fn start(data: &Path, env: &[(String, String)]) -> Worker {
     Worker::start_on(data, free_port(), &env)
 }
 
+/// Waits (4 minutes at most) until the model server holds the agent's next turn: the
+/// session is then mid-way, its tool call done.
+fn wait_for_held_turn(model: &ModelServer, w: &Worker) {
+    for _ in 0..2400 {
+        if model.stalled() > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "the agent never reached the held turn; log:\n{}",
+        w.log_text()
+    );
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -148,16 +163,7 @@ fn interrupt(cli: Cli, issue: &str, signal: i32) -> Interrupted {
         t["id"].as_str().unwrap().to_string()
     });
     // Mid-session: the tool call ran, the next turn is held by the server.
-    let mut waited = 0;
-    while model.stalled() == 0 {
-        assert!(
-            waited < 2400,
-            "the agent never reached the held turn; log:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        waited += 1;
-    }
+    wait_for_held_turn(&model, &w);
     let st = w.signal_and_wait(signal, Duration::from_secs(60));
     assert!(
         st.is_some_and(|s| s.success() || signal == libc::SIGKILL),
@@ -456,16 +462,7 @@ fn opencode_resumes_a_session_in_a_scratch_dir() {
         let t = post(&h1(), &w, &body).await;
         t["id"].as_str().unwrap().to_string()
     });
-    let mut waited = 0;
-    while model.stalled() == 0 {
-        assert!(
-            waited < 2400,
-            "never reached the held turn; log:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        waited += 1;
-    }
+    wait_for_held_turn(&model, &w);
     w.signal_and_wait(libc::SIGTERM, Duration::from_secs(60));
     let mut script = resumed_script(cli);
     script.steps.remove(0);

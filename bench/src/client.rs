@@ -64,6 +64,23 @@ impl Endpoint {
         })
     }
 
+    /// `GET path` as an event stream on a fresh HTTP/1.1 connection (one per stream,
+    /// as an idle subscriber holds it): the response, once its status says success.
+    pub async fn events(&self, path: &str) -> Result<Response<Incoming>> {
+        let mut c = self.connect(Proto::H1).await?;
+        let req = c.request(
+            Method::GET,
+            path,
+            Bytes::new(),
+            &[("accept", "text/event-stream")],
+        )?;
+        let resp = c.send(req).await?;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp)
+    }
+
     pub fn local(addr: SocketAddr) -> Endpoint {
         Endpoint {
             addr,

@@ -72,21 +72,7 @@ async fn measure(ctx: &Ctx, ep: &Endpoint, id: &str) -> Result<Vec<Row>> {
         );
         subs.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let resp = async {
-                let mut c = ep.connect(Proto::H1).await?;
-                let req = c.request(
-                    Method::GET,
-                    &path,
-                    Bytes::new(),
-                    &[("accept", "text/event-stream")],
-                )?;
-                let resp = c.send(req).await?;
-                if !resp.status().is_success() {
-                    bail!("GET {path}: {}", resp.status());
-                }
-                Ok(resp)
-            }
-            .await;
+            let resp = ep.events(&path).await;
             drop(permit);
             match resp {
                 Ok(resp) => {

@@ -15,7 +15,6 @@ use crate::sse::{self, Flow};
 use crate::stats::Samples;
 use crate::worker::{self, SpawnOpts, Target};
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,7 +153,7 @@ async fn measure(ctx: &Ctx, t: &Target, n: usize, live: &mut Live) -> Result<Vec
         let (ep, opened) = (ep.clone(), opened.clone());
         let path = format!("/work/{id}/events?after={after}");
         live.subs.push(tokio::spawn(async move {
-            if let Ok(body) = subscribe(&ep, &path).await {
+            if let Ok(body) = ep.events(&path).await.map(|r| r.into_body()) {
                 opened.fetch_add(1, Ordering::Relaxed);
                 let _ = sse::follow(body, |_| Ok(Flow::Continue)).await;
             }
@@ -338,22 +337,6 @@ async fn start(
         .await;
     });
     Ok((id, took, sub))
-}
-
-/// `GET path` for an event stream; the body to follow.
-async fn subscribe(ep: &Endpoint, path: &str) -> Result<hyper::body::Incoming> {
-    let mut c = ep.connect(Proto::H1).await?;
-    let req = c.request(
-        Method::GET,
-        path,
-        Bytes::new(),
-        &[("accept", "text/event-stream")],
-    )?;
-    let resp = c.send(req).await?;
-    if !resp.status().is_success() {
-        bail!("GET {path}: {}", resp.status());
-    }
-    Ok(resp.into_body())
 }
 
 #[cfg(test)]

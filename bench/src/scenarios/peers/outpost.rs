@@ -8,7 +8,6 @@ use crate::client::{self, Conn, Endpoint, Proto};
 use crate::sse::{self, Flow};
 use crate::taskrun;
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 use std::path::{Path, PathBuf};
@@ -138,22 +137,6 @@ async fn collect(
     (text, last)
 }
 
-/// `GET path` on a fresh connection, as an event stream.
-async fn events(ep: &Endpoint, path: &str) -> Result<Incoming> {
-    let mut c = ep.connect(Proto::H1).await?;
-    let req = c.request(
-        Method::GET,
-        path,
-        Bytes::new(),
-        &[("accept", "text/event-stream")],
-    )?;
-    let resp = c.send(req).await?;
-    if resp.status() != StatusCode::OK {
-        bail!("GET {path} answered {}", resp.status());
-    }
-    Ok(resp.into_body())
-}
-
 /// Aborts a reader task when dropped.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
@@ -239,7 +222,11 @@ impl Peer for Outpost {
         let (_, last) = collect(body, Duration::from_secs(10), |t| t.contains("run1-line2")).await;
         drop(c); // the client goes away mid-stream
         let after = last.unwrap_or(0);
-        let body = events(&self.ep, &format!("/work/{id}/events?after={after}")).await?;
+        let body = self
+            .ep
+            .events(&format!("/work/{id}/events?after={after}"))
+            .await?
+            .into_body();
         let (dropped, _) = collect(body, Duration::from_secs(15), |_| false).await;
         // Restart the worker on the same data dir and ask for the whole task again.
         self.conn = None;
@@ -253,7 +240,11 @@ impl Peer for Outpost {
         .await?;
         self.server = server;
         self.ep = ep;
-        let body = events(&self.ep, &format!("/work/{id}/events?after=0")).await?;
+        let body = self
+            .ep
+            .events(&format!("/work/{id}/events?after=0"))
+            .await?
+            .into_body();
         let (restarted, _) = collect(body, Duration::from_secs(15), |_| false).await;
         Ok((dropped, restarted))
     }
