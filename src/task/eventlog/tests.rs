@@ -23,9 +23,10 @@ fn a_log_held_by_another_process_is_not_reopened() {
     let log = EventLog::create(dir.path()).unwrap();
     log.append("status", r#"{"status":"queued"}"#).unwrap();
     let path = dir.path().join(EVENTS_FILE);
-    // flock(1) holds the lock from another process while it sleeps.
+    // flock(1) holds the lock from another process while it sleeps (`-o`: the sleep
+    // itself does not inherit it, so killing flock(1) drops the lock).
     let mut holder = std::process::Command::new("flock")
-        .arg("-x")
+        .args(["-x", "-o"])
         .arg(&path)
         .args(["sleep", "10"])
         .spawn()
