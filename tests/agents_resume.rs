@@ -178,36 +178,27 @@ fn interrupt(cli: Cli, issue: &str, signal: i32) -> Interrupted {
     assert_eq!(first["status"], "interrupted", "{first}");
     if signal == libc::SIGKILL {
         assert!(first["commit"].is_null(), "{first}");
-        return Interrupted {
-            git,
-            model,
-            _tmp: tmp,
-            data,
-            env,
-            issue: issue.to_string(),
-            body,
-            first,
-        };
+    } else {
+        let checkpoint = first["commit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no checkpoint in {first}"));
+        assert_eq!(
+            git.git(
+                "rig",
+                &["rev-parse", &format!("refs/heads/polecat/{issue}")]
+            ),
+            checkpoint
+        );
+        assert_eq!(
+            git.git("rig", &["show", &format!("{checkpoint}:NOTES.md")])
+                .trim(),
+            EDIT
+        );
+        assert!(
+            first["agent"]["session_id"].as_str().is_some(),
+            "the interrupted run's session: {first}"
+        );
     }
-    let checkpoint = first["commit"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no checkpoint in {first}"));
-    assert_eq!(
-        git.git(
-            "rig",
-            &["rev-parse", &format!("refs/heads/polecat/{issue}")]
-        ),
-        checkpoint
-    );
-    assert_eq!(
-        git.git("rig", &["show", &format!("{checkpoint}:NOTES.md")])
-            .trim(),
-        EDIT
-    );
-    assert!(
-        first["agent"]["session_id"].as_str().is_some(),
-        "the interrupted run's session: {first}"
-    );
     Interrupted {
         git,
         model,

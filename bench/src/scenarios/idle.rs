@@ -3,13 +3,11 @@
 //! and the crowd while they are all attached.
 
 use super::{shell_quote, Ctx};
-use crate::client::{self, Endpoint, Proto};
+use crate::client::{self, Endpoint};
 use crate::procfs;
 use crate::report::{Goal, Row};
 use crate::sse::{self, Flow};
-use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use hyper::Method;
+use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,17 +189,7 @@ async fn probe(
     };
     let t0 = Instant::now();
     let fut = async {
-        let mut c = ep.connect(Proto::H1).await?;
-        let req = c.request(
-            Method::GET,
-            &path,
-            Bytes::new(),
-            &[("accept", "text/event-stream")],
-        )?;
-        let resp = c.send(req).await?;
-        if !resp.status().is_success() {
-            bail!("GET {path}: {}", resp.status());
-        }
+        let resp = ep.events(&path).await?;
         let mut seen = None;
         sse::follow(resp.into_body(), |e| {
             if e.event == "output" {
