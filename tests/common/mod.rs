@@ -84,14 +84,55 @@ impl Worker {
         w
     }
 
+    /// Waits (bounded) until this worker, not just anything on its port, listens: the
+    /// connection must succeed while the process runs and its log says it listens.
     fn wait_ready(&self) {
         for _ in 0..200 {
-            if std::net::TcpStream::connect((self.host, self.port)).is_ok() {
+            if !self.running() {
+                panic!(
+                    "worker exited before listening on port {}; log:\n{}",
+                    self.port,
+                    self.log_text()
+                );
+            }
+            if std::net::TcpStream::connect((self.host, self.port)).is_ok()
+                && self.log_text().contains(" listening")
+                && self.running()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("worker did not listen; log:\n{}", self.log_text());
+    }
+
+    /// Whether the worker process is still running (not exited, not a zombie).
+    pub fn running(&self) -> bool {
+        let Some(c) = self.child.as_ref() else {
+            return false;
+        };
+        match std::fs::read_to_string(format!("/proc/{}/stat", c.id())) {
+            Ok(stat) => !matches!(
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next()),
+                Some('Z' | 'X')
+            ),
+            Err(_) => false,
+        }
+    }
+
+    /// What a failed request's message says about the worker: alive or not, and its log.
+    pub fn diagnose(&self) -> String {
+        format!(
+            "worker on port {} {}; its log:\n{}",
+            self.port,
+            if self.running() {
+                "is running"
+            } else {
+                "has EXITED"
+            },
+            self.log_text()
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -266,7 +307,10 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
 
 /// POSTs a task with the default reply (an SSE stream).
 pub async fn post_work(c: &reqwest::Client, w: &Worker, body: Value) -> reqwest::Response {
-    c.post(w.url("/work")).json(&body).send().await.unwrap()
+    match c.post(w.url("/work")).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => panic!("POST /work failed: {e:?}\n{}", w.diagnose()),
+    }
 }
 
 /// POSTs a task and returns its id (JSON reply).
@@ -277,7 +321,7 @@ pub async fn submit(c: &reqwest::Client, w: &Worker, body: Value) -> String {
         .json(&body)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("POST /work failed: {e:?}\n{}", w.diagnose()));
     assert_eq!(r.status(), 202, "submit: {}", r.text().await.unwrap());
     let v: Value = r.json().await.unwrap();
     v["id"].as_str().unwrap().to_string()
