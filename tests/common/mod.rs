@@ -47,13 +47,27 @@ impl Worker {
     pub fn start(env: &[(&str, &str)]) -> Worker {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut w = Worker::start_on(&data, free_port(), env);
+        // A port free when chosen can be taken by another program before the worker
+        // binds it: then the worker says so and exits, and another port is tried.
+        let mut tries = 0;
+        let mut w = loop {
+            match Worker::try_start_on(&data, free_port(), env) {
+                Ok(w) => break w,
+                Err(why) if tries < 4 && why.contains("is the port in use") => tries += 1,
+                Err(why) => panic!("{why}"),
+            }
+        };
         w._tmp = Some(tmp);
         w
     }
 
     /// Starts on a given data dir and port (for restarts).
     pub fn start_on(data: &Path, port: u16, env: &[(&str, &str)]) -> Worker {
+        Worker::try_start_on(data, port, env).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Starts on a given data dir and port; Err says why it did not come up.
+    pub fn try_start_on(data: &Path, port: u16, env: &[(&str, &str)]) -> Result<Worker, String> {
         let log = data.with_extension(format!("log{port}"));
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -80,30 +94,30 @@ impl Worker {
             scheme: if tls { "https" } else { "http" },
             host: bind_host(env),
         };
-        w.wait_ready();
-        w
+        w.wait_ready()?;
+        Ok(w)
     }
 
     /// Waits (bounded) until this worker, not just anything on its port, listens: the
     /// connection must succeed while the process runs and its log says it listens.
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> Result<(), String> {
         for _ in 0..200 {
             if !self.running() {
-                panic!(
+                return Err(format!(
                     "worker exited before listening on port {}; log:\n{}",
                     self.port,
                     self.log_text()
-                );
+                ));
             }
             if std::net::TcpStream::connect((self.host, self.port)).is_ok()
                 && self.log_text().contains(" listening")
                 && self.running()
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("worker did not listen; log:\n{}", self.log_text());
+        Err(format!("worker did not listen; log:\n{}", self.log_text()))
     }
 
     /// Whether the worker process is still running (not exited, not a zombie).
