@@ -23,16 +23,19 @@ use super::{Inner, Shared};
 /// The syncer's side of a log.
 impl Shared {
     /// For the syncer: the file, how far it reaches now, and the directory to sync
-    /// first if it is new (None: nothing to sync).
+    /// first if it is new (None: nothing to sync, or a sync of it is under way). A
+    /// sync begun here ends with [`Shared::sync_ended`].
     pub(super) fn to_sync(&self) -> Option<(Arc<std::fs::File>, u64, Option<PathBuf>)> {
         let mut g = self.lock();
         g.sync_queued = false;
-        if g.durable >= g.len {
+        if g.syncing || g.durable >= g.len {
+            // Another syncer is at this log: it queues the log again when it ends.
             return None;
         }
         let file = g.events.clone()?;
         let dir = g.unsynced_dir.clone();
         g.dir_syncing = dir.is_some();
+        g.syncing = true;
         Some((file, g.len, dir))
     }
 
@@ -198,7 +201,7 @@ fn sync_one(log: &Arc<Shared>) -> bool {
     if dir.is_some() {
         log.dir_synced();
     }
-    log.synced(len)
+    log.sync_ended(len)
 }
 
 /// Syncs a new log's directory: every file in it (the log included: data and size),

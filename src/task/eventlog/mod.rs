@@ -109,6 +109,10 @@ struct Inner {
     needs_sync: bool,
     /// Whether the syncer has this log queued.
     sync_queued: bool,
+    /// A syncer is syncing this log now: no second one starts on it meanwhile (it
+    /// would sync the same files at the same time); the one at it queues the log
+    /// again when more came.
+    syncing: bool,
     /// A new log's directory (its files, itself, its entry in the parent) is not known
     /// to be on stable storage yet: nothing is served before it is (see `durable`).
     unsynced_dir: Option<PathBuf>,
@@ -144,7 +148,18 @@ impl Shared {
     /// For the syncer: `len` bytes are on stable storage; returns whether more came
     /// meanwhile (so it queues the log again).
     pub(super) fn synced(&self, len: u64) -> bool {
+        self.served_up_to(self.lock(), len)
+    }
+
+    /// For the syncer: its sync (begun by `to_sync`) is over and covered `len` bytes;
+    /// returns whether more came meanwhile, as [`Shared::synced`].
+    pub(super) fn sync_ended(&self, len: u64) -> bool {
         let mut g = self.lock();
+        g.syncing = false;
+        self.served_up_to(g, len)
+    }
+
+    fn served_up_to(&self, mut g: MutexGuard<'_, Inner>, len: u64) -> bool {
         if len > g.durable {
             g.durable = len.min(g.len);
             self.tx.send_replace(g.durable);
@@ -247,6 +262,7 @@ impl EventLog {
                     durable: len,
                     needs_sync,
                     sync_queued: false,
+                    syncing: false,
                     unsynced_dir: None,
                     dir_syncing: false,
                     output_bytes,
