@@ -3,8 +3,9 @@
 //! Most of an idle worker's resident memory is its binary: the kernel maps file pages
 //! 64 KiB at a time around each fault, so parsing the config, opening the registry and
 //! the rest of start-up leave megabytes of code and read-only data mapped that the
-//! serving loop never runs (3.6 of 4.7 MiB in the static build, docs/bench.md). Once
-//! start-up is over, [`startup_pages`] unmaps the executable's read-only, unmodified
+//! serving loop never runs (3.6 of 4.7 MiB in the static build, docs/bench.md); so do
+//! a task's admission, start and clean-up. Once start-up is over, and again whenever
+//! the worker has been quiet a while (supervise::memwatch), [`exe_pages`] unmaps the executable's read-only, unmodified
 //! file mappings with `MADV_DONTNEED`: the pages stay in the page cache, and what the
 //! worker runs again faults back in (a minor fault, no I/O).
 //!
@@ -21,7 +22,7 @@ struct Span {
 
 /// Drops the executable's clean read-only pages from this process's page tables.
 /// Returns the bytes of mappings advised; best effort (errors are only reported).
-pub fn startup_pages() -> std::io::Result<usize> {
+pub fn exe_pages() -> std::io::Result<usize> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe = exe.to_string_lossy().into_owned();
     let spans = clean_exe_spans(&exe)?;
@@ -121,7 +122,7 @@ mod tests {
     #[test]
     fn shedding_keeps_the_process_working() {
         // Our own test binary: shed its clean pages, then run code and read data again.
-        let advised = startup_pages().unwrap();
+        let advised = exe_pages().unwrap();
         assert!(
             advised > 0,
             "the test binary has read-only mappings to shed"

@@ -2,11 +2,14 @@
 //! keeps the latest snapshot for `/hello` and `/metrics`, turns the registry's pressure
 //! flag on and off, and when memory is critical stops the agent using the most memory
 //! before the kernel has to pick. It also tells the runner whether an agent's SIGKILL
-//! was the kernel's OOM killer.
+//! was the kernel's OOM killer. And once no task has started or ended for
+//! [`QUIET_SHED`], it sheds the executable's pages that start-up, admission or clean-up
+//! faulted in ([`crate::memory::shed`]): a worker between tasks, or beside one long
+//! agent, keeps resident only what it runs again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::latest::LatestReading;
 use crate::memory::{Level, MemoryView, Policy, Snapshot};
@@ -61,6 +64,45 @@ impl MemWatch {
     }
 }
 
+/// How long the registry must be unchanged (no task admitted or ended, no counter
+/// moved) before the executable's clean pages are shed again.
+pub const QUIET_SHED: Duration = Duration::from_secs(5);
+
+/// When to shed: once per quiet spell of the registry.
+struct QuietShed {
+    generation: u64,
+    since: Instant,
+    shed: bool,
+}
+
+impl QuietShed {
+    fn new(generation: u64) -> QuietShed {
+        QuietShed {
+            generation,
+            since: Instant::now(),
+            // Start-up shed its pages already (serve).
+            shed: true,
+        }
+    }
+
+    /// Whether to shed now, given the registry's generation.
+    fn due(&mut self, generation: u64) -> bool {
+        if generation != self.generation {
+            *self = QuietShed {
+                generation,
+                since: Instant::now(),
+                shed: false,
+            };
+            return false;
+        }
+        if self.shed || self.since.elapsed() < QUIET_SHED {
+            return false;
+        }
+        self.shed = true;
+        true
+    }
+}
+
 /// Starts the watch loop: every `every`, or every `every / 5` while under pressure.
 pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
     // A first reading now, so /hello has figures from its first answer (small files).
@@ -72,6 +114,7 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
     }
     tokio::spawn(async move {
         let mut warned = false;
+        let mut quiet = QuietShed::new(reg.generation());
         loop {
             // Under pressure memory can run out within a second: look five times as often.
             let pause = if level >= Level::Pressure {
@@ -97,6 +140,13 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
             reg.set_pressure(level >= Level::Pressure);
             if level == Level::Critical {
                 stop_largest(&reg).await;
+            }
+            if quiet.due(reg.generation()) {
+                // Reads /proc/self/smaps: well under a millisecond, but file I/O.
+                let shed = tokio::task::spawn_blocking(crate::memory::shed::exe_pages).await;
+                if let Ok(Err(e)) = shed {
+                    tracing::debug!("pages not shed: {e}");
+                }
             }
         }
     });
@@ -130,5 +180,25 @@ async fn stop_largest(reg: &Arc<Registry>) {
             "memory is critical: stopping the task that uses the most"
         );
         task.request_stop(StopReason::Memory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheds_once_per_quiet_spell() {
+        let mut q = QuietShed::new(7);
+        // Start-up shed already: nothing until the registry changes and settles.
+        assert!(!q.due(7));
+        q.since -= QUIET_SHED;
+        assert!(!q.due(7));
+        assert!(!q.due(8), "a change starts a new spell");
+        assert!(!q.due(8), "not before the spell is long enough");
+        q.since -= QUIET_SHED;
+        assert!(q.due(8), "a long enough spell sheds");
+        assert!(!q.due(8), "once");
+        assert!(!q.due(9));
     }
 }
