@@ -1,5 +1,7 @@
-//! `memory`: the worker's idle RSS (before the first scenario) and its peak (VmHWM) over
-//! the run, from /proc; the bare hyper server's idle RSS beside it for scale.
+//! `memory`: the worker's idle RSS (before the first scenario), its RSS at rest after
+//! the run (once it has had no task start or end for [`REST`]: it sheds the pages its
+//! work faulted in, `memory::shed`), and its peak (VmHWM) over the run, from /proc; the
+//! bare hyper server's idle RSS beside it for scale.
 
 use super::Ctx;
 use crate::bare::BareServer;
@@ -10,6 +12,9 @@ use anyhow::{Context, Result};
 
 /// Goal (issue 15): ttyd's idle RSS, about.
 const GOAL_IDLE_MIB: f64 = 3.0;
+/// How long the worker is left alone before its RSS at rest is read: its quiet spell
+/// (5 s, `supervise::memwatch::QUIET_SHED`), plus a tick of its memory watch.
+const REST: std::time::Duration = std::time::Duration::from_millis(6_500);
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let Some(pid) = ctx.target.pid else {
@@ -23,6 +28,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         None => procfs::rss_kib(pid)?,
     };
     let peak = procfs::hwm_kib(pid)?;
+    ctx.progress.say(&format!(
+        "  leaving the worker alone {:.1} s for its RSS at rest",
+        REST.as_secs_f64()
+    ));
+    tokio::time::sleep(REST).await;
+    let rest = procfs::rss_kib(pid)?;
     let exe = ctx.exe.clone();
     let bare = tokio::task::spawn_blocking(move || BareServer::start(&exe, "{}"))
         .await
@@ -43,6 +54,11 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     Ok(vec![
         idle_row,
+        Row::new("memory", "RSS at rest after the run", "MiB")
+            .outpost(mib(rest))
+            .baseline(mib(bare_idle))
+            .goal(Goal::AtMost(GOAL_IDLE_MIB))
+            .note("read after 6.5 s without a task starting or ending"),
         Row::new("memory", "peak RSS (VmHWM) over the run", "MiB").outpost(mib(peak)),
     ])
 }
