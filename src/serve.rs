@@ -28,7 +28,9 @@ pub fn serve(args: &[String]) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
-        .thread_keep_alive(Duration::from_secs(10))
+        // Idle blocking threads end before the quiet spell that hands memory back
+        // (supervise::memwatch, 5 s): a thread's allocator cache goes with it.
+        .thread_keep_alive(Duration::from_secs(4))
         .enable_all()
         .build();
     let rt = match rt {

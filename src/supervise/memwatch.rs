@@ -3,9 +3,10 @@
 //! flag on and off, and when memory is critical stops the agent using the most memory
 //! before the kernel has to pick. It also tells the runner whether an agent's SIGKILL
 //! was the kernel's OOM killer. And once no task has started or ended for
-//! [`QUIET_SHED`], it sheds the executable's pages that start-up, admission or clean-up
-//! faulted in ([`crate::memory::shed`]): a worker between tasks, or beside one long
-//! agent, keeps resident only what it runs again.
+//! [`QUIET_SHED`], it hands back what the allocator holds free and sheds the
+//! executable's pages that start-up, admission or clean-up faulted in
+//! ([`crate::memory::shed`]): a worker between tasks, or beside one long agent, keeps
+//! resident only what it uses again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -144,7 +145,11 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
             }
             if quiet.due(reg.generation()) {
                 // Reads /proc/self/smaps: well under a millisecond, but file I/O.
-                let shed = tokio::task::spawn_blocking(crate::memory::shed::exe_pages).await;
+                let shed = tokio::task::spawn_blocking(|| {
+                    crate::memory::shed::heap();
+                    crate::memory::shed::exe_pages()
+                })
+                .await;
                 if let Ok(Err(e)) = shed {
                     tracing::debug!("pages not shed: {e}");
                 }
