@@ -1,8 +1,9 @@
 //! HTTP/1.1 event streams served without hyper (`src/http/subscribe.rs`), through the
 //! real binary and a hand-written client on a raw socket: the chunked framing a strict
-//! decoder accepts, the end and close after `done`, every error still answered as
-//! before (by hyper), the requests it must leave to hyper (pipelined, `HEAD`,
-//! HTTP/1.0), and a subscriber that vanishes while the task idles being let go at once.
+//! decoder accepts, the end and close after `done`, a head sent in pieces, every error
+//! still answered as before (by hyper), the requests it must leave to hyper (pipelined,
+//! over 8 KiB, `HEAD`, HTTP/1.0), a subscriber that vanishes while the task idles being
+//! let go at once, and a drain ending the stream with `done`.
 
 mod common;
 
@@ -155,6 +156,32 @@ async fn a_raw_subscriber_gets_strict_chunks_then_the_end_and_a_close() {
 }
 
 #[tokio::test]
+async fn a_head_sent_in_pieces_is_still_served_by_hand() {
+    let w = Worker::start(&[]);
+    let c = h1();
+    let id = submit(&c, &w, json!({"prompt": "echo hi"})).await;
+    wait_terminal(&c, &w, &id, T).await;
+    let req = get(&format!("/work/{id}/events"), "");
+    let mut s = connect(&w);
+    s.set_nodelay(true).unwrap();
+    for part in [
+        &req[..7],
+        &req[7..20],
+        &req[20..req.len() - 1],
+        &req[req.len() - 1..],
+    ] {
+        s.write_all(part.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let (status, headers, body) = split_head(&resp);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_complete(&sse_events(&dechunk(body).0), 1);
+}
+
+#[tokio::test]
 async fn refused_subscriptions_answer_as_before() {
     let w = Worker::start(&[("OUTPOST_TOKEN", "s3cret-token")]);
     let c = h1();
@@ -233,7 +260,7 @@ async fn refused_subscriptions_answer_as_before() {
 }
 
 #[tokio::test]
-async fn pipelined_head_and_http10_requests_are_left_to_hyper() {
+async fn pipelined_oversized_head_and_http10_requests_are_left_to_hyper() {
     let w = Worker::start(&[]);
     let c = h1();
     let id = submit(&c, &w, json!({"prompt": "echo hi"})).await;
@@ -255,6 +282,15 @@ async fn pipelined_head_and_http10_requests_are_left_to_hyper() {
     assert_complete(&sse_events(&data), 1);
     let (status, _, _) = split_head(rest);
     assert_eq!(status, "HTTP/1.1 200 OK", "the pipelined /healthz");
+
+    // A head over 8 KiB: hyper's too (kept alive, so sent with `Connection: close`).
+    let big = format!("X-Padding: {}\r\nConnection: close\r\n", "p".repeat(9000));
+    let resp = exchange(&w, &get(&events, &big));
+    let (status, headers, body) = split_head(&resp);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert!(header(&headers, "date").is_some());
+    assert_complete(&sse_events(&dechunk(body).0), 1);
 
     // HEAD: the route answers GET only, as before.
     let resp = exchange(
