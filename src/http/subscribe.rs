@@ -153,6 +153,21 @@ fn parse(head: &[u8]) -> Option<Request<()>> {
 /// Sends `resp` (from [`take`]) on the connection, chunked, to the end of its body or
 /// until the client goes; then closes the connection.
 pub async fn serve(mut stream: TcpStream, resp: Resp, peer: SocketAddr) {
+    match send_all(&mut stream, resp).await {
+        Ok(true) => {
+            // The write side is shut so the client sees the end at once.
+            if let Err(e) = stream.shutdown().await {
+                tracing::debug!(%peer, "closing an event stream: {e}");
+            }
+        }
+        Ok(false) => tracing::debug!(%peer, "event stream ended: the client went away"),
+        Err(e) => tracing::debug!(%peer, "event stream ended: {e}"),
+    }
+}
+
+/// The head, then the body's frames as chunks: true once the last chunk is written,
+/// false when the client went away first.
+async fn send_all(stream: &mut TcpStream, resp: Resp) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -174,36 +189,31 @@ pub async fn serve(mut stream: TcpStream, resp: Resp, peer: SocketAddr) {
     head.extend_from_slice(b"\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     drop(parts);
     // Records already there (a resume) leave with the head, in one write.
-    let first = body.frame().now_or_never();
-    let ended = match first {
-        Some(frame) => send(&mut stream, &head, frame).await,
-        None => write_all(&mut stream, &mut [IoSlice::new(&head)])
-            .await
-            .map(|()| false),
+    let ended = match body.frame().now_or_never() {
+        Some(frame) => send(stream, &head, frame).await?,
+        None => {
+            write_all(stream, &mut [IoSlice::new(&head)]).await?;
+            false
+        }
     };
     drop(head);
-    match ended {
-        Ok(false) => {}
-        Ok(true) => return finish(stream, peer).await,
-        Err(e) => return tracing::debug!(%peer, "event stream ended: {e}"),
+    if ended {
+        return Ok(true);
     }
     // Bounded by the body: each turn sends a frame, or ends.
     loop {
         let frame = tokio::select! {
             biased;
             f = body.frame() => f,
-            gone = client_gone(&stream) => {
+            gone = client_gone(stream) => {
                 if gone {
-                    tracing::debug!(%peer, "event stream ended: the client went away");
-                    return;
+                    return Ok(false);
                 }
                 continue;
             }
         };
-        match send(&mut stream, &[], frame).await {
-            Ok(false) => {}
-            Ok(true) => return finish(stream, peer).await,
-            Err(e) => return tracing::debug!(%peer, "event stream ended: {e}"),
+        if send(stream, &[], frame).await? {
+            return Ok(true);
         }
     }
 }
@@ -289,14 +299,6 @@ async fn client_gone(stream: &TcpStream) -> bool {
         Ok(_) => false,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
         Err(_) => true,
-    }
-}
-
-/// After the last chunk: the write side is shut (the client sees the end at once), and
-/// the connection closes.
-async fn finish(mut stream: TcpStream, peer: SocketAddr) {
-    if let Err(e) = stream.shutdown().await {
-        tracing::debug!(%peer, "closing an event stream: {e}");
     }
 }
 
