@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod stream;
+pub mod subscribe;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -108,7 +109,7 @@ async fn route(state: &'static AppState, req: Request<Incoming>) -> Result<Resp,
 }
 
 /// Bearer token check, in constant time.
-fn check_auth(cfg: &Config, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_auth<B>(cfg: &Config, req: &Request<B>) -> Result<(), ApiError> {
     let Some(token) = &cfg.token else {
         return Ok(());
     };

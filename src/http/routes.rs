@@ -238,7 +238,7 @@ enum Reply {
     Stream(Format),
 }
 
-fn reply_kind(req: &Request<Incoming>) -> Reply {
+fn reply_kind<B>(req: &Request<B>) -> Reply {
     let accept = req
         .headers()
         .get(ACCEPT)
@@ -458,8 +458,9 @@ pub fn cancel(state: &AppState, id: &str) -> Result<Resp, ApiError> {
 /// beyond any log, and small enough that the cursor's arithmetic cannot overflow.
 pub const MAX_EVENT_ID: u64 = i64::MAX as u64;
 
-/// `GET /work/<id>/events`: from `Last-Event-ID` or `?after=N`.
-pub fn events(state: &AppState, id: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+/// `GET /work/<id>/events`: from `Last-Event-ID` or `?after=N`. Generic over the body:
+/// `subscribe` calls it with the head of a request hyper has not seen.
+pub fn events<B>(state: &AppState, id: &str, req: &Request<B>) -> Result<Resp, ApiError> {
     let task = find(state, id)?;
     // Both are checked when both are sent; the header (what EventSource resends) wins.
     let query = match query_param(req, "after") {
@@ -560,7 +561,7 @@ pub async fn resize(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
     ))
 }
 
-fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
+fn query_param<B>(req: &Request<B>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| v.to_string())

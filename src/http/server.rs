@@ -1,7 +1,8 @@
 //! The listener: one port serving HTTP/1.1 and HTTP/2 cleartext with prior knowledge
 //! (hyper-util's auto builder reads the preface), and TLS (rustls) with ALPN `h2` and
 //! `http/1.1` when a certificate is configured. Stops accepting on shutdown and lets
-//! open connections finish (event streams end after their `done` event).
+//! open connections finish (event streams end after their `done` event). A cleartext
+//! HTTP/1.1 event-stream subscription is served without hyper (`subscribe`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::coalesce::Coalesce;
 use super::inline::{self, InlineExec};
+use super::subscribe;
 use super::{handle, AppState};
 
 /// Builds the TLS acceptor from PEM files.
@@ -148,36 +150,52 @@ pub async fn serve(
         let builders = builders.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        // The task's future is as large as its largest state, for its whole life: the
+        // hyper connections (4 KiB and more) are boxed, so that a hand-served event
+        // stream's task stays small.
         tokio::spawn(async move {
             let ended = match tls {
                 None => {
-                    let Ok(h2) = tokio::time::timeout(FIRST_BYTES, speaks_h2(&stream)).await else {
+                    let first = tokio::time::Instant::now() + FIRST_BYTES;
+                    let Ok(h2) = tokio::time::timeout_at(first, speaks_h2(&stream)).await else {
                         return;
                     };
+                    let mut stream = stream;
+                    if !h2 {
+                        if let Some(resp) = subscribe::take(state, &mut stream, first).await {
+                            // The watcher is held to the end, as hyper's connections hold
+                            // theirs: the shutdown waits for the stream (within `linger`).
+                            subscribe::serve(stream, resp, peer).await;
+                            drop(watcher);
+                            return;
+                        }
+                    }
                     let conn = builders
                         .pick(h2)
                         .serve_connection(TokioIo::new(Coalesce::new(stream, h2)), svc)
                         .into_owned();
-                    served(h2, watcher.watch(conn)).await
+                    Box::pin(served(h2, watcher.watch(conn))).await
                 }
                 Some(acc) => {
-                    let tls =
-                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream))
-                            .await
+                    Box::pin(async move {
+                        let accept = acc.accept(stream);
+                        let tls = match tokio::time::timeout(Duration::from_secs(10), accept).await
                         {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                return;
+                                return Ok(());
                             }
-                            Err(_) => return,
+                            Err(_) => return Ok(()),
                         };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let conn = builders
-                        .pick(h2)
-                        .serve_connection(TokioIo::new(Coalesce::new(tls, h2)), svc)
-                        .into_owned();
-                    served(h2, watcher.watch(conn)).await
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let conn = builders
+                            .pick(h2)
+                            .serve_connection(TokioIo::new(Coalesce::new(tls, h2)), svc)
+                            .into_owned();
+                        served(h2, watcher.watch(conn)).await
+                    })
+                    .await
                 }
             };
             if let Err(e) = ended {
