@@ -54,6 +54,16 @@ const PREFIX: &[u8] = b"GET /work/";
 /// returned, for [`serve`]. `None`: nothing was read, and the connection is hyper's.
 /// `deadline` bounds the wait for the whole head.
 pub async fn take(state: &AppState, stream: &mut TcpStream, deadline: Instant) -> Option<Resp> {
+    // Most connections are not subscriptions: a look at their first bytes, on the
+    // stack, before any buffer for a whole head.
+    let mut first = [0u8; PREFIX.len()];
+    let n = tokio::time::timeout_at(deadline, stream.peek(&mut first))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 || first[..n] != PREFIX[..n] {
+        return None;
+    }
     // On the heap and freed on return: the long-lived stream state never holds it.
     let mut buf = vec![0u8; HEAD_MAX];
     let n = tokio::time::timeout_at(deadline, peek_head(stream, &mut buf))
