@@ -128,12 +128,25 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
         }
     );
     let idle_rss_kib = target.pid.and_then(|p| procfs::rss_kib(p).ok());
+    // A worker of our own, for `memory`: also its RSS once it has been left alone.
+    let rest_rss_kib = match target.pid {
+        Some(p) if target.is_spawned() && args.scenarios.iter().any(|s| s == "memory") => {
+            progress.say(&format!(
+                "leaving the new worker alone {:.1} s for its RSS at rest",
+                scenarios::REST.as_secs_f64()
+            ));
+            tokio::time::sleep(scenarios::REST).await;
+            procfs::rss_kib(p).ok()
+        }
+        _ => None,
+    };
     let ctx = Ctx {
         args,
         target,
         progress,
         exe,
         idle_rss_kib,
+        rest_rss_kib,
     };
     let mut rows = Vec::new();
     let total = ctx.args.scenarios.len();

@@ -110,7 +110,10 @@ fn hello_against_a_bare_server_gives_rows_for_both_protocols_in_json() {
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(head["ratio"].as_f64().unwrap(), lowest, "{v}");
     // The memory rows find the server's pid from its listening port.
-    let idle = rows.iter().find(|r| r["metric"] == "idle RSS").unwrap();
+    let idle = rows
+        .iter()
+        .find(|r| r["metric"] == "idle RSS just started")
+        .unwrap();
     assert!(idle["outpost"].as_f64().unwrap() > 0.0, "{idle}");
     assert!(v["machine"]["nproc"].as_u64().unwrap() >= 1);
 }

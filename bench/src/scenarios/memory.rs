@@ -1,9 +1,10 @@
-//! `memory`: the worker's idle RSS (before the first scenario), its RSS at rest after
-//! the run (once it has had no task start or end for [`REST`]: it sheds the pages its
-//! work faulted in, `memory::shed`), and its peak (VmHWM) over the run, from /proc; the
-//! bare hyper server's idle RSS beside it for scale.
+//! `memory`: the worker's idle RSS (before the first scenario: just started, after
+//! bench's readiness `/hello`, and at rest, once left alone for [`REST`]: a quiet worker
+//! hands back what its start and first requests faulted in, `memory::shed`), its RSS
+//! at rest after the run, and its peak (VmHWM) over the run, from /proc; the bare hyper
+//! server's idle RSS beside it for scale.
 
-use super::Ctx;
+use super::{Ctx, REST};
 use crate::bare::BareServer;
 use crate::client::{Endpoint, Proto};
 use crate::procfs;
@@ -12,9 +13,6 @@ use anyhow::{Context, Result};
 
 /// Goal (issue 15): ttyd's idle RSS, about.
 const GOAL_IDLE_MIB: f64 = 3.0;
-/// How long the worker is left alone before its RSS at rest is read: its quiet spell
-/// (5 s, `supervise::memwatch::QUIET_SHED`), plus a tick of its memory watch.
-const REST: std::time::Duration = std::time::Duration::from_millis(6_500);
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let Some(pid) = ctx.target.pid else {
@@ -43,7 +41,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let bare_idle = procfs::rss_kib(bare.pid())?;
     drop(bare);
     let mib = |k: u64| Some(k as f64 / 1024.0);
-    let mut idle_row = Row::new("memory", "idle RSS", "MiB")
+    let mut idle_row = Row::new("memory", "idle RSS just started", "MiB")
         .outpost(mib(idle))
         .baseline(mib(bare_idle))
         .goal(Goal::AtMost(GOAL_IDLE_MIB))
@@ -52,13 +50,23 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         idle_row = idle_row
             .note("--url worker: idle figure taken when bench started, not at worker start");
     }
-    Ok(vec![
-        idle_row,
+    let mut rows = vec![idle_row];
+    if let Some(k) = ctx.rest_rss_kib {
+        rows.push(
+            Row::new("memory", "idle RSS at rest", "MiB")
+                .outpost(mib(k))
+                .baseline(mib(bare_idle))
+                .goal(Goal::AtMost(GOAL_IDLE_MIB))
+                .note("the new worker left alone 6.5 s before the first scenario"),
+        );
+    }
+    rows.extend([
         Row::new("memory", "RSS at rest after the run", "MiB")
             .outpost(mib(rest))
             .baseline(mib(bare_idle))
             .goal(Goal::AtMost(GOAL_IDLE_MIB))
             .note("read after 6.5 s without a task starting or ending"),
         Row::new("memory", "peak RSS (VmHWM) over the run", "MiB").outpost(mib(peak)),
-    ])
+    ]);
+    Ok(rows)
 }

@@ -27,7 +27,14 @@ pub struct Ctx {
     pub exe: PathBuf,
     /// Worker RSS in KiB measured before the first scenario.
     pub idle_rss_kib: Option<u64>,
+    /// A spawned worker's RSS in KiB after [`REST`] alone, before the first scenario
+    /// (only when `memory` runs).
+    pub rest_rss_kib: Option<u64>,
 }
+
+/// How long a worker is left alone before its RSS at rest is read: its quiet spell
+/// (5 s, `supervise::memwatch::QUIET_SHED`), plus a tick of its memory watch.
+pub const REST: Duration = Duration::from_millis(6_500);
 
 impl Ctx {
     /// Upper bound on one scenario's wall time.
