@@ -64,7 +64,6 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
     }
     let (containment, instance) = contain(&cfg).await?;
     let reg = Registry::open(cfg.clone(), containment.clone(), instance)?;
-    supervise::memwatch::spawn(reg.clone(), cfg.min_available, Duration::from_secs(1));
     if let Some(after) = cfg.idle_shutdown {
         supervise::spawn_idle_shutdown(reg.clone(), after, cfg.idle_shutdown_cmd.clone());
     }
@@ -103,6 +102,19 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
         reg: reg.clone(),
         metrics: Default::default(),
     }));
+    // Quiet means no request and no change in the registry.
+    let activity = move || {
+        state
+            .reg
+            .generation()
+            .wrapping_add(state.metrics.requests())
+    };
+    supervise::memwatch::spawn(
+        reg.clone(),
+        cfg.min_available,
+        Duration::from_secs(1),
+        activity,
+    );
     // Start-up is over: drop the binary's pages only it touched (memory::shed). Read
     // in place (well under a millisecond, before serving): a blocking-pool thread would
     // cost more resident memory than the call saves.

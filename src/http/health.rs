@@ -44,7 +44,8 @@ impl Counters {
         self.shards[slot].0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn requests(&self) -> u64 {
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
         self.shards
             .iter()
             .map(|s| s.0.load(Ordering::Relaxed))

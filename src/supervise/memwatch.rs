@@ -2,8 +2,8 @@
 //! keeps the latest snapshot for `/hello` and `/metrics`, turns the registry's pressure
 //! flag on and off, and when memory is critical stops the agent using the most memory
 //! before the kernel has to pick. It also tells the runner whether an agent's SIGKILL
-//! was the kernel's OOM killer. And once no task has started or ended for
-//! [`QUIET_SHED`], it hands back what the allocator holds free and sheds the
+//! was the kernel's OOM killer. And once the worker has been quiet (no request, no task
+//! started or ended) for [`QUIET_SHED`], it hands back what the allocator holds free and sheds the
 //! executable's pages that start-up, admission or clean-up faulted in
 //! ([`crate::memory::shed`]): a worker between tasks, or beside one long agent, keeps
 //! resident only what it uses again.
@@ -65,11 +65,11 @@ impl MemWatch {
     }
 }
 
-/// How long the registry must be unchanged (no task admitted or ended, no counter
-/// moved) before the executable's clean pages are shed again.
+/// How long the worker must be quiet (no request received, no task admitted or ended,
+/// no counter moved) before its free memory and clean pages are handed back again.
 pub const QUIET_SHED: Duration = Duration::from_secs(5);
 
-/// When to shed: once per quiet spell of the registry.
+/// When to shed: once per quiet spell of the worker's activity count.
 struct QuietShed {
     generation: u64,
     since: Instant,
@@ -87,7 +87,7 @@ impl QuietShed {
         }
     }
 
-    /// Whether to shed now, given the registry's generation.
+    /// Whether to shed now, given the activity count.
     fn due(&mut self, generation: u64) -> bool {
         if generation != self.generation {
             *self = QuietShed {
@@ -106,7 +106,15 @@ impl QuietShed {
 }
 
 /// Starts the watch loop: every `every`, or every `every / 5` while under pressure.
-pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
+/// `activity` is a count that moves whenever the worker does something (requests
+/// received, the registry's generation): the memory is handed back after a spell in
+/// which it did not move (a measurement in progress is not disturbed).
+pub fn spawn(
+    reg: Arc<Registry>,
+    min_available: Option<u64>,
+    every: Duration,
+    activity: impl Fn() -> u64 + Send + 'static,
+) {
     // A first reading now, so /hello has figures from its first answer (small files).
     let mut level = Level::Ok;
     if let Ok(snap) = watch().view.snapshot() {
@@ -116,7 +124,7 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
     }
     tokio::spawn(async move {
         let mut warned = false;
-        let mut quiet = QuietShed::new(reg.generation());
+        let mut quiet = QuietShed::new(activity());
         loop {
             // Under pressure memory can run out within a second: look five times as often.
             let pause = if level >= Level::Pressure {
@@ -143,7 +151,7 @@ pub fn spawn(reg: Arc<Registry>, min_available: Option<u64>, every: Duration) {
             if level == Level::Critical {
                 stop_largest(&reg).await;
             }
-            if quiet.due(reg.generation()) {
+            if quiet.due(activity()) {
                 // Reads /proc/self/smaps: well under a millisecond, but file I/O.
                 let shed = tokio::task::spawn_blocking(|| {
                     crate::memory::shed::heap();

@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             .outpost(mib(rest))
             .baseline(mib(bare_idle))
             .goal(Goal::AtMost(GOAL_IDLE_MIB))
-            .note("read after 6.5 s without a task starting or ending"),
+            .note("read after 6.5 s left alone (no request, no task started or ended)"),
         Row::new("memory", "peak RSS (VmHWM) over the run", "MiB").outpost(mib(peak)),
     ]);
     Ok(rows)
