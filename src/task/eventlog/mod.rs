@@ -344,6 +344,9 @@ impl EventLog {
             g.closed = true;
             g.events = None;
             trim_tail(&mut g, TAIL_CLOSED);
+            // A finished task stays listed for long (OUTPOST_KEEP_TASKS): its tail's
+            // room for thousands of records goes, not just the records.
+            g.tail.shrink_to_fit();
         } else if !g.needs_sync {
             g.durable = g.len;
         } else {
