@@ -88,21 +88,37 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a new connection may take to send its first bytes.
 const FIRST_BYTES: Duration = Duration::from_secs(30);
 
+/// The first bytes of a cleartext connection, peeked (nothing consumed): as many of
+/// the h2c preface's length as had come when they stopped matching it, or all of it.
+struct FirstBytes {
+    buf: [u8; 24],
+    n: usize,
+}
+
+impl FirstBytes {
+    /// Whether the connection speaks h2c with prior knowledge.
+    fn h2(&self) -> bool {
+        self.bytes() == PREFACE
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.n]
+    }
+}
+
 /// Tells h2c prior knowledge from HTTP/1.1 by peeking at the first bytes (nothing is
 /// consumed). A client that stops partway through the preface is polled every 10 ms,
 /// within the caller's timeout.
-async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
-    let mut buf = [0u8; 24];
+async fn first_bytes(stream: &tokio::net::TcpStream) -> FirstBytes {
+    let mut first = FirstBytes {
+        buf: [0u8; 24],
+        n: 0,
+    };
     loop {
-        let n = match stream.peek(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if n == 0 || buf[..n] != PREFACE[..n] {
-            return false;
-        }
-        if n == PREFACE.len() {
-            return true;
+        first.n = stream.peek(&mut first.buf).await.unwrap_or(0);
+        let n = first.n;
+        if n == 0 || first.buf[..n] != PREFACE[..n] || n == PREFACE.len() {
+            return first;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -157,12 +173,16 @@ pub async fn serve(
             let ended = match tls {
                 None => {
                     let first = tokio::time::Instant::now() + FIRST_BYTES;
-                    let Ok(h2) = tokio::time::timeout_at(first, speaks_h2(&stream)).await else {
+                    let Ok(bytes) = tokio::time::timeout_at(first, first_bytes(&stream)).await
+                    else {
                         return;
                     };
+                    let h2 = bytes.h2();
                     let mut stream = stream;
                     if !h2 {
-                        if let Some(resp) = subscribe::take(state, &mut stream, first).await {
+                        if let Some(resp) =
+                            subscribe::take(state, &mut stream, bytes.bytes(), first).await
+                        {
                             // The watcher is held to the end, as hyper's connections hold
                             // theirs: the shutdown waits for the stream (within `linger`).
                             subscribe::serve(stream, resp, peer).await;

@@ -52,16 +52,17 @@ const PREFIX: &[u8] = b"GET /work/";
 /// Takes the connection when it carries an event-stream subscription this module
 /// serves (see the module doc): the request head is then consumed and the answer is
 /// returned, for [`serve`]. `None`: nothing was read, and the connection is hyper's.
-/// `deadline` bounds the wait for the whole head.
-pub async fn take(state: &AppState, stream: &mut TcpStream, deadline: Instant) -> Option<Resp> {
-    // Most connections are not subscriptions: a look at their first bytes, on the
-    // stack, before any buffer for a whole head.
-    let mut first = [0u8; PREFIX.len()];
-    let n = tokio::time::timeout_at(deadline, stream.peek(&mut first))
-        .await
-        .ok()?
-        .ok()?;
-    if n == 0 || first[..n] != PREFIX[..n] {
+/// `first` is what the listener already peeked; `deadline` bounds the wait for the
+/// whole head.
+pub async fn take(
+    state: &AppState,
+    stream: &mut TcpStream,
+    first: &[u8],
+    deadline: Instant,
+) -> Option<Resp> {
+    // Most connections are not subscriptions: their first bytes tell, before any buffer
+    // for a whole head is allocated.
+    if !may_be_one(first) {
         return None;
     }
     // On the heap and freed on return: the long-lived stream state never holds it.
@@ -84,11 +85,7 @@ async fn peek_head(stream: &TcpStream, buf: &mut [u8]) -> Option<usize> {
     let mut seen = 0;
     loop {
         let n = stream.peek(buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        let start = n.min(PREFIX.len());
-        if buf[..start] != PREFIX[..start] {
+        if !may_be_one(&buf[..n]) {
             return None;
         }
         if let Some(end) = head_end(&buf[..n], seen) {
@@ -101,6 +98,13 @@ async fn peek_head(stream: &TcpStream, buf: &mut [u8]) -> Option<usize> {
         seen = n;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// Whether a connection whose first bytes are `bytes` may carry a subscription: they
+/// are some, and begin as every taken request does.
+fn may_be_one(bytes: &[u8]) -> bool {
+    let k = bytes.len().min(PREFIX.len());
+    k > 0 && bytes[..k] == PREFIX[..k]
 }
 
 /// Where the head ends (just past `\r\n\r\n`), searching from a little before `from`.
