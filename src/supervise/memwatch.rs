@@ -81,8 +81,8 @@ impl QuietShed {
         QuietShed {
             generation,
             since: Instant::now(),
-            // Start-up shed its pages already (serve); what the first requests fault in
-            // goes once the worker has been quiet.
+            // Not yet for this spell (at start: what the first requests fault in after
+            // serve's own shed goes once the worker has been quiet).
             shed: false,
         }
     }
@@ -90,11 +90,7 @@ impl QuietShed {
     /// Whether to shed now, given the activity count.
     fn due(&mut self, generation: u64) -> bool {
         if generation != self.generation {
-            *self = QuietShed {
-                generation,
-                since: Instant::now(),
-                shed: false,
-            };
+            *self = QuietShed::new(generation);
             return false;
         }
         if self.shed || self.since.elapsed() < QUIET_SHED {

@@ -34,7 +34,6 @@ impl Shared {
         }
         let file = g.events.clone()?;
         let dir = g.unsynced_dir.clone();
-        g.dir_syncing = dir.is_some();
         g.syncing = true;
         Some((file, g.len, dir))
     }
@@ -43,7 +42,6 @@ impl Shared {
     pub(super) fn dir_synced(&self) {
         let mut g = self.lock();
         g.unsynced_dir = None;
-        g.dir_syncing = false;
         self.dir_done.notify_all();
     }
 
@@ -54,12 +52,12 @@ impl Shared {
         &'a self,
         mut g: MutexGuard<'a, Inner>,
     ) -> std::io::Result<MutexGuard<'a, Inner>> {
-        if g.dir_syncing {
+        if g.dir_syncing() {
             // Bounded: the syncer ends its syncs (or gives up on them) and says so; after
             // the wait this syncs the directory itself.
             let (back, _) = self
                 .dir_done
-                .wait_timeout_while(g, Duration::from_secs(30), |g| g.dir_syncing)
+                .wait_timeout_while(g, Duration::from_secs(30), |g| g.dir_syncing())
                 .unwrap_or_else(|e| e.into_inner());
             g = back;
         }

@@ -116,12 +116,18 @@ struct Inner {
     /// A new log's directory (its files, itself, its entry in the parent) is not known
     /// to be on stable storage yet: nothing is served before it is (see `durable`).
     unsynced_dir: Option<PathBuf>,
-    /// The syncer is syncing `unsynced_dir` now.
-    dir_syncing: bool,
     output_bytes: u64,
     tail: VecDeque<Record>,
     tail_bytes: usize,
     closed: bool,
+}
+
+impl Inner {
+    /// A syncer is syncing the new log's directory now (a sync begun while it was
+    /// unsynced, and not yet through it).
+    fn dir_syncing(&self) -> bool {
+        self.syncing && self.unsynced_dir.is_some()
+    }
 }
 
 /// The log of one task. Appends come from one writer at a time (the lock orders them);
@@ -264,7 +270,6 @@ impl EventLog {
                     sync_queued: false,
                     syncing: false,
                     unsynced_dir: None,
-                    dir_syncing: false,
                     output_bytes,
                     tail: VecDeque::new(),
                     tail_bytes: 0,

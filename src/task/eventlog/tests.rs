@@ -250,7 +250,7 @@ fn a_new_logs_directory_is_synced_before_its_first_record_is_served() {
             .expect("the first record became durable");
     });
     let g = log.lock();
-    assert!(g.unsynced_dir.is_none() && !g.dir_syncing);
+    assert!(g.unsynced_dir.is_none() && !g.dir_syncing());
     assert!(g.durable > 0);
     drop(g);
     // A log that ends at once syncs its directory itself (or waits for the syncer)
