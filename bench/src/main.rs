@@ -131,12 +131,7 @@ async fn run(args: Args, exe: PathBuf) -> Result<(Vec<report::Row>, String)> {
     // A worker of our own, for `memory`: also its RSS once it has been left alone.
     let rest_rss_kib = match target.pid {
         Some(p) if target.is_spawned() && args.scenarios.iter().any(|s| s == "memory") => {
-            progress.say(&format!(
-                "leaving the new worker alone {:.1} s for its RSS at rest",
-                scenarios::REST.as_secs_f64()
-            ));
-            tokio::time::sleep(scenarios::REST).await;
-            procfs::rss_kib(p).ok()
+            scenarios::rss_at_rest(&progress, p).await.ok()
         }
         _ => None,
     };

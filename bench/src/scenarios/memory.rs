@@ -26,12 +26,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         None => procfs::rss_kib(pid)?,
     };
     let peak = procfs::hwm_kib(pid)?;
-    ctx.progress.say(&format!(
-        "  leaving the worker alone {:.1} s for its RSS at rest",
-        REST.as_secs_f64()
-    ));
-    tokio::time::sleep(REST).await;
-    let rest = procfs::rss_kib(pid)?;
+    let rest = super::rss_at_rest(&ctx.progress, pid).await?;
     let exe = ctx.exe.clone();
     let bare = tokio::task::spawn_blocking(move || BareServer::start(&exe, "{}"))
         .await
@@ -57,7 +52,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 .outpost(mib(k))
                 .baseline(mib(bare_idle))
                 .goal(Goal::AtMost(GOAL_IDLE_MIB))
-                .note("the new worker left alone 6.5 s before the first scenario"),
+                .note(format!(
+                    "the new worker left alone {:.1} s before the first scenario",
+                    REST.as_secs_f64()
+                )),
         );
     }
     rows.extend([
@@ -65,7 +63,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             .outpost(mib(rest))
             .baseline(mib(bare_idle))
             .goal(Goal::AtMost(GOAL_IDLE_MIB))
-            .note("read after 6.5 s left alone (no request, no task started or ended)"),
+            .note(format!(
+                "read after {:.1} s left alone (no request, no task started or ended)",
+                REST.as_secs_f64()
+            )),
         Row::new("memory", "peak RSS (VmHWM) over the run", "MiB").outpost(mib(peak)),
     ]);
     Ok(rows)

@@ -36,6 +36,16 @@ pub struct Ctx {
 /// (5 s, `supervise::memwatch::QUIET_SHED`), plus a tick of its memory watch.
 pub const REST: Duration = Duration::from_millis(6_500);
 
+/// Leaves the worker `pid` alone for [`REST`] (saying so), then reads its RSS in KiB.
+pub async fn rss_at_rest(progress: &Progress, pid: u32) -> anyhow::Result<u64> {
+    progress.say(&format!(
+        "  leaving the worker alone {:.1} s for its RSS at rest",
+        REST.as_secs_f64()
+    ));
+    tokio::time::sleep(REST).await;
+    crate::procfs::rss_kib(pid)
+}
+
 impl Ctx {
     /// Upper bound on one scenario's wall time.
     fn budget(&self, name: &str) -> Duration {
