@@ -230,18 +230,7 @@ async fn refusals_name_the_field_and_what_is_allowed() {
         assert!(msg.contains(words), "{body}: {msg:?} should say {words:?}");
     }
     // 5.0 is a whole number, as JSON Schema's integer says.
-    let r = c
-        .post(w.url("/work"))
-        .header("accept", "application/json")
-        .json(&json!({"prompt": "true", "timeout_s": 5.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit(&c, &w, json!({"prompt": "true", "timeout_s": 5.0})).await;
     wait_terminal(&c, &w, &id, Duration::from_secs(30)).await;
     // Query parameters and headers: digits only, within range.
     for (url, field, header) in [

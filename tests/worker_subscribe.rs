@@ -186,19 +186,7 @@ async fn refused_subscriptions_answer_as_before() {
     let w = Worker::start(&[("OUTPOST_TOKEN", "s3cret-token")]);
     let c = h1();
     let auth = "Bearer s3cret-token";
-    let r = c
-        .post(w.url("/work"))
-        .header("authorization", auth)
-        .header("accept", "application/json")
-        .json(&json!({"prompt": "echo hi"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_as(&c, &w, Some("s3cret-token"), json!({"prompt": "echo hi"})).await;
     let cases = [
         (format!("/work/{id}/events"), None, 401, "unauthorized"),
         (

@@ -329,9 +329,21 @@ pub async fn post_work(c: &reqwest::Client, w: &Worker, body: Value) -> reqwest:
 
 /// POSTs a task and returns its id (JSON reply).
 pub async fn submit(c: &reqwest::Client, w: &Worker, body: Value) -> String {
-    let r = c
-        .post(w.url("/work"))
-        .header("accept", "application/json")
+    submit_as(c, w, None, body).await
+}
+
+/// As [`submit`], with `Authorization: Bearer <token>` when a token is given.
+pub async fn submit_as(
+    c: &reqwest::Client,
+    w: &Worker,
+    token: Option<&str>,
+    body: Value,
+) -> String {
+    let mut req = c.post(w.url("/work")).header("accept", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = req
         .json(&body)
         .send()
         .await
