@@ -168,6 +168,12 @@ impl Shared {
     fn served_up_to(&self, mut g: MutexGuard<'_, Inner>, len: u64) -> bool {
         if len > g.durable {
             g.durable = len.min(g.len);
+            // What a slow sync kept in memory (see `TAIL_UNSYNCED`) is served now: the
+            // tail goes back to its usual size here, not at some later append (a burst
+            // followed by silence would hold megabytes until the task ends).
+            if g.tail_bytes > TAIL_MAX {
+                trim_served(&mut g);
+            }
             self.tx.send_replace(g.durable);
         }
         let again = g.durable < g.len && !g.sync_queued && g.events.is_some();
