@@ -21,6 +21,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 mod durable;
+mod encode;
+use encode::Payload;
 mod owner;
 mod read;
 pub use owner::held_elsewhere;
@@ -444,63 +446,6 @@ impl EventLog {
     /// Readers following this log right now.
     pub fn subscribers(&self) -> usize {
         self.shared.tx.receiver_count()
-    }
-}
-
-/// What follows `"event":"..."` in a record.
-enum Payload<'a> {
-    /// The fields of a JSON object (`{...}`), or nothing.
-    Object(&'a str),
-    /// Output text: `"data":"<escaped>"`.
-    Text(&'a str),
-    /// Output bytes that are not UTF-8: `"b64":"<base64>"`.
-    Bytes(&'a [u8]),
-}
-
-impl<'a> Payload<'a> {
-    /// The record's line and the raw output bytes it carries.
-    fn record(&self, id: u64, event: &str) -> io::Result<(Vec<u8>, &'a [u8])> {
-        let extra = match self {
-            Payload::Object(s) | Payload::Text(s) => s.len() + s.len() / 8,
-            Payload::Bytes(b) => b.len() * 4 / 3 + 4,
-        };
-        let mut line = Vec::with_capacity(extra + event.len() + 40);
-        line.extend_from_slice(b"{\"id\":");
-        line.extend_from_slice(id.to_string().as_bytes());
-        line.extend_from_slice(b",\"event\":\"");
-        line.extend_from_slice(event.as_bytes());
-        line.push(b'"');
-        let raw: &'a [u8] = match *self {
-            Payload::Object(body) => {
-                let inner = body
-                    .trim()
-                    .strip_prefix('{')
-                    .and_then(|b| b.strip_suffix('}'))
-                    .unwrap_or("")
-                    .trim();
-                if !inner.is_empty() {
-                    line.push(b',');
-                    line.extend_from_slice(inner.as_bytes());
-                }
-                &[]
-            }
-            Payload::Text(text) => {
-                line.extend_from_slice(b",\"data\":");
-                serde_json::to_writer(&mut line, text).map_err(io::Error::other)?;
-                text.as_bytes()
-            }
-            Payload::Bytes(bytes) => {
-                use base64::Engine;
-                line.extend_from_slice(b",\"b64\":\"");
-                let mut enc = String::with_capacity(bytes.len() * 4 / 3 + 4);
-                base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut enc);
-                line.extend_from_slice(enc.as_bytes());
-                line.push(b'"');
-                bytes
-            }
-        };
-        line.extend_from_slice(b"}\n");
-        Ok((line, raw))
     }
 }
 
