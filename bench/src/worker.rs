@@ -56,6 +56,22 @@ fn agent_uid_block() -> u32 {
     3_000_000 + ((std::process::id() % 2048) * 8 + k) * 1024
 }
 
+/// Drops the binary's pages from the page cache, so that the worker starts as a
+/// deployed one does, its code read from disk (by the kernel's readahead, in small
+/// folios). A binary just written by the linker sits in the page cache in large folios,
+/// and since Linux 6.18 a fault maps a large folio whole: the same worker then reads
+/// about 1 MiB more resident (docs/bench.md, "Code layout"). Best effort.
+fn start_as_deployed(bin: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(bin) else {
+        return;
+    };
+    // Dirty pages are not dropped: write them out first.
+    let _ = f.sync_all();
+    // SAFETY: a valid descriptor, a whole-file range and a known advice value.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// The worker bench talks to.
 pub struct Target {
     pub ep: Endpoint,
@@ -108,6 +124,7 @@ impl Target {
                 bin.display()
             );
         }
+        start_as_deployed(bin);
         let port = free_port()?;
         let under = opts.under.clone().unwrap_or_else(std::env::temp_dir);
         let dir = under.join(format!(
