@@ -302,7 +302,8 @@ fn start_pump(
 /// Hands the chunks the reader gathers to the sink, in order. A fast writer fills the
 /// terminal faster than the log takes it: its chunks go to a second thread (started
 /// on first need), so the reader keeps the terminal drained while the log is written
-/// (one thread doing both delivered half as much). Quiet output is written directly.
+/// (one thread doing both delivered half as much); that thread writes what queued up
+/// meanwhile as one piece, up to `READ_CHUNK`. Quiet output is written directly.
 struct Delivery {
     pid: i32,
     sink: Arc<Mutex<OutputSink>>,
@@ -361,12 +362,27 @@ impl Delivery {
         let thread = std::thread::Builder::new()
             .name(format!("pty-out-{}", self.pid))
             .spawn(move || {
-                for chunk in full_rx.iter() {
+                // A chunk taken from the queue that did not fit in the last write.
+                let mut next: Option<Vec<u8>> = None;
+                // Bounded by the reader: it ends when the reader drops its sender.
+                while let Some(mut chunk) = next.take().or_else(|| full_rx.recv().ok()) {
+                    // What queued behind it goes into the same write: one record, one
+                    // wake-up of each subscriber, instead of one per chunk.
+                    let mut taken = 1;
+                    while let Ok(more) = full_rx.try_recv() {
+                        if chunk.len() + more.len() > READ_CHUNK {
+                            next = Some(more);
+                            break;
+                        }
+                        chunk.extend_from_slice(&more);
+                        taken += 1;
+                        let _ = empty_tx.send(more);
+                    }
                     {
                         let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
                         (*sink)(&chunk);
                     }
-                    queued.fetch_sub(1, Ordering::AcqRel);
+                    queued.fetch_sub(taken, Ordering::AcqRel);
                     let _ = empty_tx.send(chunk);
                 }
             });
@@ -496,5 +512,30 @@ mod tests {
         assert_eq!(seen.last().map(Vec::len), Some(0), "no final empty slice");
         assert_eq!(seen.iter().filter(|c| c.is_empty()).count(), 1);
         assert_eq!(seen.concat(), sent);
+    }
+
+    /// Chunks that queue behind a slow sink reach it together, in order, none of the
+    /// pieces over `READ_CHUNK`.
+    #[test]
+    fn chunks_queued_behind_the_writer_are_written_together() {
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let sink_seen = seen.clone();
+        let sink: OutputSink = Box::new(move |b: &[u8]| {
+            std::thread::sleep(Duration::from_millis(2));
+            sink_seen.lock().unwrap().push(b.to_vec());
+        });
+        let mut d = Delivery::new(1, sink);
+        let mut sent = Vec::new();
+        for i in 0..100u32 {
+            let chunk = vec![i as u8; 3 * 1024 + i as usize];
+            sent.extend_from_slice(&chunk);
+            d.deliver(&chunk);
+        }
+        d.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.concat(), sent);
+        assert!(seen.iter().all(|c| c.len() <= READ_CHUNK));
+        // 100 chunks and the end: far fewer writes (each 2 ms write lets three queue).
+        assert!(seen.len() < 60, "{} writes for 100 chunks", seen.len());
     }
 }
