@@ -480,16 +480,22 @@ fn drain(reader: &mut File, buf: &mut [u8]) -> io::Result<(usize, bool)> {
 mod tests {
     use super::*;
 
+    /// A sink that takes `delay` per write and keeps every piece it was given.
+    fn slow_sink(delay: Duration) -> (OutputSink, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let sink_seen = seen.clone();
+        let sink: OutputSink = Box::new(move |b: &[u8]| {
+            std::thread::sleep(delay);
+            sink_seen.lock().unwrap().push(b.to_vec());
+        });
+        (sink, seen)
+    }
+
     /// Small and big chunks, a slow sink (so chunks queue up behind the writer thread):
     /// the sink sees every byte once, in order, then one empty slice.
     #[test]
     fn delivery_keeps_order_across_the_hand_off() {
-        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-        let sink_seen = seen.clone();
-        let sink: OutputSink = Box::new(move |b: &[u8]| {
-            std::thread::sleep(Duration::from_micros(200));
-            sink_seen.lock().unwrap().push(b.to_vec());
-        });
+        let (sink, seen) = slow_sink(Duration::from_micros(200));
         let mut d = Delivery::new(1, sink);
         let mut sent = Vec::new();
         for i in 0..200u32 {
@@ -518,12 +524,7 @@ mod tests {
     /// pieces over `READ_CHUNK`.
     #[test]
     fn chunks_queued_behind_the_writer_are_written_together() {
-        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-        let sink_seen = seen.clone();
-        let sink: OutputSink = Box::new(move |b: &[u8]| {
-            std::thread::sleep(Duration::from_millis(2));
-            sink_seen.lock().unwrap().push(b.to_vec());
-        });
+        let (sink, seen) = slow_sink(Duration::from_millis(2));
         let mut d = Delivery::new(1, sink);
         let mut sent = Vec::new();
         for i in 0..100u32 {
