@@ -3,8 +3,6 @@
 //! nothing needs escaping (a terminal's text mostly does not), with exactly the
 //! escapes serde_json writes, so logs read the same whichever wrote them.
 
-use std::io;
-
 /// What follows `"event":"..."` in a record.
 pub(super) enum Payload<'a> {
     /// The fields of a JSON object (`{...}`), or nothing.
@@ -17,7 +15,7 @@ pub(super) enum Payload<'a> {
 
 impl<'a> Payload<'a> {
     /// The record's line and the raw output bytes it carries.
-    pub(super) fn record(&self, id: u64, event: &str) -> io::Result<(Vec<u8>, &'a [u8])> {
+    pub(super) fn record(&self, id: u64, event: &str) -> (Vec<u8>, &'a [u8]) {
         let extra = match self {
             Payload::Object(s) | Payload::Text(s) => s.len() + s.len() / 8,
             Payload::Bytes(b) => b.len() * 4 / 3 + 4,
@@ -58,7 +56,7 @@ impl<'a> Payload<'a> {
             }
         };
         line.extend_from_slice(b"}\n");
-        Ok((line, raw))
+        (line, raw)
     }
 }
 
@@ -73,32 +71,35 @@ pub(super) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        if let Some(word) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            if !needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
-            }
-        }
-        let c = b[i];
-        match escape_of(c) {
-            None => i += 1,
-            Some(esc) => {
-                out.extend_from_slice(&b[start..i]);
-                match esc {
-                    Escape::Short(e) => out.extend_from_slice(&[b'\\', e]),
-                    Escape::Unicode => {
-                        const HEX: &[u8; 16] = b"0123456789abcdef";
-                        out.extend_from_slice(b"\\u00");
-                        out.push(HEX[usize::from(c >> 4)]);
-                        out.push(HEX[usize::from(c & 0xf)]);
-                    }
+        // Eight bytes at a time while none needs escaping; a word that has one (or
+        // the last few bytes) is gone through byte by byte.
+        let end = match b.get(i..i + 8) {
+            Some(word) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                if !needs_escape(u64::from_le_bytes(w)) {
+                    i += 8;
+                    continue;
                 }
-                i += 1;
-                start = i;
+                i + 8
             }
+            None => b.len(),
+        };
+        for (j, &c) in b.iter().enumerate().take(end).skip(i) {
+            let Some(esc) = escape_of(c) else { continue };
+            out.extend_from_slice(&b[start..j]);
+            match esc {
+                Escape::Short(e) => out.extend_from_slice(&[b'\\', e]),
+                Escape::Unicode => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(c >> 4)]);
+                    out.push(HEX[usize::from(c & 0xf)]);
+                }
+            }
+            start = j + 1;
         }
+        i = end;
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');

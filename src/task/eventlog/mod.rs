@@ -320,7 +320,7 @@ impl EventLog {
             ));
         }
         let id = g.next_id;
-        let (line, raw) = payload.record(id, event)?;
+        let (line, raw) = payload.record(id, event);
         let f = g
             .events
             .as_ref()
