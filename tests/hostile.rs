@@ -477,3 +477,70 @@ async fn new_work_is_refused_while_the_data_dir_is_nearly_full() {
         "{e}"
     );
 }
+
+/// The task's cgroup directory in the v1 pids hierarchy, from a `cat /proc/self/cgroup`.
+fn pids_cgroup_of(out: &str) -> Option<std::path::PathBuf> {
+    let path = out.lines().find_map(|l| {
+        let mut parts = l.trim().splitn(3, ':');
+        let (_, ctls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctls.split(',').any(|c| c == "pids").then_some(path)
+    })?;
+    Some(std::path::Path::new("/sys/fs/cgroup/pids").join(path.trim_start_matches('/')))
+}
+
+#[tokio::test]
+async fn a_cgroup_is_reused_only_after_a_task_that_left_nothing_behind() {
+    if !root_or_skip() {
+        return;
+    }
+    let w = worker(&[("OUTPOST_MAX_TASKS", "1")]);
+    let c = authed();
+    let h: Value = get_json(&c, w.url("/hello")).await;
+    if h["containment"] != "cgroup1" {
+        eprintln!("skipped: cgroups are reused on v1 only ({h})");
+        return;
+    }
+    // A: a third of a second of CPU, nothing left behind: its cgroup is kept.
+    let burn = "cat /proc/self/cgroup; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done";
+    let (out_a, a) = run(&c, &w, json!({"prompt": burn})).await;
+    assert_eq!(a["status"], "done", "{a}");
+    let dir_a = pids_cgroup_of(&out_a).expect("no pids cgroup line");
+    let id_a = a["id"].as_str().unwrap();
+    assert!(dir_a.ends_with(id_a), "{out_a}");
+    let cpu_a = a["resources"]["cpu_seconds"].as_f64().unwrap();
+    assert!(cpu_a > 0.1, "{a}");
+    assert!(dir_a.is_dir(), "A's cgroup was not kept for the next task");
+
+    // B: A's cgroup renamed after B, its counters reset.
+    let (out_b, b) = run(&c, &w, json!({"prompt": "cat /proc/self/cgroup"})).await;
+    assert_eq!(b["status"], "done", "{b}");
+    let dir_b = pids_cgroup_of(&out_b).expect("no pids cgroup line");
+    assert!(dir_b.ends_with(b["id"].as_str().unwrap()), "{out_b}");
+    assert!(!dir_a.exists(), "A's cgroup is still there under its name");
+    let cpu_b = b["resources"]["cpu_seconds"].as_f64().unwrap();
+    assert!(
+        cpu_b < cpu_a / 2.0,
+        "B reported A's CPU too: {cpu_b} after {cpu_a}"
+    );
+    let peak_b = b["resources"]["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak_b > 0 && peak_b < 8 << 20, "{b}");
+
+    // C leaves a process behind: it is killed, and C's cgroup is removed, not kept.
+    let (out_c, t) = run(
+        &c,
+        &w,
+        json!({"prompt": "cat /proc/self/cgroup; setsid sleep 4401 </dev/null >/dev/null 2>&1 & sleep 0.2"}),
+    )
+    .await;
+    assert_eq!(t["status"], "done", "{t}");
+    let dir_c = pids_cgroup_of(&out_c).expect("no pids cgroup line");
+    assert!(running("sleep 4401").is_empty(), "left behind");
+    assert!(!dir_c.exists(), "a cgroup something was killed in was kept");
+
+    // D: a cgroup of its own again.
+    let (out_d, d) = run(&c, &w, json!({"prompt": "cat /proc/self/cgroup"})).await;
+    assert_eq!(d["status"], "done", "{d}");
+    let dir_d = pids_cgroup_of(&out_d).expect("no pids cgroup line");
+    assert!(dir_d.ends_with(d["id"].as_str().unwrap()), "{out_d}");
+    alive_and_serving(&c, &w).await;
+}

@@ -12,6 +12,8 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cgroup::{Cgroups, Limits, TaskCgroup, Version};
@@ -53,7 +55,7 @@ impl Kind {
 /// The worker's containment, set up once.
 pub struct Containment {
     kind: Kind,
-    cgroups: Option<Cgroups>,
+    cgroups: Option<Arc<Cgroups>>,
     identity: Identity,
     limits: Limits,
     /// Why a weaker kind is in force, for the log.
@@ -108,7 +110,7 @@ impl Containment {
                         let note = (swept > 0).then(|| {
                         format!("killed the processes of {swept} task cgroup(s) an earlier run left")
                     });
-                        (kind, Some(cg), note)
+                        (kind, Some(Arc::new(cg)), note)
                     }
                     Err(e) => fallback(Some(format!("no cgroups for tasks: {e}"))),
                 }
@@ -155,7 +157,7 @@ impl Containment {
             Some(cg) => {
                 let c = cg.create(task_id, self.limits)?;
                 plan.cgroup_procs = c.procs_files();
-                Some(c)
+                Some((c, cg.clone()))
             }
             None => None,
         };
@@ -170,6 +172,8 @@ impl Containment {
             uid: user.0,
             plan,
             leader: None,
+            emptied: AtomicBool::new(false),
+            left_behind: AtomicBool::new(false),
         })
     }
 }
@@ -177,10 +181,15 @@ impl Containment {
 /// The containment of one task.
 pub struct Jail {
     kind: Kind,
-    cgroup: Option<TaskCgroup>,
+    /// The task's cgroup, and the worker's that it returns to at the end.
+    cgroup: Option<(TaskCgroup, Arc<Cgroups>)>,
     uid: u32,
     plan: ExecPlan,
     leader: Option<i32>,
+    /// A kill found the cgroup empty: nothing can enter it any more.
+    emptied: AtomicBool,
+    /// A kill found processes left in it.
+    left_behind: AtomicBool,
 }
 
 impl Jail {
@@ -203,7 +212,19 @@ impl Jail {
     /// two seconds at most). Returns whether none is left.
     pub fn kill_all(&self) -> bool {
         match self.kind {
-            Kind::Cgroup1 | Kind::Cgroup2 => self.cgroup.as_ref().is_none_or(TaskCgroup::kill_all),
+            Kind::Cgroup1 | Kind::Cgroup2 => {
+                let Some((c, _)) = &self.cgroup else {
+                    return true;
+                };
+                let out = c.kill_all();
+                if out.killed {
+                    self.left_behind.store(true, Ordering::Relaxed);
+                }
+                if out.empty {
+                    self.emptied.store(true, Ordering::Relaxed);
+                }
+                out.empty
+            }
             Kind::Uid => {
                 kill_uid(self.uid);
                 // Stragglers (the killer was slow, or something was mid-fork): by pid.
@@ -221,7 +242,7 @@ impl Jail {
     /// Processes of the task alive now (for tests and `/metrics`).
     pub fn processes(&self) -> Vec<i32> {
         match (&self.cgroup, self.kind, self.leader) {
-            (Some(c), _, _) => c.pids(),
+            (Some((c, _)), _, _) => c.pids(),
             (None, Kind::Uid, _) => processes_where(|p| p.uid == self.uid)
                 .iter()
                 .map(|p| p.pid)
@@ -237,7 +258,7 @@ impl Jail {
     /// CPU time and peak memory of the task: from its cgroup, else from the kernel's
     /// account of the leader and what it waited for.
     pub fn usage(&self, leader: Option<&Reaped>) -> (u64, u64) {
-        if let Some(c) = &self.cgroup {
+        if let Some((c, _)) = &self.cgroup {
             let u = c.usage();
             if u.cpu_us > 0 || u.memory_peak > 0 {
                 return (u.cpu_us, u.memory_peak);
@@ -248,19 +269,25 @@ impl Jail {
 
     /// Memory the task holds now, where a cgroup tells.
     pub fn memory_now(&self) -> Option<u64> {
-        self.cgroup.as_ref().and_then(TaskCgroup::memory_now)
+        self.cgroup.as_ref().and_then(|(c, _)| c.memory_now())
     }
 
     /// Whether the kernel's OOM killer acted inside the task (cgroups only).
     pub fn oom_killed(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(TaskCgroup::oom_killed)
+        self.cgroup.as_ref().is_some_and(|(c, _)| c.oom_killed())
     }
 
-    /// Kills what is left and removes the task's cgroup (blocking).
+    /// Kills what is left and removes the task's cgroup, or keeps it for the next task
+    /// when the task left nothing behind (blocking). A cgroup found empty once stays
+    /// empty: none of its processes is left to start another, and nothing else joins.
     pub fn release(&self) {
-        self.kill_all();
-        if let Some(c) = &self.cgroup {
-            c.remove();
+        if !self.emptied.load(Ordering::Relaxed) {
+            self.kill_all();
+        }
+        if let Some((c, cgroups)) = &self.cgroup {
+            let reusable =
+                self.emptied.load(Ordering::Relaxed) && !self.left_behind.load(Ordering::Relaxed);
+            cgroups.release(c, reusable);
         }
     }
 }

@@ -77,7 +77,7 @@ fn v2_parent_gets_controllers_and_tasks_get_limits() {
     );
     assert!(task.oom_killed());
     // An empty sample cgroup is empty at once.
-    assert!(task.kill_all());
+    assert!(task.kill_all().empty);
     assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
 }
 
@@ -136,4 +136,91 @@ fn v1_uses_each_hierarchys_own_path() {
     assert_eq!(task.usage().memory_peak, 5000);
     // Sweeping finds the task cgroup an earlier run left behind.
     assert_eq!(cg.sweep(&|_| false), 1);
+}
+
+/// A v1 sample tree with the four hierarchies at `/`.
+fn sample_v1() -> (tempfile::TempDir, Cgroups, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let proc_self = t.path().join("proc");
+    let root = t.path().join("cg");
+    fs::create_dir_all(&proc_self).unwrap();
+    fs::write(
+        proc_self.join("cgroup"),
+        "8:pids:/\n6:freezer:/\n4:memory:/\n2:cpu,cpuacct:/\n",
+    )
+    .unwrap();
+    for d in V1_CONTROLLERS {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let cg = Cgroups::setup_at(&proc_self, &root, "k3").unwrap();
+    (t, cg, root)
+}
+
+#[test]
+fn v1_a_clean_cgroup_is_renamed_for_the_next_task_with_its_counters_reset() {
+    let (_t, cg, root) = sample_v1();
+    let limits = Limits {
+        memory: Some(1 << 30),
+        pids: Some(100),
+    };
+    let a = cg.create("t-a", limits).unwrap();
+    let at = |ctl: &str, name: &str| root.join(ctl).join("outpost-k3").join(name);
+    fs::write(at("cpuacct", "t-a").join("cpuacct.usage"), "7000\n").unwrap();
+    fs::write(at("memory", "t-a").join("memory.max_usage_in_bytes"), "9\n").unwrap();
+    fs::write(at("memory", "t-a").join("memory.usage_in_bytes"), "4096\n").unwrap();
+    cg.release(&a, true);
+    assert!(at("pids", "t-a").is_dir(), "kept while idle");
+
+    let b = cg.create("t-b", limits).unwrap();
+    for ctl in V1_CONTROLLERS {
+        assert!(!at(ctl, "t-a").exists(), "{ctl}: still under A's name");
+        assert!(at(ctl, "t-b").is_dir(), "{ctl}: not renamed after B");
+    }
+    assert_eq!(b.usage(), Usage::default(), "A's counters were not reset");
+    // The limits came along with the directory.
+    assert_eq!(
+        fs::read_to_string(at("pids", "t-b").join("pids.max")).unwrap(),
+        "100"
+    );
+}
+
+#[test]
+fn v1_a_cgroup_is_not_reused_after_processes_were_killed_an_oom_or_a_large_charge() {
+    let (_t, cg, root) = sample_v1();
+    let at = |name: &str| root.join("memory/outpost-k3").join(name);
+    let limits = Limits::default();
+    // Processes left behind.
+    let a = cg.create("t-a", limits).unwrap();
+    fs::write(at("t-a").join("memory.usage_in_bytes"), "0\n").unwrap();
+    cg.release(&a, false);
+    // An OOM kill.
+    let b = cg.create("t-b", limits).unwrap();
+    fs::write(at("t-b").join("memory.oom_control"), "oom_kill 1\n").unwrap();
+    cg.release(&b, true);
+    // More than the most a reused cgroup may hold.
+    let c = cg.create("t-c", limits).unwrap();
+    let big = (REUSE_MAX_CHARGE + 1).to_string();
+    fs::write(at("t-c").join("memory.usage_in_bytes"), big).unwrap();
+    cg.release(&c, true);
+    // None was kept: the next task's cgroup is new. (Their memory directories hold the
+    // files written above, so removing them failed and they are still there: a kept
+    // one would have been renamed to t-d.)
+    cg.create("t-d", limits).unwrap();
+    for name in ["t-a", "t-b", "t-c", "t-d"] {
+        assert!(at(name).is_dir(), "{name}");
+    }
+    assert!(!root.join("pids/outpost-k3/t-c").exists(), "not removed");
+}
+
+#[test]
+fn v2_cgroups_are_not_reused() {
+    let (_t, proc_self, root) = sample_v2("cpu memory pids\n", "");
+    let cg = Cgroups::setup_at(&proc_self, &root, "k4").unwrap();
+    let a = cg.create("t-a", Limits::default()).unwrap();
+    fs::remove_dir_all(root.join("system.slice/outpost.service/outpost-k4/t-a")).unwrap();
+    cg.release(&a, true);
+    cg.create("t-b", Limits::default()).unwrap();
+    let parent = root.join("system.slice/outpost.service/outpost-k4");
+    assert!(!parent.join("t-a").exists());
+    assert!(parent.join("t-b").is_dir());
 }
