@@ -240,11 +240,19 @@ impl AgentHandle {
 /// The agent's environment: ours without the secrets and the worker's own settings,
 /// `TERM`, then the task's own.
 fn agent_env(extra: &[(String, String)]) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !SECRET_ENV.iter().any(|s| k == s) && !k.as_encoded_bytes().starts_with(b"OUTPOST_")
+    // The worker's environment does not change once it runs (nothing sets a variable):
+    // filtered once, not on every task start.
+    static BASE: std::sync::OnceLock<BTreeMap<OsString, OsString>> = std::sync::OnceLock::new();
+    let mut env = BASE
+        .get_or_init(|| {
+            std::env::vars_os()
+                .filter(|(k, _)| {
+                    !SECRET_ENV.iter().any(|s| k == s)
+                        && !k.as_encoded_bytes().starts_with(b"OUTPOST_")
+                })
+                .collect()
         })
-        .collect();
+        .clone();
     env.insert("TERM".into(), "xterm-256color".into());
     for (k, v) in extra {
         env.insert(k.into(), v.into());

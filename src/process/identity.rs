@@ -146,12 +146,29 @@ fn parse_passwd(text: &str) -> Vec<(String, u32, u32)> {
         .collect()
 }
 
-/// The name /etc/passwd gives `uid`, if any.
+/// The name /etc/passwd gives `uid`, if any. Looked up once per uid while the file is
+/// unchanged (same modification time and size): it is asked on every task start.
 pub fn name_of(uid: u32) -> Option<String> {
-    parse_passwd(&read_passwd())
-        .into_iter()
-        .find(|u| u.1 == uid)
-        .map(|u| u.0)
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    type Seen = (Option<(i64, i64, u64)>, BTreeMap<u32, Option<String>>);
+    static CACHE: Mutex<Seen> = Mutex::new((None, BTreeMap::new()));
+    let stamp = fs::metadata("/etc/passwd")
+        .ok()
+        .map(|m| (m.mtime(), m.mtime_nsec(), m.size()));
+    let mut g = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if g.0 != stamp || stamp.is_none() {
+        *g = (stamp, BTreeMap::new());
+    }
+    g.1.entry(uid)
+        .or_insert_with(|| {
+            parse_passwd(&read_passwd())
+                .into_iter()
+                .find(|u| u.1 == uid)
+                .map(|u| u.0)
+        })
+        .clone()
 }
 
 /// The text of /etc/passwd, or nothing (a `FROM scratch` image may have none).

@@ -276,22 +276,32 @@ impl Registry {
         if excess == 0 {
             return Vec::new();
         }
-        let mut ids = Vec::new();
-        for id in &g.order {
+        // Positions in `order`, ascending (usually its first few: the oldest tasks).
+        let mut at = Vec::new();
+        for (i, id) in g.order.iter().enumerate() {
             if excess == 0 {
                 break;
             }
             if g.by_id.get(id).is_some_and(|t| t.status().is_terminal()) {
-                ids.push(id.clone());
+                at.push(i);
                 excess -= 1;
             }
         }
-        let doomed: Vec<PathBuf> = ids
-            .iter()
-            .filter_map(|id| g.by_id.remove(id))
-            .map(|t| t.dir().to_path_buf())
-            .collect();
-        g.order.retain(|id| !ids.contains(id));
+        let mut doomed: Vec<PathBuf> = Vec::with_capacity(at.len());
+        for &i in &at {
+            if let Some(t) = g.by_id.remove(&g.order[i]) {
+                doomed.push(t.dir().to_path_buf());
+            }
+        }
+        if at.last().is_some_and(|&last| last + 1 == at.len()) {
+            g.order.drain(..at.len());
+        } else {
+            let mut i = 0;
+            g.order.retain(|_| {
+                i += 1;
+                at.binary_search(&(i - 1)).is_err()
+            });
+        }
         self.pruned.add(doomed.len() as u64);
         doomed
     }

@@ -62,8 +62,7 @@ impl Shared {
             g = back;
         }
         if let Some(dir) = g.unsynced_dir.take() {
-            sync_dir(&dir)?;
-            sync_parents(&[dir.as_path()]);
+            sync_new_dir(&dir)?;
         }
         Ok(g)
     }
@@ -188,7 +187,7 @@ fn sync_one(log: &Arc<Shared>) -> bool {
     };
     let r = match &dir {
         // A new log's file is synced whole with its directory.
-        Some(d) => sync_dir(d).map(|()| sync_parents(&[d.as_path()])),
+        Some(d) => sync_new_dir(d),
         None => file.sync_data(),
     };
     if let Err(e) = r {
@@ -203,24 +202,28 @@ fn sync_one(log: &Arc<Shared>) -> bool {
 }
 
 /// Syncs a new log's directory: every file in it (the log included: data and size),
-/// then the directory itself.
-pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::File::open(entry.path())?.sync_all()?;
+/// the directory itself and its entry in the parent (`tasks/`), all at once (see
+/// `fanout`). Fails where a file or the directory could not be synced; a parent that
+/// could not be is logged (its entry may be on disk already).
+pub(super) fn sync_new_dir(dir: &Path) -> std::io::Result<()> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    paths.push(dir.to_path_buf());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    paths.extend(parent.map(Path::to_path_buf));
+    let results = super::fanout::sync_together(&paths);
+    let last = results.len().saturating_sub(1);
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Err(e) if parent.is_some() && i == last => {
+                tracing::warn!("syncing a directory of event logs failed: {e}");
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
     }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Syncs the parent of each directory (each parent once): their entries in it.
-pub(super) fn sync_parents(dirs: &[&Path]) {
-    let mut parents: Vec<&Path> = dirs.iter().filter_map(|d| d.parent()).collect();
-    parents.sort_unstable();
-    parents.dedup();
-    for p in parents {
-        if let Err(e) = std::fs::File::open(p).and_then(|f| f.sync_all()) {
-            tracing::warn!(dir = %p.display(), "syncing a directory of event logs failed: {e}");
-        }
-    }
+    Ok(())
 }

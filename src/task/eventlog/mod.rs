@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 mod durable;
 mod encode;
+mod fanout;
 use encode::Payload;
 mod owner;
 mod read;
