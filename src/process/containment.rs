@@ -13,10 +13,10 @@
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{Cgroups, Limits, TaskCgroup, Version};
+use super::cgroup::{Cgroups, Ended, Limits, TaskCgroup, Version};
 use super::exec::{ExecPlan, KILL_UID_ARG};
 use super::identity::Identity;
 use super::reaper::{reaper, Reaped};
@@ -174,6 +174,7 @@ impl Containment {
             leader: None,
             emptied: AtomicBool::new(false),
             left_behind: AtomicBool::new(false),
+            oom: OnceLock::new(),
         })
     }
 }
@@ -190,6 +191,8 @@ pub struct Jail {
     emptied: AtomicBool,
     /// A kill found processes left in it.
     left_behind: AtomicBool,
+    /// Whether the OOM killer acted in it, once asked (after the task's end).
+    oom: OnceLock<bool>,
 }
 
 impl Jail {
@@ -273,8 +276,11 @@ impl Jail {
     }
 
     /// Whether the kernel's OOM killer acted inside the task (cgroups only).
+    /// Asked once the task has ended, the answer is kept (for [`Jail::release`]).
     pub fn oom_killed(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(|(c, _)| c.oom_killed())
+        *self
+            .oom
+            .get_or_init(|| self.cgroup.as_ref().is_some_and(|(c, _)| c.oom_killed()))
     }
 
     /// Kills what is left and removes the task's cgroup, or keeps it for the next task
@@ -285,9 +291,12 @@ impl Jail {
             self.kill_all();
         }
         if let Some((c, cgroups)) = &self.cgroup {
-            let reusable =
-                self.emptied.load(Ordering::Relaxed) && !self.left_behind.load(Ordering::Relaxed);
-            cgroups.release(c, reusable);
+            let end = Ended {
+                left_behind: !self.emptied.load(Ordering::Relaxed)
+                    || self.left_behind.load(Ordering::Relaxed),
+                oom_killed: self.oom_killed(),
+            };
+            cgroups.release(c, end);
         }
     }
 }

@@ -15,6 +15,8 @@ use super::write_json_atomic;
 const PRUNED_FILE: &str = "pruned.json";
 /// The housekeeping thread's nice value (0 is normal, 19 the lowest).
 const NICE: libc::c_int = 10;
+/// How long the housekeeping thread gathers pruned tasks before deleting them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The count of pruned tasks and the thread that deletes them.
 pub(super) struct Pruned {
@@ -85,7 +87,13 @@ impl Pruned {
             .name("outpost-prune".to_string())
             .spawn(move || {
                 lower_priority();
-                for dirs in rx.iter() {
+                for mut dirs in rx.iter() {
+                    // What more comes meanwhile goes with it: one write of the count per
+                    // batch, not per task end (tasks back to back end hundreds a second).
+                    std::thread::sleep(LINGER);
+                    while let Ok(more) = rx.try_recv() {
+                        dirs.extend(more);
+                    }
                     record_and_delete(&file, &total, dirs);
                 }
             });

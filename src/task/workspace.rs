@@ -103,7 +103,9 @@ pub fn hand_over(
         private_dir(&h)?;
         // HOME is kept across tasks: what is in it the agents wrote.
         chown_tree(&h, uid, gid, 1, RootOwned::Keep)?;
-        chown_tree(&run, uid, gid, 2, RootOwned::Give)?;
+        // The run dir and its entries: `tmp` (just made, empty), the context file, and
+        // a scratch work dir, which the loop below walks whole.
+        chown_tree(&run, uid, gid, 1, RootOwned::Give)?;
         for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
             chown_tree(p, uid, gid, 4096, RootOwned::Give)?;
         }

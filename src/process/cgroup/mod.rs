@@ -65,6 +65,15 @@ pub struct Cgroups {
 /// task's peak and current figures include it.
 pub const REUSE_MAX_CHARGE: u64 = 1 << 20;
 
+/// How a task ended, for [`Cgroups::release`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ended {
+    /// Processes were left (and killed), or it was never found empty.
+    pub left_behind: bool,
+    /// The kernel's OOM killer acted inside it.
+    pub oom_killed: bool,
+}
+
 /// At most this many idle cgroups are kept.
 const IDLE_MAX: usize = 64;
 
@@ -132,13 +141,14 @@ impl Cgroups {
         Ok(cg)
     }
 
-    /// The end of a task's cgroup: kept for the next task where `reusable` (its task
-    /// left no process behind) and its charge and OOM count allow, else removed.
-    pub fn release(&self, cg: &TaskCgroup, reusable: bool) {
-        let keep = reusable
+    /// The end of a task's cgroup: kept for the next task where its task left no
+    /// process behind, saw no OOM kill (v1's count cannot be reset) and its charge
+    /// allows, else removed.
+    pub fn release(&self, cg: &TaskCgroup, end: Ended) {
+        let keep = !end.left_behind
+            && !end.oom_killed
             && self.version == Version::V1
-            && cg.memory_now().unwrap_or(0) <= REUSE_MAX_CHARGE
-            && !cg.oom_killed();
+            && cg.memory_now().unwrap_or(0) <= REUSE_MAX_CHARGE;
         if keep {
             let mut idle = self.idle();
             if idle.len() < IDLE_MAX {

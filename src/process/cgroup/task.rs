@@ -97,17 +97,22 @@ impl TaskCgroup {
         }
     }
 
-    /// The processes in the cgroup now.
+    /// The processes in the cgroup now. On v1 one hierarchy tells (pids, else memory):
+    /// every process of the task is in each of them, since its first process joined all
+    /// before its first instruction, the rest were born inside, and moving one out takes
+    /// writing into another cgroup, which only root can.
     pub fn pids(&self) -> Vec<i32> {
-        let mut out: Vec<i32> = Vec::new();
-        for d in self.dirs.iter().flatten() {
-            if let Ok(text) = read_small(&d.join("cgroup.procs")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
+        let dir = match self.version {
+            Version::V2 => self.dir(0),
+            Version::V1 => self.dir(PIDS).or_else(|| self.dir(MEMORY)),
+        };
+        let Some(text) = dir.and_then(|d| read_small(&d.join("cgroup.procs")).ok()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .collect();
         out.sort_unstable();
         out.dedup();
         out

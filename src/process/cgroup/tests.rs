@@ -168,7 +168,7 @@ fn v1_a_clean_cgroup_is_renamed_for_the_next_task_with_its_counters_reset() {
     fs::write(at("cpuacct", "t-a").join("cpuacct.usage"), "7000\n").unwrap();
     fs::write(at("memory", "t-a").join("memory.max_usage_in_bytes"), "9\n").unwrap();
     fs::write(at("memory", "t-a").join("memory.usage_in_bytes"), "4096\n").unwrap();
-    cg.release(&a, true);
+    cg.release(&a, Ended::default());
     assert!(at("pids", "t-a").is_dir(), "kept while idle");
 
     let b = cg.create("t-b", limits).unwrap();
@@ -192,16 +192,25 @@ fn v1_a_cgroup_is_not_reused_after_processes_were_killed_an_oom_or_a_large_charg
     // Processes left behind.
     let a = cg.create("t-a", limits).unwrap();
     fs::write(at("t-a").join("memory.usage_in_bytes"), "0\n").unwrap();
-    cg.release(&a, false);
+    let left = Ended {
+        left_behind: true,
+        oom_killed: false,
+    };
+    cg.release(&a, left);
     // An OOM kill.
     let b = cg.create("t-b", limits).unwrap();
     fs::write(at("t-b").join("memory.oom_control"), "oom_kill 1\n").unwrap();
-    cg.release(&b, true);
+    let oom = Ended {
+        left_behind: false,
+        oom_killed: b.oom_killed(),
+    };
+    assert!(oom.oom_killed);
+    cg.release(&b, oom);
     // More than the most a reused cgroup may hold.
     let c = cg.create("t-c", limits).unwrap();
     let big = (REUSE_MAX_CHARGE + 1).to_string();
     fs::write(at("t-c").join("memory.usage_in_bytes"), big).unwrap();
-    cg.release(&c, true);
+    cg.release(&c, Ended::default());
     // None was kept: the next task's cgroup is new. (Their memory directories hold the
     // files written above, so removing them failed and they are still there: a kept
     // one would have been renamed to t-d.)
@@ -218,7 +227,7 @@ fn v2_cgroups_are_not_reused() {
     let cg = Cgroups::setup_at(&proc_self, &root, "k4").unwrap();
     let a = cg.create("t-a", Limits::default()).unwrap();
     fs::remove_dir_all(root.join("system.slice/outpost.service/outpost-k4/t-a")).unwrap();
-    cg.release(&a, true);
+    cg.release(&a, Ended::default());
     cg.create("t-b", Limits::default()).unwrap();
     let parent = root.join("system.slice/outpost.service/outpost-k4");
     assert!(!parent.join("t-a").exists());
