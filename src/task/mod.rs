@@ -191,10 +191,9 @@ impl Task {
             agent: end.agent.clone(),
             resumed_from: self.meta.resumed_from.clone(),
         };
-        self.log
-            .append("status", &json!({ "status": status }).to_string())?;
         let payload = serde_json::to_string(&done).map_err(io::Error::other)?;
-        self.log.append("done", &payload)?;
+        self.log
+            .append_end(&json!({ "status": status }).to_string(), &payload)?;
         st.status = status;
         st.exit_code = end.exit_code;
         st.commit = end.commit;

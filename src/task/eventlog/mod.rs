@@ -313,33 +313,64 @@ impl EventLog {
         self.append_payload("output", Payload::Bytes(bytes))
     }
 
+    /// Appends the task's last status and its `done` with one write and one sync, before
+    /// either is served. Returns the id of `done`.
+    pub fn append_end(&self, status: &str, done: &str) -> io::Result<u64> {
+        self.append_records(&[
+            ("status", Payload::Object(status)),
+            ("done", Payload::Object(done)),
+        ])
+    }
+
     fn append_payload(&self, event: &'static str, payload: Payload<'_>) -> io::Result<u64> {
+        self.append_records(&[(event, payload)])
+    }
+
+    /// Appends `records` (ids in order) with one write; how they are served follows the
+    /// last one. Returns its id.
+    fn append_records(&self, records: &[(&'static str, Payload<'_>)]) -> io::Result<u64> {
+        let Some(&(event, _)) = records.last() else {
+            return Err(io::Error::other("no record to append"));
+        };
         let mut g = self.lock();
         if g.closed {
             return Err(io::Error::other(
                 "the task's event log is closed: it already ended",
             ));
         }
-        let id = g.next_id;
-        let (line, raw) = payload.record(id, event);
+        let first_id = g.next_id;
+        let mut lines = Vec::with_capacity(records.len());
+        let mut raw_len = 0;
+        for (i, (event, payload)) in records.iter().enumerate() {
+            let (line, raw) = payload.record(first_id + i as u64, event);
+            raw_len += raw.len();
+            lines.push(line);
+        }
         let f = g
             .events
             .as_ref()
             .ok_or_else(|| io::Error::other("event log is not open"))?;
-        (&**f).write_all(&line)?;
-        let offset = g.len;
-        g.len += line.len() as u64;
-        g.output_bytes += raw.len() as u64;
-        g.next_id += 1;
-        let rec = Record {
-            id,
-            event: Bytes::from_static(event.as_bytes()),
-            offset,
-            line: Bytes::from(line),
-        };
-        let rec_len = rec.line.len();
-        g.tail_bytes += rec_len;
-        g.tail.push_back(rec);
+        match lines.as_slice() {
+            [one] => (&**f).write_all(one)?,
+            many => (&**f).write_all(&many.concat())?,
+        }
+        g.output_bytes += raw_len as u64;
+        let mut id = first_id;
+        let mut rec_len = 0;
+        for ((event, _), line) in records.iter().zip(lines) {
+            id = g.next_id;
+            rec_len = line.len();
+            let rec = Record {
+                id,
+                event: Bytes::from_static(event.as_bytes()),
+                offset: g.len,
+                line: Bytes::from(line),
+            };
+            g.len += rec_len as u64;
+            g.next_id += 1;
+            g.tail_bytes += rec_len;
+            g.tail.push_back(rec);
+        }
         if g.tail_bytes > TAIL_MAX {
             trim_served(&mut g);
         }

@@ -264,3 +264,36 @@ fn a_new_logs_directory_is_synced_before_its_first_record_is_served() {
     assert!(g.unsynced_dir.is_none() && g.closed);
     assert_eq!(g.durable, g.len);
 }
+
+#[test]
+fn the_last_status_and_done_go_in_one_write_served_together_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::create(dir.path()).unwrap();
+    log.append("status", r#"{"status":"working"}"#).unwrap();
+    let done = log
+        .append_end(r#"{"status":"done"}"#, r#"{"status":"done","exit_code":0}"#)
+        .unwrap();
+    assert_eq!(done, 3);
+    // Durable (and so served) when append_end returns: no wait for a syncer.
+    let mut c = Cursor::after(1);
+    let recs = match log.read_file(&mut c, 1 << 20).unwrap() {
+        Read::Records(v) => v,
+        other => panic!("expected records, got {other:?}"),
+    };
+    let events: Vec<(u64, &[u8])> = recs.iter().map(|r| (r.id, &r.event[..])).collect();
+    assert_eq!(events, vec![(2, &b"status"[..]), (3, &b"done"[..])]);
+    assert!(recs[1].is_done());
+    assert!(log.append_end("{}", "{}").is_err(), "appended after done");
+    drop(log);
+    let text = std::fs::read_to_string(dir.path().join(EVENTS_FILE)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].starts_with(r#"{"id":2,"event":"status""#),
+        "{text}"
+    );
+    assert!(lines[2].starts_with(r#"{"id":3,"event":"done""#), "{text}");
+    let (log, last) = reopen(dir.path());
+    assert!(last.unwrap().is_done());
+    assert_eq!(log.last_id(), 3);
+}
