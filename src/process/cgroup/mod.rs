@@ -211,19 +211,25 @@ fn mkdir(p: &Path) -> Result<(), String> {
 }
 
 /// A small control file's text: one read and the one that finds its end (`fs::read_to_string`
-/// asks for the size first, and reads a file of unknown size in growing pieces).
+/// asks for the size first, and reads a file of unknown size in growing pieces). The
+/// buffer is on the heap: these reads run on the blocking pool's threads, and a buffer
+/// on their stacks would keep a page of each of them (hundreds, with as many tasks).
 fn read_small(p: &Path) -> io::Result<String> {
     let mut f = fs::File::open(p)?;
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut text = vec![0u8; 512];
+    let mut len = 0;
     loop {
-        match f.read(&mut chunk) {
+        if len == text.len() {
+            text.resize(len * 2, 0);
+        }
+        match f.read(&mut text[len..]) {
             Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    text.truncate(len);
     String::from_utf8(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
