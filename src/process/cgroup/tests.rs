@@ -90,19 +90,11 @@ fn v2_without_memory_controller_is_refused_with_advice() {
 
 #[test]
 fn v1_uses_each_hierarchys_own_path() {
-    let t = tempfile::tempdir().unwrap();
-    let proc_self = t.path().join("proc");
-    let root = t.path().join("cg");
-    fs::create_dir_all(&proc_self).unwrap();
-    fs::write(
-        proc_self.join("cgroup"),
+    let (_t, cg, root) = sample_v1(
         "8:pids:/\n6:freezer:/\n4:memory:/box/abc\n2:cpu,cpuacct:/\n0::/\n",
-    )
-    .unwrap();
-    for d in ["pids", "freezer", "memory/box/abc", "cpuacct"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let cg = Cgroups::setup_at(&proc_self, &root, "k2").unwrap();
+        &["pids", "freezer", "memory/box/abc", "cpuacct"],
+        "k2",
+    );
     assert_eq!(cg.version(), Version::V1);
     let task = cg
         .create(
@@ -138,27 +130,33 @@ fn v1_uses_each_hierarchys_own_path() {
     assert_eq!(cg.sweep(&|_| false), 1);
 }
 
-/// A v1 sample tree with the four hierarchies at `/`.
-fn sample_v1() -> (tempfile::TempDir, Cgroups, PathBuf) {
+/// A v1 sample tree: `/proc/self/cgroup` says `table`, the hierarchies' directories
+/// are `dirs`, and the parent is set up with `key`.
+fn sample_v1(table: &str, dirs: &[&str], key: &str) -> (tempfile::TempDir, Cgroups, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let proc_self = t.path().join("proc");
     let root = t.path().join("cg");
     fs::create_dir_all(&proc_self).unwrap();
-    fs::write(
-        proc_self.join("cgroup"),
-        "8:pids:/\n6:freezer:/\n4:memory:/\n2:cpu,cpuacct:/\n",
-    )
-    .unwrap();
-    for d in V1_CONTROLLERS {
+    fs::write(proc_self.join("cgroup"), table).unwrap();
+    for d in dirs {
         fs::create_dir_all(root.join(d)).unwrap();
     }
-    let cg = Cgroups::setup_at(&proc_self, &root, "k3").unwrap();
+    let cg = Cgroups::setup_at(&proc_self, &root, key).unwrap();
     (t, cg, root)
+}
+
+/// The four hierarchies at `/`.
+fn plain_v1() -> (tempfile::TempDir, Cgroups, PathBuf) {
+    sample_v1(
+        "8:pids:/\n6:freezer:/\n4:memory:/\n2:cpu,cpuacct:/\n",
+        &V1_CONTROLLERS,
+        "k3",
+    )
 }
 
 #[test]
 fn v1_a_clean_cgroup_is_renamed_for_the_next_task_with_its_counters_reset() {
-    let (_t, cg, root) = sample_v1();
+    let (_t, cg, root) = plain_v1();
     let limits = Limits {
         memory: Some(1 << 30),
         pids: Some(100),
@@ -186,7 +184,7 @@ fn v1_a_clean_cgroup_is_renamed_for_the_next_task_with_its_counters_reset() {
 
 #[test]
 fn v1_a_cgroup_is_not_reused_after_processes_were_killed_an_oom_or_a_large_charge() {
-    let (_t, cg, root) = sample_v1();
+    let (_t, cg, root) = plain_v1();
     let at = |name: &str| root.join("memory/outpost-k3").join(name);
     let limits = Limits::default();
     // Processes left behind.
