@@ -125,6 +125,49 @@ async fn invalid_bytes_come_as_b64_and_the_log_is_exact() {
     assert_eq!(raw.to_vec(), expected);
 }
 
+/// `/log` promises its length up front; a record written but still being synced when
+/// the request came is waited for, never left out (the body once ended short: the
+/// client saw a cut connection, `IncompleteRead` in Python's http.client).
+#[tokio::test]
+async fn the_log_read_while_the_agent_writes_is_whole_and_a_prefix_of_the_end() {
+    let w = Worker::start(&[]);
+    let c = h1();
+    let id = submit(
+        &c,
+        &w,
+        json!({"prompt": "for i in $(seq 1 400); do echo line$i; done; sleep 0.3; for i in $(seq 401 800); do echo line$i; sleep 0.001; done"}),
+    )
+    .await;
+    let url = w.url(&format!("/work/{id}/log"));
+    let mut reads = 0;
+    let mut last = String::new();
+    for _ in 0..2000 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let promised = r.content_length().unwrap();
+        let body = r.bytes().await.unwrap_or_else(|e| {
+            panic!("read {reads}: a /log body promised {promised} bytes and was cut: {e}")
+        });
+        assert_eq!(body.len() as u64, promised);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.starts_with(&last),
+            "read {reads} is not a continuation of the one before"
+        );
+        reads += 1;
+        last = text;
+        if last.contains("line800\r\n") {
+            break;
+        }
+    }
+    let expected: String = (1..=800).map(|i| format!("line{i}\r\n")).collect();
+    assert_eq!(last, expected, "after {reads} reads");
+    assert!(
+        reads > 20,
+        "the task ended before the log was read often: {reads} reads"
+    );
+}
+
 #[tokio::test]
 async fn two_mib_blob_through_a_raw_terminal_is_byte_exact() {
     let w = Worker::start(&[]);

@@ -188,36 +188,19 @@ fn damage_frame(task: &Task, e: &std::io::Error, format: Format) -> Bytes {
 
 /// `GET /work/<id>/log`: the output bytes of every `output` record up to the last one
 /// written now, decoded from the log as it is read (off the runtime, a batch at a time).
+/// The length is promised up front, and a client is only ever served what is durable:
+/// where the last records are still being synced the body waits for them (at most
+/// [`LOG_DURABLE_WAIT`]; past that the body ends short and the connection closes, which
+/// the client sees as an error, never as a short log).
 pub fn output_response(task: Arc<Task>) -> Resp {
     let (last, len) = task.log.output_mark();
-    let state = (task, Cursor::after(0), last);
-    let body = stream::unfold(state, |(task, mut cursor, last)| async move {
-        if cursor.after >= last {
-            return None;
-        }
-        let t = task.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let r = t.log.read_file(&mut cursor, BATCH);
-            (r, cursor)
-        })
-        .await;
-        let (recs, cursor) = match read {
-            Ok((Ok(Read::Records(recs)), c)) => (recs, c),
-            Ok((Err(e), _)) => {
-                tracing::warn!(task_id = %task.id(), "reading the output from the event log: {e}");
-                return None;
-            }
-            _ => return None,
-        };
-        let mut out = BytesMut::new();
-        for r in recs.iter().filter(|r| r.id <= last) {
-            if let Some(bytes) = crate::task::eventlog::output_of(r) {
-                out.put_slice(&bytes);
-            }
-        }
+    let rx = task.log.subscribe();
+    let state = (task, Cursor::after(0), last, rx);
+    let body = stream::unfold(state, |(task, cursor, last, rx)| async move {
+        let (out, cursor, rx) = next_output(&task, cursor, last, rx).await?;
         Some((
-            Ok::<_, Infallible>(Frame::data(out.freeze())),
-            (task, cursor, last),
+            Ok::<_, Infallible>(Frame::data(out)),
+            (task, cursor, last, rx),
         ))
     });
     let mut r = Response::new(Body::new(StreamBody::new(body).boxed_unsync()));
@@ -228,6 +211,60 @@ pub fn output_response(task: Arc<Task>) -> Resp {
     );
     h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     r
+}
+
+/// How long `/log` waits for records it promised to become durable.
+const LOG_DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// The next batch of output bytes up to record `last`; `None` once `last` is served,
+/// or where the log cannot be read (logged) or its end does not become durable in time.
+async fn next_output(
+    task: &Arc<Task>,
+    mut cursor: Cursor,
+    last: u64,
+    mut rx: watch::Receiver<u64>,
+) -> Option<(Bytes, Cursor, watch::Receiver<u64>)> {
+    let deadline = tokio::time::Instant::now() + LOG_DURABLE_WAIT;
+    loop {
+        if cursor.after >= last {
+            return None;
+        }
+        rx.borrow_and_update();
+        let t = task.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let r = t.log.read_file(&mut cursor, BATCH);
+            (r, cursor)
+        })
+        .await;
+        match read {
+            Ok((Ok(Read::Records(recs)), c)) => {
+                let mut out = BytesMut::new();
+                for r in recs.iter().filter(|r| r.id <= last) {
+                    if let Some(bytes) = crate::task::eventlog::output_of(r) {
+                        out.put_slice(&bytes);
+                    }
+                }
+                return Some((out.freeze(), c, rx));
+            }
+            Ok((Ok(Read::Idle), c)) => {
+                // Written but not yet synced: wait for the log to become durable further.
+                cursor = c;
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::warn!(task_id = %task.id(), "GET /log: record {last} did not become durable within {} s; the response ends short", LOG_DURABLE_WAIT.as_secs());
+                        return None;
+                    }
+                }
+            }
+            Ok((Ok(Read::End), _)) => return None,
+            Ok((Err(e), _)) => {
+                tracing::warn!(task_id = %task.id(), "reading the output from the event log: {e}");
+                return None;
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Frames records: SSE `id:`/`event:`/`data:` blocks, or NDJSON lines as stored.
