@@ -144,7 +144,8 @@ pub(crate) enum RootOwned {
 }
 
 /// Makes `root` and everything below it (to `depth` levels) owned by uid:gid, never
-/// following a symbolic link; entries that already are are not touched.
+/// following a symbolic link and never giving a file that has other hard links;
+/// entries that already are are not touched.
 pub(crate) fn chown_tree(
     root: &Path,
     uid: u32,
@@ -173,6 +174,12 @@ pub(crate) fn chown_tree(
                 continue;
             };
             if meta.uid() == 0 && root_owned == RootOwned::Keep {
+                continue;
+            }
+            // A file with other names is shared with something outside the tree: a
+            // worktree's objects are hard links to the repository cache's (read-only)
+            // files, and giving one away would give the cache's file to the agent.
+            if !meta.is_dir() && meta.nlink() > 1 {
                 continue;
             }
             if meta.uid() != uid || meta.gid() != gid {

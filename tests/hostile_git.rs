@@ -1,0 +1,130 @@
+//! The agent against the repository cache: a worktree's objects are hard links to the
+//! cache's files, which every later task on the repository (of any caller) starts
+//! from. The agent may read them through its worktree and must change none of them,
+//! against the real worker running as root with an unprivileged agent user and a real
+//! `git http-backend`.
+
+mod common;
+mod gitserver;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gitserver::{run_git, GitServer};
+use serde_json::json;
+
+/// Every file below `dir`, with its owner and mode.
+fn files_below(dir: &Path) -> Vec<(std::path::PathBuf, u32, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), meta.uid(), meta.mode() & 0o7777));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var("CI").is_err(), "this test needs root on CI");
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let srv = GitServer::start(false);
+    let base = srv.create_repo("r", &[("a.txt", "a\n"), ("d/b.txt", "b\n")]);
+    let w = Worker::start(&[
+        ("OUTPOST_AGENT_USER", "64500"),
+        ("OUTPOST_ALLOW_HTTP", "1"),
+        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = h1();
+    // Every object file the agent can see: make it writable, write into it, replace
+    // its content through the link.
+    let attack = "n=0; for f in $(find .git/objects -type f); do n=$((n+1)); \
+        chmod u+w \"$f\" 2>/dev/null && echo CHMOD-OK \"$f\"; \
+        echo junk >> \"$f\" 2>/dev/null && echo WRITE-OK \"$f\"; \
+        truncate -s 0 \"$f\" 2>/dev/null && echo TRUNCATE-OK \"$f\"; done; \
+        echo \"tried $n files\"; git cat-file -p HEAD:a.txt";
+    let (id, t) = rt.block_on(async {
+        let id = submit(
+            &c,
+            &w,
+            json!({"prompt": attack, "rig_url": srv.url("r"), "ref": "main"}),
+        )
+        .await;
+        let t = wait_terminal(&c, &w, &id, Duration::from_secs(60)).await;
+        (id, t)
+    });
+    let out = rt.block_on(async {
+        String::from_utf8_lossy(&output_of(&events_of(&c, &w, &id).await)).into_owned()
+    });
+    assert_eq!(t["status"], "done", "{t}\n{out}");
+    assert!(
+        !out.contains("tried 0 files"),
+        "the worktree had no objects:\n{out}"
+    );
+    assert!(out.contains("tried "), "{out}");
+    for bad in ["CHMOD-OK", "WRITE-OK", "TRUNCATE-OK"] {
+        assert!(
+            !out.contains(bad),
+            "the agent changed the cache's objects:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("a\r\n"),
+        "the agent could not read the objects:\n{out}"
+    );
+
+    // The cache's files are still the worker's, read-only, and whole.
+    let cache = w.data.join("git/cache");
+    let objects: Vec<_> = files_below(&cache)
+        .into_iter()
+        .filter(|(p, _, _)| p.components().any(|c| c.as_os_str() == "objects"))
+        .collect();
+    assert!(
+        !objects.is_empty(),
+        "no cache objects under {}",
+        cache.display()
+    );
+    for (p, uid, mode) in &objects {
+        assert_eq!(*uid, 0, "{} was given to uid {uid}", p.display());
+        assert_eq!(mode & 0o222, 0, "{} is writable: {mode:o}", p.display());
+    }
+    let repo = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    run_git(&repo, &["fsck", "--no-dangling"]);
+
+    // The next task on the repository starts from the right files.
+    let (id2, t2) = rt.block_on(async {
+        let id = submit(
+            &c,
+            &w,
+            json!({"prompt": "cat a.txt d/b.txt; git rev-parse HEAD", "rig_url": srv.url("r"), "ref": "main"}),
+        )
+        .await;
+        let t = wait_terminal(&c, &w, &id, Duration::from_secs(60)).await;
+        (id, t)
+    });
+    let out2 = rt.block_on(async {
+        String::from_utf8_lossy(&output_of(&events_of(&c, &w, &id2).await)).into_owned()
+    });
+    assert_eq!(t2["status"], "done", "{t2}\n{out2}");
+    assert!(
+        out2.contains("a\r\nb\r\n") && out2.contains(&base),
+        "{out2}"
+    );
+}
