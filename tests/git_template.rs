@@ -21,14 +21,37 @@ fn cfg(data: &Path) -> GitConfig {
     c
 }
 
-/// Every template under the data dir: `git/templates/<cache key>/<commit>`.
-fn templates(data: &Path) -> Vec<PathBuf> {
+/// Everything beside the templates: `git/templates/<cache key>/*` (once no spare
+/// checkout is being made).
+fn template_entries(data: &Path) -> Vec<PathBuf> {
+    assert!(
+        git::spares_settled(Duration::from_secs(60)),
+        "a spare is still being made"
+    );
     let mut out = Vec::new();
     for key in std::fs::read_dir(data.join("git/templates")).unwrap() {
         for t in std::fs::read_dir(key.unwrap().path()).unwrap() {
             out.push(t.unwrap().path());
         }
     }
+    out
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Every template under the data dir: `git/templates/<cache key>/<commit>`.
+fn templates(data: &Path) -> Vec<PathBuf> {
+    let mut out = template_entries(data);
+    out.retain(|p| !name_of(p).contains('.'));
+    out
+}
+
+/// The spare checkouts made ahead: `<commit>.spare-<files>-...` beside the templates.
+fn spares(data: &Path) -> Vec<PathBuf> {
+    let mut out = template_entries(data);
+    out.retain(|p| name_of(p).contains(".spare-"));
     out
 }
 
@@ -132,14 +155,25 @@ fn a_damaged_template_is_not_used_and_a_new_commit_replaces_it() {
     let c = cfg(data.path());
     server.prepare(&c, "r", "polecat/a", "ta");
     let template = template_of(data.path(), &base);
-    // A file goes missing from the template: the next task must not inherit the hole.
-    std::fs::remove_file(template.join("b.txt")).unwrap();
-    let ws = server.prepare(&c, "r", "polecat/b", "tb");
-    assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "");
     assert_eq!(
-        std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),
-        "b\n"
+        spares(data.path()).len(),
+        1,
+        "{:?}",
+        template_entries(data.path())
     );
+    // A file goes missing from the template: no task may inherit the hole, neither
+    // the next (from the spare made before) nor the one after (whose spare is copied
+    // from the damaged template).
+    std::fs::remove_file(template.join("b.txt")).unwrap();
+    for task in ["tb", "tb2"] {
+        let ws = server.prepare(&c, "r", &format!("polecat/{task}"), task);
+        assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "", "{task}");
+        assert_eq!(
+            std::fs::read_to_string(ws.path.join("b.txt")).unwrap(),
+            "b\n",
+            "{task}"
+        );
+    }
 
     // Upstream moves on: the next template is for the new commit and the old one goes.
     let next = server.commit("r", "main", &[("c.txt", "c\n")], "next");
@@ -147,4 +181,91 @@ fn a_damaged_template_is_not_used_and_a_new_commit_replaces_it() {
     let left = templates(data.path());
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].to_string_lossy().ends_with(&next));
+    // The old commit's spares went with its template; the new one has its own.
+    let all = template_entries(data.path());
+    assert!(all.iter().all(|p| name_of(p).starts_with(&next)), "{all:?}");
+    assert_eq!(spares(data.path()).len(), 1, "{all:?}");
+}
+
+/// The copy of a checkout is most of a warm start: it is made ahead, after a task
+/// started, and the next task's files are that copy moved in (the same inodes), its
+/// own to change, with a new copy made for the one after.
+#[test]
+fn the_next_task_gets_a_checkout_copied_ahead_and_a_new_one_is_made() {
+    use std::os::unix::fs::MetadataExt;
+    let server = GitServer::start(false);
+    let base = server.create_repo("r", &[("a.txt", "a\n"), ("d/b.txt", "b\n")]);
+    let data = tempfile::tempdir().unwrap();
+    let c = cfg(data.path());
+    let first = server.prepare(&c, "r", "polecat/a", "ta");
+    let made = spares(data.path());
+    assert_eq!(made.len(), 1, "no spare after the first task");
+    assert!(
+        name_of(&made[0]).starts_with(&format!("{base}.spare-2-")),
+        "{made:?}"
+    );
+    let ino = std::fs::metadata(made[0].join("d/b.txt")).unwrap().ino();
+
+    let second = server.prepare(&c, "r", "polecat/b", "tb");
+    assert_eq!(
+        std::fs::metadata(second.path.join("d/b.txt"))
+            .unwrap()
+            .ino(),
+        ino
+    );
+    assert_eq!(run_git(&second.path, &["status", "--porcelain"]), "");
+    assert_eq!(run_git(&second.path, &["rev-parse", "HEAD"]), base);
+    let again = spares(data.path());
+    assert_eq!(again.len(), 1, "no new spare after the second task");
+    assert_ne!(again[0], made[0]);
+
+    // The moved files are the task's own: a change reaches neither the template nor
+    // the next spare, and commits as itself.
+    std::fs::write(second.path.join("d/b.txt"), "changed\n").unwrap();
+    let template = template_of(data.path(), &base);
+    assert_eq!(
+        std::fs::read_to_string(template.join("d/b.txt")).unwrap(),
+        "b\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(again[0].join("d/b.txt")).unwrap(),
+        "b\n"
+    );
+    let pushed = git::finish(&c, &second, "change", &mut |_| {})
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(
+        server.git("r", &["show", "--name-only", "--format=", &pushed]),
+        "d/b.txt"
+    );
+
+    // Two tasks at once never share one: one gets the spare, the other a copy.
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(|| server.prepare(&c, "r", "polecat/x", "tx"));
+        let y = s.spawn(|| server.prepare(&c, "r", "polecat/y", "ty"));
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    let (ix, iy) = (
+        std::fs::metadata(x.path.join("d/b.txt")).unwrap().ino(),
+        std::fs::metadata(y.path.join("d/b.txt")).unwrap().ino(),
+    );
+    assert_ne!(ix, iy);
+    for ws in [&x, &y] {
+        assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "");
+        assert_eq!(
+            std::fs::read_to_string(ws.path.join("d/b.txt")).unwrap(),
+            "b\n"
+        );
+    }
+
+    // None wanted: none made, and a task copies its files.
+    let data0 = tempfile::tempdir().unwrap();
+    let mut c0 = cfg(data0.path());
+    c0.spare_checkouts = 0;
+    let ws = server.prepare(&c0, "r", "polecat/z", "tz");
+    assert_eq!(run_git(&ws.path, &["status", "--porcelain"]), "");
+    assert!(spares(data0.path()).is_empty());
+    for ws in [first, second, x, y] {
+        git::remove_worktree(&c, &ws).unwrap();
+    }
 }

@@ -50,16 +50,23 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
     let c = h1();
     // Every object file the agent can see: make it writable, write into it, replace
     // its content through the link.
-    let attack = "n=0; for f in $(find .git/objects -type f); do n=$((n+1)); \
+    // And the checkouts kept beside the cache (templates, spares made ahead, given to
+    // the agent user of the slot that runs next) are out of its reach.
+    let templates = w.data.join("git/templates");
+    let attack = format!(
+        "n=0; for f in $(find .git/objects -type f); do n=$((n+1)); \
         chmod u+w \"$f\" 2>/dev/null && echo CHMOD-OK \"$f\"; \
         echo junk >> \"$f\" 2>/dev/null && echo WRITE-OK \"$f\"; \
         truncate -s 0 \"$f\" 2>/dev/null && echo TRUNCATE-OK \"$f\"; done; \
-        echo \"tried $n files\"; git cat-file -p HEAD:a.txt";
+        echo \"tried $n files\"; git cat-file -p HEAD:a.txt; \
+        ls -R {t} 2>/dev/null && echo LIST-OK; touch {t}/x 2>/dev/null && echo TOUCH-OK; echo finished",
+        t = templates.display()
+    );
     let (id, t) = rt.block_on(async {
         let id = submit(
             &c,
             &w,
-            json!({"prompt": attack, "rig_url": srv.url("r"), "ref": "main"}),
+            json!({"prompt": attack.as_str(), "rig_url": srv.url("r"), "ref": "main"}),
         )
         .await;
         let t = wait_terminal(&c, &w, &id, Duration::from_secs(60)).await;
@@ -74,7 +81,7 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         "the worktree had no objects:\n{out}"
     );
     assert!(out.contains("tried "), "{out}");
-    for bad in ["CHMOD-OK", "WRITE-OK", "TRUNCATE-OK"] {
+    for bad in ["CHMOD-OK", "WRITE-OK", "TRUNCATE-OK", "LIST-OK", "TOUCH-OK"] {
         assert!(
             !out.contains(bad),
             "the agent changed the cache's objects:\n{out}"
@@ -107,6 +114,29 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         .find(|p| p.is_dir())
         .unwrap();
     run_git(&repo, &["fsck", "--no-dangling"]);
+    // A spare is made after the task started, given to the agent user of its slot.
+    let spare = (0..100).find_map(|_| {
+        let found = std::fs::read_dir(&templates)
+            .ok()?
+            .flatten()
+            .flat_map(|k| std::fs::read_dir(k.path()).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(".spare-"));
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    });
+    let spare = spare.expect("no spare checkout was made");
+    for (p, uid, _) in files_below(&spare) {
+        assert_eq!(uid, 64500, "{} is not the slot's agent user's", p.display());
+    }
+    let meta = std::fs::metadata(&templates).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o700),
+        "templates dir"
+    );
 
     // The next task on the repository starts from the right files.
     let (id2, t2) = rt.block_on(async {

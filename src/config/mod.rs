@@ -57,6 +57,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub min_available: Option<u64>,
     pub keep_tasks: usize,
+    /// `OUTPOST_SPARE_CHECKOUTS`: copies of a repository's checkout made ahead.
+    pub spare_checkouts: usize,
     pub idle_shutdown: Option<Duration>,
     pub idle_shutdown_cmd: String,
     pub on_cloud_run: bool,
@@ -234,6 +236,7 @@ impl Config {
             }
         };
         let keep_tasks = src.number::<usize>("OUTPOST_KEEP_TASKS", 1000, 1, 1_000_000)?;
+        let spare_checkouts = src.number::<usize>("OUTPOST_SPARE_CHECKOUTS", 1, 0, 8)?;
         let idle_shutdown_cmd = src
             .string("OUTPOST_IDLE_SHUTDOWN_CMD")
             .unwrap_or_else(|| "poweroff".into());
@@ -307,6 +310,7 @@ impl Config {
             log_format,
             min_available,
             keep_tasks,
+            spare_checkouts,
             idle_shutdown,
             idle_shutdown_cmd,
             on_cloud_run,

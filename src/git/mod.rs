@@ -18,6 +18,7 @@ mod error;
 mod lock;
 mod progress;
 pub(crate) mod remote_url;
+mod spare;
 mod template;
 mod tls;
 mod transport;
@@ -30,6 +31,7 @@ use git2::{Oid, Reference, Repository};
 
 pub use error::GitError;
 pub use progress::{Phase, Progress};
+pub use spare::settle as spares_settled;
 pub use transport::install_transport;
 
 /// Settings for the git module (the lead builds it from the process configuration).
@@ -55,6 +57,12 @@ pub struct GitConfig {
     /// A PEM file of extra trusted CAs, on top of the webpki roots and the system's (or
     /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, which are always honored).
     pub extra_ca_file: Option<PathBuf>,
+    /// How many copies of a repository's current checkout are kept made ahead for the
+    /// next tasks on it (`OUTPOST_SPARE_CHECKOUTS`; 0: every task copies its own).
+    pub spare_checkouts: usize,
+    /// Who spare checkouts are given to once made (the agent user of the slot that
+    /// most likely runs the next task; a task of another slot's user re-gives them).
+    pub spare_owner: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for GitConfig {
@@ -69,13 +77,15 @@ impl std::fmt::Debug for GitConfig {
             .field("network_timeout", &self.network_timeout)
             .field("lock_timeout", &self.lock_timeout)
             .field("extra_ca_file", &self.extra_ca_file)
+            .field("spare_checkouts", &self.spare_checkouts)
+            .field("spare_owner", &self.spare_owner)
             .finish()
     }
 }
 
 impl GitConfig {
     /// Defaults: no token, https only, author `outpost <outpost@localhost>`, 60 s network
-    /// timeout, 10 min lock timeout.
+    /// timeout, 10 min lock timeout, one spare checkout.
     pub fn new(data_dir: impl Into<PathBuf>) -> GitConfig {
         GitConfig {
             data_dir: data_dir.into(),
@@ -87,6 +97,8 @@ impl GitConfig {
             network_timeout: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(600),
             extra_ca_file: None,
+            spare_checkouts: 1,
+            spare_owner: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! pays one checkout (into the template) plus one copy, later tasks only the copy.
 //!
 //! A template is checked out into a temporary directory renamed into place, so it is
-//! either complete or absent; older templates of the same cache are removed then. A
+//! either complete or absent; older templates of the same cache (and their spares,
+//! see `spare`) are removed then. A
 //! template is named by its commit, so it stays valid whatever happens to the cache.
 //! Any failure to build or use one falls back to a plain checkout.
 
@@ -13,10 +14,12 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository};
 
+use super::spare;
 use crate::placement;
 
 /// Directories deeper than this are not copied (a template comes from a git tree).
@@ -137,16 +140,34 @@ fn checkout_to(cache_dir: &Path, commit: Oid, dir: &Path) -> Result<(), String> 
         .map_err(|e| e.message().to_string())
 }
 
-/// Removes the other templates (and leftovers of interrupted builds) of the same cache.
+/// A `.tmp-` directory this old is left by a worker that stopped while building: a
+/// template or a spare takes seconds.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// Removes the other templates and their spares (and leftovers of interrupted builds)
+/// of the same cache.
 fn prune_others(dir: &Path, keep: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let keep_name = file_name(keep);
     for entry in entries.flatten() {
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        // Builds still running (`.tmp-`) are not ours to remove.
-        if p == keep || name.contains(".tmp-") {
+        if p == keep || spare::is_spare_of(&name, &keep_name) {
+            continue;
+        }
+        // Builds still running (`.tmp-`) are not ours to remove; ones left long ago are.
+        if name.contains(".tmp-") {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if stale {
+                let _ = fs::remove_dir_all(&p);
+            }
             continue;
         }
         // Renamed away first: a task copying from it then fails outright (and checks

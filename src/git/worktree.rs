@@ -6,7 +6,8 @@
 //! [`sanitize`] undoes what the agent could have pointed elsewhere. Tasks share no refs, index or config with each other or with the
 //! cache, so concurrent tasks cannot step on each other; the agent's own `git` works in
 //! it as in any clone. Removing it is removing the directory. The files come from a
-//! copy of the commit's checkout template when there is one (see `template`).
+//! spare copy of the commit's checkout template made ahead (see `spare`), else from a
+//! copy of the template when there is one (see `template`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +17,8 @@ use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
 use super::cache::Fetched;
 use super::error::GitError;
 use super::remote_url::RemoteUrl;
-use super::template;
 use super::GitConfig;
+use super::{spare, template};
 use crate::placement;
 
 /// How creating a worktree failed.
@@ -133,7 +134,25 @@ pub(crate) fn create(
             );
             return Err(git("checking the cache's objects", e));
         }
-        match template::copy_into(&template, path) {
+        // A spare copied ahead is a few renames; else the files are copied now. Either
+        // way the next spare is made meanwhile, off this task's path.
+        let taken = match spare::take(&template, path, expected) {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(template = %template.display(), "a spare checkout could not be moved in ({e}); copying instead");
+                template::clear_worktree(path).map_err(|e| {
+                    GitError::io(format!("clearing {shown} after a failed move"), e)
+                })?;
+                false
+            }
+        };
+        let copied = if taken {
+            Ok(expected)
+        } else {
+            template::copy_into(&template, path)
+        };
+        spare::replenish(&template, cfg.spare_checkouts, cfg.spare_owner);
+        match copied {
             Ok(n) if n == expected => {
                 index.write().map_err(|e| git("writing the index", e))?;
                 return Ok(());

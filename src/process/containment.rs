@@ -146,13 +146,20 @@ impl Containment {
         self.limits
     }
 
+    /// The user the agent of slot `slot` runs as, where it is not the worker's own.
+    pub fn agent_user(&self, slot: usize) -> Option<(u32, u32)> {
+        self.identity
+            .separated()
+            .then(|| self.identity.for_slot(slot))
+    }
+
     /// Prepares the containment of one task in slot `slot` (blocking: cgroupfs).
     pub fn enter(&self, task_id: &str, slot: usize) -> io::Result<Jail> {
         let user = self.identity.for_slot(slot);
-        let mut plan = ExecPlan::default();
-        if self.identity.separated() {
-            plan.user = Some(user);
-        }
+        let mut plan = ExecPlan {
+            user: self.agent_user(slot),
+            ..ExecPlan::default()
+        };
         let cgroup = match &self.cgroups {
             Some(cg) => {
                 let c = cg.create(task_id, self.limits)?;

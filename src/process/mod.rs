@@ -8,6 +8,7 @@ pub mod containment;
 mod direct;
 pub mod exec;
 pub mod identity;
+pub mod ownership;
 pub mod reaper;
 pub(crate) mod spawn;
 

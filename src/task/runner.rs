@@ -70,7 +70,8 @@ fn outcome(status: Status) -> Outcome {
 
 async fn drive(reg: &Arc<Registry>, task: &Arc<Task>) -> Ending {
     let cfg = reg.cfg.clone();
-    let ws = match workspace::prepare(&cfg, task).await {
+    let owner = reg.containment.agent_user(task.slot());
+    let ws = match workspace::prepare(&cfg, task, owner).await {
         Ok(ws) => ws,
         Err(e) => {
             return match task.stop_reason() {

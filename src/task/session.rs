@@ -25,8 +25,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::workspace::{chown_tree, RootOwned};
 use crate::agent::profile::{AgentProfile, SessionPlan};
+use crate::process::ownership::{chown_tree, RootOwned};
 
 /// How the last task ended, as the record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

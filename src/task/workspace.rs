@@ -12,6 +12,7 @@ use super::model::Status;
 use super::Task;
 use crate::config::Config;
 use crate::git::{self, GitConfig, Progress};
+use crate::process::ownership::{chown_tree, RootOwned};
 
 /// Where the agent works.
 pub enum Workspace {
@@ -132,67 +133,6 @@ fn private_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", p.display()))
 }
 
-/// What [`chown_tree`] does with what root owns below the top.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RootOwned {
-    /// Give it too (a tree the worker has just made as root: a checkout, a run dir).
-    Give,
-    /// Leave it alone (a tree an agent wrote before: an agent cannot have made a
-    /// root-owned entry, so one there is a hard link to a file of the worker's, which
-    /// must not change hands).
-    Keep,
-}
-
-/// Makes `root` and everything below it (to `depth` levels) owned by uid:gid, never
-/// following a symbolic link and never giving a file that has other hard links;
-/// entries that already are are not touched.
-pub(crate) fn chown_tree(
-    root: &Path,
-    uid: u32,
-    gid: u32,
-    depth: usize,
-    root_owned: RootOwned,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let own = |p: &Path| {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-            .with_context(|| format!("giving {} to uid {uid}", p.display()))
-    };
-    own(root)?;
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    // Bounded by the tree: each directory is visited once (links are not followed).
-    while let Some((dir, level)) = stack.pop() {
-        if level >= depth {
-            continue;
-        }
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if meta.uid() == 0 && root_owned == RootOwned::Keep {
-                continue;
-            }
-            // A file with other names is shared with something outside the tree: a
-            // worktree's objects are hard links to the repository cache's (read-only)
-            // files, and giving one away would give the cache's file to the agent.
-            if !meta.is_dir() && meta.nlink() > 1 {
-                continue;
-            }
-            if meta.uid() != uid || meta.gid() != gid {
-                own(&p)?;
-            }
-            if meta.is_dir() {
-                stack.push((p, level + 1));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The git settings of a worker.
 pub fn git_config(cfg: &Config) -> GitConfig {
     let mut g = GitConfig::new(cfg.data_dir.clone());
@@ -201,6 +141,7 @@ pub fn git_config(cfg: &Config) -> GitConfig {
     g.author_name = cfg.git_author_name.clone();
     g.author_email = cfg.git_author_email.clone();
     g.push_on_failure = cfg.push_on_failure;
+    g.spare_checkouts = cfg.spare_checkouts;
     g
 }
 
@@ -228,7 +169,13 @@ fn commit_message(task: &Task, what: &str) -> String {
 }
 
 /// Prepares the working directory: clones or fetches with `rig_url`, else a scratch dir.
-pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace> {
+/// `owner` is the agent user of the task's slot (the next spare checkout is made
+/// ready for it: the next task on the repository likely runs in the same slot).
+pub async fn prepare(
+    cfg: &Config,
+    task: &Arc<Task>,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<Workspace> {
     let req = task.meta.request.clone();
     let Some(url) = req.rig_url.clone() else {
         // A task that continues an earlier one works at the same path (opencode).
@@ -248,7 +195,8 @@ pub async fn prepare(cfg: &Config, task: &Arc<Task>) -> anyhow::Result<Workspace
     };
     task.set_status(Status::Cloning)
         .context("writing the event log")?;
-    let gcfg = git_config(cfg);
+    let mut gcfg = git_config(cfg);
+    gcfg.spare_owner = owner;
     let t = task.clone();
     let branch = task.meta.branch.clone();
     // A task that continues an earlier one of its issue starts from that task's branch

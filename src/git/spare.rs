@@ -1,0 +1,313 @@
+//! Checkouts copied ahead ("spares"): beside the template of a commit,
+//! `<templates>/<key>/<commit>.spare-<files>-<pid>-<n>` is a whole copy of its files
+//! (`<files>` files and symlinks), so that the next task on the commit gets its files
+//! by renames instead of a copy (the copy of a checkout is most of a warm start).
+//!
+//! A spare is copied on a background thread into a `.tmp-` directory and renamed into
+//! place once whole. A task takes one by renaming it to a name of its own, so no two
+//! tasks ever share one, then moves its top-level entries into the worktree; and asks
+//! for a new one, which is made after the task has started (a task that finds none
+//! while one is being made waits for it, unless another task already does). Spares
+//! sit beside their
+//! template, out of every agent's reach, and go with it (`template::prune_others`).
+//! This module owns the set of spare makers running now.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::template;
+use crate::process::ownership::{chown_tree, RootOwned};
+
+/// A spare maker running now.
+struct Maker {
+    template: PathBuf,
+    /// A task found no spare and waits for this maker's (the others copy).
+    awaited: bool,
+}
+
+/// The spare makers running now, and a signal each time one makes a spare or ends.
+static MAKERS: Mutex<Vec<Maker>> = Mutex::new(Vec::new());
+static MADE: Condvar = Condvar::new();
+
+fn makers() -> MutexGuard<'static, Vec<Maker>> {
+    MAKERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a task waits for a spare being made rather than copying its own.
+const AWAIT_MAX: Duration = Duration::from_secs(5);
+
+/// A number unique in this process, for the names of spares and of taken ones.
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `(the template's directory, the template's name)`.
+fn split(template: &Path) -> Option<(&Path, String)> {
+    let dir = template.parent()?;
+    let name = template.file_name()?.to_str()?.to_string();
+    Some((dir, name))
+}
+
+/// The spares of `template` now: `(path, files)`.
+fn spares(template: &Path) -> Vec<(PathBuf, usize)> {
+    let Some((dir, name)) = split(template) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.spare-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name();
+            let files = n
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((e.path(), files))
+        })
+        .collect()
+}
+
+/// Whether `name` (an entry beside a template) is a spare of the template `keep`.
+pub(crate) fn is_spare_of(name: &str, keep: &str) -> bool {
+    name.strip_prefix(keep)
+        .is_some_and(|rest| rest.starts_with(".spare-"))
+}
+
+/// Moves the files of a spare of `template` with `files` files into `dest` (a new
+/// worktree: its `.git` only). `Ok(false)`: there was none to take. On `Err` some
+/// files may have been moved: the caller clears `dest` before copying instead.
+pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<bool> {
+    let Some((dir, name)) = split(template) else {
+        return Ok(false);
+    };
+    let mut found = spares(template);
+    if found.is_empty() {
+        found = await_one(template);
+    }
+    for (spare, n) in found {
+        let taken = dir.join(format!("{name}.tmp-{}-taken", unique()));
+        // Another task may take the same one first: then this rename fails.
+        if fs::rename(&spare, &taken).is_err() {
+            continue;
+        }
+        if n != files {
+            // Copied from a template that did not match its tree: never used.
+            let _ = fs::remove_dir_all(&taken);
+            continue;
+        }
+        let moved = move_entries(&taken, dest);
+        let _ = fs::remove_dir_all(&taken);
+        return moved.map(|()| true);
+    }
+    Ok(false)
+}
+
+/// Where a spare of `template` is being made and no other task waits for it: waits
+/// until it is there (the rest of a copy under way is quicker than a copy), at most
+/// [`AWAIT_MAX`].
+fn await_one(template: &Path) -> Vec<(PathBuf, usize)> {
+    let deadline = Instant::now() + AWAIT_MAX;
+    let mut running = makers();
+    match running.iter_mut().find(|m| m.template == template) {
+        Some(m) if !m.awaited => m.awaited = true,
+        _ => return Vec::new(),
+    }
+    let found = loop {
+        let found = spares(template);
+        let making = running.iter().any(|m| m.template == template);
+        let left = deadline.checked_duration_since(Instant::now());
+        match left {
+            Some(left) if found.is_empty() && making => {
+                running = MADE
+                    .wait_timeout(running, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            _ => break found,
+        }
+    };
+    if let Some(m) = running.iter_mut().find(|m| m.template == template) {
+        m.awaited = false;
+    }
+    found
+}
+
+fn move_entries(from: &Path, to: &Path) -> io::Result<()> {
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        fs::rename(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Starts making spares of `template` in the background until `keep` are there,
+/// unless a maker for it runs already. Never blocks on the copy.
+pub(crate) fn replenish(template: &Path, keep: usize, owner: Option<(u32, u32)>) {
+    let mut running = makers();
+    if keep == 0 || running.iter().any(|m| m.template == template) || spares(template).len() >= keep
+    {
+        return;
+    }
+    running.push(Maker {
+        template: template.to_path_buf(),
+        awaited: false,
+    });
+    let t = template.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("outpost-spare".into())
+        .spawn(move || {
+            // Bounded: at most `keep` copies, and the first failure ends it.
+            for _ in 0..keep {
+                if spares(&t).len() >= keep {
+                    break;
+                }
+                let made = make(&t, owner);
+                // Under the lock: a task checking for spares now sees this one or waits.
+                let _running = makers();
+                MADE.notify_all();
+                drop(_running);
+                if let Err(e) = made {
+                    tracing::debug!(template = %t.display(), "no spare checkout: {e}");
+                    break;
+                }
+            }
+            makers().retain(|m| m.template != t);
+            MADE.notify_all();
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(template = %template.display(), "no spare checkout: starting a thread: {e}");
+        running.retain(|m| m.template != template);
+    }
+}
+
+/// One spare of `template`: copied whole into a `.tmp-` directory (given to `owner`),
+/// then renamed.
+fn make(template: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let Some((dir, name)) = split(template) else {
+        return Err(io::Error::other("a template without a parent"));
+    };
+    let id = unique();
+    let tmp = dir.join(format!("{name}.tmp-{id}-spare"));
+    let made = fs::create_dir(&tmp)
+        .and_then(|()| template::copy_into(template, &tmp))
+        .and_then(|files| match owner {
+            Some((uid, gid)) => {
+                chown_tree(&tmp, uid, gid, usize::MAX, RootOwned::Give).map(|()| files)
+            }
+            None => Ok(files),
+        })
+        .and_then(|files| fs::rename(&tmp, dir.join(format!("{name}.spare-{files}-{id}"))));
+    if made.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    made
+}
+
+/// Waits until no spare is being made (at most `timeout`); false if one still is.
+pub fn settle(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut running = makers();
+    while !running.is_empty() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        running = MADE
+            .wait_timeout(running, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template_with(dir: &Path, files: usize) -> PathBuf {
+        let t = dir.join("0123abcd");
+        fs::create_dir_all(t.join("sub")).unwrap();
+        for i in 0..files {
+            fs::write(t.join("sub").join(format!("f{i}")), format!("{i}\n")).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn a_spare_is_made_taken_once_and_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = template_with(tmp.path(), 3);
+        replenish(&t, 1, None);
+        assert!(settle(Duration::from_secs(30)));
+        assert_eq!(spares(&t).iter().map(|s| s.1).collect::<Vec<_>>(), [3]);
+
+        let dest = tmp.path().join("wt");
+        fs::create_dir_all(dest.join(".git")).unwrap();
+        assert!(take(&t, &dest, 3).unwrap());
+        assert_eq!(fs::read_to_string(dest.join("sub/f2")).unwrap(), "2\n");
+        assert!(dest.join(".git").is_dir());
+        // Taken: nothing left to take, and nothing left behind beside the template.
+        let other = tmp.path().join("wt2");
+        fs::create_dir_all(&other).unwrap();
+        assert!(!take(&t, &other, 3).unwrap());
+        let names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+        // The worktree's files are its own: changing one leaves the template alone.
+        fs::write(dest.join("sub/f0"), "changed\n").unwrap();
+        assert_eq!(fs::read_to_string(t.join("sub/f0")).unwrap(), "0\n");
+
+        replenish(&t, 1, None);
+        replenish(&t, 1, None);
+        assert!(settle(Duration::from_secs(30)));
+        assert_eq!(spares(&t).len(), 1, "one maker at a time, up to `keep`");
+    }
+
+    #[test]
+    fn a_spare_that_does_not_match_the_tree_is_thrown_away_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = template_with(tmp.path(), 2);
+        replenish(&t, 1, None);
+        assert!(settle(Duration::from_secs(30)));
+        let dest = tmp.path().join("wt");
+        fs::create_dir_all(&dest).unwrap();
+        // The tree has 3 files: the spare (2) came from a damaged template.
+        assert!(!take(&t, &dest, 3).unwrap());
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+        assert!(spares(&t).is_empty());
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "only the template and the worktree"
+        );
+    }
+
+    #[test]
+    fn none_are_made_when_none_are_wanted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = template_with(tmp.path(), 1);
+        replenish(&t, 0, None);
+        assert!(settle(Duration::from_secs(30)));
+        assert!(spares(&t).is_empty());
+        assert!(is_spare_of("0123abcd.spare-1-2-3", "0123abcd"));
+        assert!(!is_spare_of("0123abcd.tmp-2-3-spare", "0123abcd"));
+        assert!(!is_spare_of("99.spare-1-2-3", "0123abcd"));
+    }
+}
