@@ -16,12 +16,35 @@
 //!
 //! It is only a hint: filesystems without the flag (tmpfs, overlayfs, xfs) refuse the
 //! ioctl, and nothing changes there.
+//!
+//! It also tells whether a directory is held in memory (tmpfs, ramfs): nothing there
+//! needs syncing, and every byte written there is memory.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// `FS_TOPDIR_FL` from `linux/fs.h` (not exported by libc).
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Whether `dir` is on a filesystem held in memory (tmpfs, ramfs); None when it
+/// cannot be told.
+pub(crate) fn filesystem_in_memory(dir: &Path) -> Option<bool> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let st = nix::sys::statfs::statfs(dir).ok()?;
+    // The field's type differs between libcs (i64 on glibc, c_ulong on musl).
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.filesystem_type().0 as i64;
+    Some(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
+/// Whether `dir` (or, before it exists, its nearest existing ancestor) is held in
+/// memory: there every byte on "disk" is memory an agent cannot have.
+pub(crate) fn in_memory(dir: &Path) -> bool {
+    dir.ancestors()
+        .find_map(filesystem_in_memory)
+        .unwrap_or(false)
+}
 
 /// Marks the existing directory `dir` as the top of independent hierarchies, if the
 /// filesystem supports it and it is not marked already. Never fails: a filesystem

@@ -236,7 +236,15 @@ impl Config {
             }
         };
         let keep_tasks = src.number::<usize>("OUTPOST_KEEP_TASKS", 1000, 1, 1_000_000)?;
-        let spare_checkouts = src.number::<usize>("OUTPOST_SPARE_CHECKOUTS", 1, 0, 8)?;
+        // A spare checkout held in memory (tmpfs: Cloud Run's disk) is memory the agent
+        // cannot have: none there unless asked for.
+        let spares_default = if crate::placement::in_memory(&data_dir) {
+            0
+        } else {
+            1
+        };
+        let spare_checkouts =
+            src.number::<usize>("OUTPOST_SPARE_CHECKOUTS", spares_default, 0, 8)?;
         let idle_shutdown_cmd = src
             .string("OUTPOST_IDLE_SHUTDOWN_CMD")
             .unwrap_or_else(|| "poweroff".into());
@@ -421,6 +429,29 @@ mod tests {
         assert!(e.to_string().contains("OUTPOST_SWAP"));
         let e = Config::from_parts(&[], &["--nope".into()]).unwrap_err();
         assert!(e.to_string().contains("unknown flag"));
+    }
+
+    #[test]
+    fn spare_checkouts_default_to_none_where_the_data_dir_is_in_memory() {
+        let on_disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let data = on_disk.path().join("not/yet");
+        let c = Config::from_parts(&env(&[("OUTPOST_DATA", data.to_str().unwrap())]), &[]).unwrap();
+        assert_eq!(
+            c.spare_checkouts,
+            usize::from(!crate::placement::in_memory(on_disk.path()))
+        );
+        if crate::placement::in_memory(std::path::Path::new("/dev/shm")) {
+            let c = Config::from_parts(&env(&[("OUTPOST_DATA", "/dev/shm/outpost-x/data")]), &[])
+                .unwrap();
+            assert_eq!(c.spare_checkouts, 0);
+            let asked = env(&[
+                ("OUTPOST_DATA", "/dev/shm/outpost-x/data"),
+                ("OUTPOST_SPARE_CHECKOUTS", "2"),
+            ]);
+            assert_eq!(Config::from_parts(&asked, &[]).unwrap().spare_checkouts, 2);
+        }
+        let e = Config::from_parts(&env(&[("OUTPOST_SPARE_CHECKOUTS", "9")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("OUTPOST_SPARE_CHECKOUTS"), "{e}");
     }
 
     #[test]

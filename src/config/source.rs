@@ -39,7 +39,7 @@ pub(super) const SETTINGS: &[Setting] = &[
     Setting { var: "OUTPOST_HEARTBEAT_S", flag: "--heartbeat-s", help: "SSE keep-alive interval in seconds (default 15)" },
     Setting { var: "OUTPOST_LOG_FORMAT", flag: "--log-format", help: "json or text (default json on Cloud Run, else text)" },
     Setting { var: "OUTPOST_MIN_AVAILABLE", flag: "--min-available", help: "memory below which new work is refused (default 10% of the limit)" },
-    Setting { var: "OUTPOST_SPARE_CHECKOUTS", flag: "--spare-checkouts", help: "checkouts of each repository's current commit copied ahead for the next task (0-8, default 1; each costs the checkout's size on the data dir)" },
+    Setting { var: "OUTPOST_SPARE_CHECKOUTS", flag: "--spare-checkouts", help: "checkouts of each repository's current commit copied ahead for the next task (0-8; default 1, 0 where the data dir is in memory, as tmpfs; each costs the checkout's size there)" },
     Setting { var: "OUTPOST_KEEP_TASKS", flag: "--keep-tasks", help: "finished tasks kept (logs on disk, objects in /work); older ones are deleted (default 1000)" },
     Setting { var: "OUTPOST_IDLE_SHUTDOWN", flag: "--idle-shutdown", help: "run the idle command after this long without a task (30m); off by default" },
     Setting { var: "OUTPOST_IDLE_SHUTDOWN_CMD", flag: "--idle-shutdown-cmd", help: "command run on idle shutdown (default poweroff)" },

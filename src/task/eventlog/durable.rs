@@ -71,20 +71,10 @@ impl Shared {
 /// Syncer threads at most (each holds one log at a time).
 const SYNCERS: usize = 4;
 
-/// Whether files in `dir` need syncing to survive a power loss.
+/// Whether files in `dir` need syncing to survive a power loss (unknown: sync, which
+/// is always safe).
 pub(super) fn needs_sync(dir: &Path) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    match nix::sys::statfs::statfs(dir) {
-        Ok(st) => {
-            // The field's type differs between libcs (i64 on glibc, c_ulong on musl).
-            #[allow(clippy::unnecessary_cast)]
-            let kind = st.filesystem_type().0 as i64;
-            kind != TMPFS_MAGIC && kind != RAMFS_MAGIC
-        }
-        // Unknown: sync, which is always safe.
-        Err(_) => true,
-    }
+    crate::placement::filesystem_in_memory(dir) != Some(true)
 }
 
 struct Queue {
