@@ -115,10 +115,10 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(1),
         activity,
     );
-    // Start-up is over: drop the binary's pages only it touched (memory::shed). Read
+    // Start-up is over: drop the code pages only it touched (memory::shed). Read
     // in place (well under a millisecond, before serving): a blocking-pool thread would
     // cost more resident memory than the call saves.
-    match crate::memory::shed::exe_pages() {
+    match crate::memory::shed::file_pages() {
         Ok(n) => tracing::debug!(bytes = n, "start-up pages shed"),
         Err(e) => tracing::debug!("start-up pages not shed: {e}"),
     }

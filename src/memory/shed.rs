@@ -1,13 +1,15 @@
-//! Sheds the worker's own executable pages that only start-up touched.
+//! Sheds the worker's own executable pages (its binary's and its shared libraries')
+//! that only start-up touched.
 //!
-//! Most of an idle worker's resident memory is its binary: the kernel maps file pages
+//! Most of an idle worker's resident memory is its code: the kernel maps file pages
 //! 64 KiB at a time around each fault, so parsing the config, opening the registry and
 //! the rest of start-up leave megabytes of code and read-only data mapped that the
 //! serving loop never runs (3.6 of 4.7 MiB in the static build, docs/bench.md); so do
 //! a task's admission, start and clean-up. Once start-up is over, and again whenever
-//! the worker has been quiet a while (supervise::memwatch), [`exe_pages`] unmaps the executable's read-only, unmodified
-//! file mappings with `MADV_DONTNEED`: the pages stay in the page cache, and what the
-//! worker runs again faults back in (a minor fault, no I/O).
+//! the worker has been quiet a while (supervise::memwatch), [`file_pages`] unmaps the
+//! read-only, unmodified file mappings (the executable, and in the glibc build libc,
+//! libm and the loader: 2 MiB more) with `MADV_DONTNEED`: the pages stay in the page
+//! cache, and what the worker runs again faults back in (a minor fault, no I/O).
 //!
 //! Only mappings that are not writable and hold no anonymous (copied-on-write) page are
 //! touched, so relocated data (RELRO) and `.data` are never reset to the file's bytes.
@@ -20,21 +22,20 @@
 
 use std::io::{BufRead, BufReader};
 
-/// One mapping of the executable that may be shed.
+/// One file mapping that may be shed.
 struct Span {
     start: usize,
     len: usize,
 }
 
-/// Drops the executable's clean read-only pages from this process's page tables.
-/// Returns the bytes of mappings advised; best effort (errors are only reported).
-pub fn exe_pages() -> std::io::Result<usize> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
-    let exe = exe.to_string_lossy().into_owned();
-    let spans = clean_exe_spans(&exe)?;
+/// Drops the clean read-only pages of the files this process maps (its executable and
+/// shared libraries) from its page tables. Returns the bytes of mappings advised; best
+/// effort (errors are only reported).
+pub fn file_pages() -> std::io::Result<usize> {
+    let spans = clean_file_spans()?;
     let mut total = 0;
     for s in spans {
-        // SAFETY: the range is a whole mapping of the executable that is read-only and
+        // SAFETY: the range is a whole private mapping of a file that is read-only and
         // holds only unmodified file pages; MADV_DONTNEED on it drops page-table
         // entries, and a later access reads the same bytes back from the file.
         let r = unsafe { libc::madvise(s.start as *mut libc::c_void, s.len, libc::MADV_DONTNEED) };
@@ -79,15 +80,15 @@ pub fn heap() -> bool {
     }
 }
 
-/// The executable's mappings without `w` whose smaps entry says `Anonymous: 0 kB`.
-fn clean_exe_spans(exe: &str) -> std::io::Result<Vec<Span>> {
+/// The private file mappings without `w` whose smaps entry says `Anonymous: 0 kB`.
+fn clean_file_spans() -> std::io::Result<Vec<Span>> {
     let f = std::fs::File::open("/proc/self/smaps")?;
     let mut out = Vec::new();
     // The mapping being read: (span, eligible so far).
     let mut cur: Option<(Span, bool)> = None;
     for line in BufReader::new(f).lines() {
         let line = line?;
-        if let Some((span, ok)) = parse_header(&line, exe) {
+        if let Some((span, ok)) = parse_header(&line) {
             if let Some((s, true)) = cur.take() {
                 out.push(s);
             }
@@ -107,8 +108,9 @@ fn clean_exe_spans(exe: &str) -> std::io::Result<Vec<Span>> {
 }
 
 /// A mapping's header line (`start-end perms offset dev inode path`): its span, and
-/// whether it is a read-only private mapping of `exe`. None for the other lines.
-fn parse_header(line: &str, exe: &str) -> Option<(Span, bool)> {
+/// whether it is a read-only private mapping of a regular file (not of a device, not
+/// `[vdso]` or another of the kernel's). None for the other lines.
+fn parse_header(line: &str) -> Option<(Span, bool)> {
     let mut parts = line.split_ascii_whitespace();
     let range = parts.next()?;
     let (a, b) = range.split_once('-')?;
@@ -119,7 +121,8 @@ fn parse_header(line: &str, exe: &str) -> Option<(Span, bool)> {
         return None;
     }
     let path = parts.nth(3).unwrap_or("");
-    let ok = perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p') && path == exe;
+    let file = path.starts_with('/') && !path.starts_with("/dev/");
+    let ok = perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p') && file;
     Some((
         Span {
             start,
@@ -135,34 +138,24 @@ mod tests {
 
     #[test]
     fn headers_are_told_from_fields() {
-        let exe = "/usr/bin/outpost";
-        let (s, ok) =
-            parse_header("5555-7777 r-xp 00043000 fe:00 712 /usr/bin/outpost", exe).unwrap();
+        let (s, ok) = parse_header("5555-7777 r-xp 00043000 fe:00 712 /usr/bin/outpost").unwrap();
         assert!(ok);
         assert_eq!((s.start, s.len), (0x5555, 0x2222));
-        assert!(
-            !parse_header("5555-7777 rw-p 00043000 fe:00 712 /usr/bin/outpost", exe)
-                .unwrap()
-                .1
-        );
-        assert!(
-            !parse_header("5555-7777 r--p 00000000 fe:00 713 /usr/lib/libc.so", exe)
-                .unwrap()
-                .1
-        );
-        assert!(
-            !parse_header("5555-7777 r--p 00000000 00:00 0 ", exe)
-                .unwrap()
-                .1
-        );
-        assert!(parse_header("Anonymous:             0 kB", exe).is_none());
-        assert!(parse_header("VmFlags: rd mr mw me sd", exe).is_none());
+        let ok = |line: &str| parse_header(line).unwrap().1;
+        assert!(!ok("5555-7777 rw-p 00043000 fe:00 712 /usr/bin/outpost"));
+        assert!(ok("5555-7777 r--p 00000000 fe:00 713 /usr/lib/libc.so.6"));
+        assert!(!ok("5555-7777 r--s 00000000 fe:00 713 /usr/lib/libc.so.6"));
+        assert!(!ok("5555-7777 r--p 00000000 00:00 0 "));
+        assert!(!ok("5555-7777 r-xp 00000000 00:00 0 [vdso]"));
+        assert!(!ok("5555-7777 r--p 00000000 00:05 3 /dev/zero"));
+        assert!(parse_header("Anonymous:             0 kB").is_none());
+        assert!(parse_header("VmFlags: rd mr mw me sd").is_none());
     }
 
     #[test]
     fn shedding_keeps_the_process_working() {
         // Our own test binary: shed its clean pages, then run code and read data again.
-        let advised = exe_pages().unwrap();
+        let advised = file_pages().unwrap();
         assert!(
             advised > 0,
             "the test binary has read-only mappings to shed"

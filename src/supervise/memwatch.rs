@@ -151,7 +151,7 @@ pub fn spawn(
                 // Reads /proc/self/smaps: well under a millisecond, but file I/O.
                 let shed = tokio::task::spawn_blocking(|| {
                     crate::memory::shed::heap();
-                    crate::memory::shed::exe_pages()
+                    crate::memory::shed::file_pages()
                 })
                 .await;
                 if let Ok(Err(e)) = shed {
