@@ -123,19 +123,18 @@ impl Cgroups {
             }
         }
         let cg = self.named(name);
+        let mut stale = false;
         for d in cg.dirs.iter().flatten() {
             match fs::create_dir(d) {
                 Ok(()) => readable(d),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Left by an earlier run under the same name: empty it first.
-                    let old = TaskCgroup {
-                        version: self.version,
-                        dirs: vec![Some(d.clone())],
-                    };
-                    old.kill_all();
-                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => stale = true,
                 Err(e) => return Err(with_path(e, d)),
             }
+        }
+        if stale {
+            // Left by an earlier run under the same name: emptied first, as the whole
+            // cgroup (every hierarchy's directory is there now).
+            cg.kill_all();
         }
         cg.apply(limits)?;
         Ok(cg)
