@@ -32,6 +32,15 @@ fn files_below(dir: &Path) -> Vec<(std::path::PathBuf, u32, u32)> {
     out
 }
 
+/// Runs a task to its end: (the task, its output as text).
+async fn run(w: &Worker, body: serde_json::Value) -> (serde_json::Value, String) {
+    let c = h1();
+    let id = submit(&c, w, body).await;
+    let t = wait_terminal(&c, w, &id, Duration::from_secs(60)).await;
+    let out = String::from_utf8_lossy(&output_of(&events_of(&c, w, &id).await)).into_owned();
+    (t, out)
+}
+
 #[test]
 fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
     if !nix::unistd::geteuid().is_root() {
@@ -47,7 +56,6 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
     ]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = h1();
     // Every object file the agent can see: make it writable, write into it, replace
     // its content through the link.
     // And the checkouts kept beside the cache (templates, spares made ahead, given to
@@ -62,19 +70,10 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         ls -R {t} 2>/dev/null && echo LIST-OK; touch {t}/x 2>/dev/null && echo TOUCH-OK; echo finished",
         t = templates.display()
     );
-    let (id, t) = rt.block_on(async {
-        let id = submit(
-            &c,
-            &w,
-            json!({"prompt": attack.as_str(), "rig_url": srv.url("r"), "ref": "main"}),
-        )
-        .await;
-        let t = wait_terminal(&c, &w, &id, Duration::from_secs(60)).await;
-        (id, t)
-    });
-    let out = rt.block_on(async {
-        String::from_utf8_lossy(&output_of(&events_of(&c, &w, &id).await)).into_owned()
-    });
+    let (t, out) = rt.block_on(run(
+        &w,
+        json!({"prompt": attack.as_str(), "rig_url": srv.url("r"), "ref": "main"}),
+    ));
     assert_eq!(t["status"], "done", "{t}\n{out}");
     assert!(
         !out.contains("tried 0 files"),
@@ -139,19 +138,7 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
     );
 
     // The next task on the repository starts from the right files.
-    let (id2, t2) = rt.block_on(async {
-        let id = submit(
-            &c,
-            &w,
-            json!({"prompt": "cat a.txt d/b.txt; git rev-parse HEAD", "rig_url": srv.url("r"), "ref": "main"}),
-        )
-        .await;
-        let t = wait_terminal(&c, &w, &id, Duration::from_secs(60)).await;
-        (id, t)
-    });
-    let out2 = rt.block_on(async {
-        String::from_utf8_lossy(&output_of(&events_of(&c, &w, &id2).await)).into_owned()
-    });
+    let (t2, out2) = rt.block_on(run(&w, json!({"prompt": "cat a.txt d/b.txt; git rev-parse HEAD", "rig_url": srv.url("r"), "ref": "main"})));
     assert_eq!(t2["status"], "done", "{t2}\n{out2}");
     assert!(
         out2.contains("a\r\nb\r\n") && out2.contains(&base),

@@ -247,12 +247,18 @@ mod tests {
         t
     }
 
-    #[test]
-    fn a_spare_is_made_taken_once_and_made_again() {
+    /// A template of `files` files in a new temporary directory, with its spare made.
+    fn with_spare(files: usize) -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
-        let t = template_with(tmp.path(), 3);
+        let t = template_with(tmp.path(), files);
         replenish(&t, 1, None);
         assert!(settle(Duration::from_secs(30)));
+        (tmp, t)
+    }
+
+    #[test]
+    fn a_spare_is_made_taken_once_and_made_again() {
+        let (tmp, t) = with_spare(3);
         assert_eq!(spares(&t).iter().map(|s| s.1).collect::<Vec<_>>(), [3]);
 
         let dest = tmp.path().join("wt");
@@ -282,10 +288,7 @@ mod tests {
 
     #[test]
     fn a_spare_that_does_not_match_the_tree_is_thrown_away_not_used() {
-        let tmp = tempfile::tempdir().unwrap();
-        let t = template_with(tmp.path(), 2);
-        replenish(&t, 1, None);
-        assert!(settle(Duration::from_secs(30)));
+        let (tmp, t) = with_spare(2);
         let dest = tmp.path().join("wt");
         fs::create_dir_all(&dest).unwrap();
         // The tree has 3 files: the spare (2) came from a damaged template.
