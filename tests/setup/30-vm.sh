@@ -18,15 +18,8 @@ collect() {
     check python3 python3
     check git git
     check musl-gcc musl-tools
-    # qemu-system-x86 and qemu-utils come from one source package and must match: a
-    # qemu-utils of another version (a backport) is removed when qemu-system-x86 is
-    # installed, so the two always go in together.
-    case " ${need[*]} " in
-        *" qemu-system-x86 "*|*" qemu-utils "*) need+=(qemu-system-x86 qemu-utils) ;;
-    esac
 }
-collect
-if [ ${#need[@]} -gt 0 ]; then
+install() {
     echo "tests/setup/30-vm.sh: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     if ! out="$($SUDO apt-get update -qq 2>&1 \
@@ -34,12 +27,19 @@ if [ ${#need[@]} -gt 0 ]; then
         echo "$out" >&2
         exit 1
     fi
-    # An install can remove a package another check found (a conflict): say so.
+}
+# Two rounds: an install can remove what another check found. Installing Debian's
+# qemu-system-x86 removes a qemu-utils of another version (a backport: they come from
+# one source package and must match), and the second round puts the matching one in.
+for _ in 1 2; do
     collect
-    if [ ${#need[@]} -gt 0 ]; then
-        echo "tests/setup/30-vm.sh: still missing after the install: ${need[*]}" >&2
-        exit 1
-    fi
+    [ ${#need[@]} -eq 0 ] && break
+    install
+done
+collect
+if [ ${#need[@]} -gt 0 ]; then
+    echo "tests/setup/30-vm.sh: still missing after installing: ${need[*]}" >&2
+    exit 1
 fi
 if command -v rustup >/dev/null 2>&1 \
     && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
