@@ -37,6 +37,13 @@ fn makers() -> MutexGuard<'static, Vec<Maker>> {
     MAKERS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Wakes the tasks waiting on [`MADE`], under the lock: a task checking for spares
+/// right now then sees the change or is already waiting for it.
+fn announce() {
+    let _held = makers();
+    MADE.notify_all();
+}
+
 /// How long a task waits for a spare being made rather than copying its own.
 const AWAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -177,17 +184,14 @@ pub(crate) fn replenish(template: &Path, keep: usize, owner: Option<(u32, u32)>)
                     break;
                 }
                 let made = make(&t, owner);
-                // Under the lock: a task checking for spares now sees this one or waits.
-                let _running = makers();
-                MADE.notify_all();
-                drop(_running);
+                announce();
                 if let Err(e) = made {
                     tracing::debug!(template = %t.display(), "no spare checkout: {e}");
                     break;
                 }
             }
             makers().retain(|m| m.template != t);
-            MADE.notify_all();
+            announce();
         });
     if let Err(e) = spawned {
         tracing::debug!(template = %template.display(), "no spare checkout: starting a thread: {e}");
