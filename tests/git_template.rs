@@ -121,6 +121,16 @@ fn a_warm_task_copies_the_template_and_git_sees_a_clean_tree() {
         Path::new("d0/f0.txt")
     );
     assert_eq!(run_git(&second.path, &["ls-files"]).lines().count(), 52);
+    // The worker records the files' stat data once they are final: every entry, the
+    // script and the symlink too, and the tree stays clean.
+    assert_eq!(git::record_stat(&second.path, None).unwrap(), 52);
+    let debug = run_git(&second.path, &["ls-files", "--debug", "d0/f0.txt"]);
+    assert!(
+        !debug.contains("mtime: 0:0") && debug.contains("size: 7"),
+        "{debug}"
+    );
+    let status = run_git(&second.path, &["status", "--porcelain"]);
+    assert_eq!(status, "", "not clean once the stat data is recorded");
 
     // A change in the copied worktree commits and pushes only that change.
     std::fs::write(second.path.join("d1/f1.txt"), "changed\n").unwrap();

@@ -267,3 +267,67 @@ fn beads_repository_and_push_on_failure() {
         .git("beads", &["show", &format!("{tip}:issues.jsonl")])
         .contains("closed"));
 }
+
+/// A warm task's worktree comes from a copy, not a checkout; the worker then records
+/// each file's stat data in its index, so the commit check (and the agent's `git
+/// status`) reads only what changed. Nothing may be missed for it: a change of the
+/// same size with the old mtime put back is still committed, and the agent user can
+/// still stage through the index.
+#[test]
+fn a_warm_task_s_index_knows_its_files_and_a_same_size_change_is_still_committed() {
+    let srv = GitServer::start(false);
+    let files: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("d/f{i:02}.txt"), format!("content {i:02}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let base = srv.create_repo("rig", &refs);
+    let w = git_worker(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |prompt: &str| {
+        rt.block_on(async {
+            let c = h1();
+            let body = json!({"rig_url": srv.url("rig"), "ref": "main", "prompt": prompt});
+            let id = submit(&c, &w, body).await;
+            let t = wait_terminal(&c, &w, &id, T).await;
+            let out = String::from_utf8_lossy(&output_of(&events_of(&c, &w, &id).await))
+                .replace('\r', "");
+            (t, out)
+        })
+    };
+    let (t, out) = run("true");
+    assert_eq!(t["status"], "done", "{t}\n{out}");
+    // The second task on the commit starts from the template (or a spare of it).
+    let prompt = "git ls-files --debug d/f00.txt; \
+        echo \"STATUS-LINES $(git status --porcelain | wc -l)\"; \
+        old=$(stat -c %y d/f01.txt); printf 'CHANGED 01\\n' > d/f01.txt; touch -d \"$old\" d/f01.txt; \
+        echo \"SIZE $(stat -c %s d/f01.txt)\"; \
+        echo staged > d/f02.txt && git add d/f02.txt && echo ADDED; \
+        git status --porcelain";
+    let (t, out) = run(prompt);
+    assert_eq!(t["status"], "done", "{t}\n{out}");
+    assert!(
+        !out.contains("mtime: 0:0") && out.contains("size: 11"),
+        "the index has no stat data for d/f00.txt:\n{out}"
+    );
+    assert!(out.contains("STATUS-LINES 0"), "not clean at start:\n{out}");
+    assert!(
+        out.contains("SIZE 11"),
+        "the change is not of the same size:\n{out}"
+    );
+    assert!(out.contains("ADDED"), "the agent could not stage:\n{out}");
+    assert!(
+        out.contains(" M d/f01.txt") && out.contains("M  d/f02.txt"),
+        "git status missed a change:\n{out}"
+    );
+    let commit = t["commit"].as_str().expect("a commit");
+    assert_eq!(srv.git("rig", &["rev-parse", &format!("{commit}^")]), base);
+    let changed = srv.git("rig", &["show", "--name-only", "--format=", commit]);
+    assert_eq!(changed, "d/f01.txt\nd/f02.txt", "{out}");
+    assert_eq!(
+        srv.git("rig", &["show", &format!("{commit}:d/f01.txt")]),
+        "CHANGED 01"
+    );
+}

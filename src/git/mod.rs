@@ -15,6 +15,7 @@
 mod cache;
 mod commit;
 mod error;
+mod index_stat;
 mod lock;
 mod progress;
 pub(crate) mod remote_url;
@@ -191,6 +192,15 @@ pub fn checkpoint(
     message: &str,
 ) -> Result<Option<String>, GitError> {
     finish_inner(cfg, ws, message, &mut |_| {}, false)
+}
+
+/// Records each file's stat data in the index of the worktree at `path` (a checkout
+/// from a template has none, and the commit check would hash every file), then gives
+/// the new index file to `owner`. Call it once the files are final (after their
+/// hand-over to the agent user) and before the agent starts. Returns the entries
+/// recorded.
+pub fn record_stat(path: &std::path::Path, owner: Option<(u32, u32)>) -> Result<usize, GitError> {
+    index_stat::record(path, owner)
 }
 
 /// Deletes the task's worktree (the cache stays).

@@ -51,6 +51,7 @@ impl Workspace {
         AgentPaths {
             work: self.path().to_path_buf(),
             beads: self.beads_dir().map(Path::to_path_buf),
+            git: self.is_git(),
         }
     }
 }
@@ -60,6 +61,8 @@ impl Workspace {
 pub struct AgentPaths {
     pub work: PathBuf,
     pub beads: Option<PathBuf>,
+    /// Both are git worktrees (else `work` is a scratch dir).
+    pub git: bool,
 }
 
 /// What the agent gets besides its worktree: a HOME of its own (kept across tasks, per
@@ -112,6 +115,14 @@ pub fn hand_over(
         }
         let user = crate::process::identity::name_of(uid).unwrap_or_else(|| uid.to_string());
         home = Some((h, user));
+    }
+    if paths.git {
+        // Last, once the files' owner and ctime are final.
+        for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
+            if let Err(e) = git::record_stat(p, owner) {
+                tracing::warn!(task_id = %task.id(), "the index keeps no stat data ({e}): the commit check will read every file");
+            }
+        }
     }
     Ok(AgentDirs { home, tmp, context })
 }
