@@ -331,3 +331,60 @@ fn a_warm_task_s_index_knows_its_files_and_a_same_size_change_is_still_committed
         "CHANGED 01"
     );
 }
+
+/// The worktree of an ended task is out of the way before its `done` (moved to the
+/// trash) and deleted soon after; what a crash left in the trash goes at start-up.
+#[test]
+fn an_ended_task_s_worktree_is_gone_and_a_crash_s_trash_is_swept_at_start() {
+    let srv = GitServer::start(false);
+    let files: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("d{}/f{i}.txt", i % 10), format!("file {i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    srv.create_repo("rig", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A crash's leftover, as a worker half through deleting it would leave it.
+    let left = data.join("git/trash/t-old-1-0/d0");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("f.txt"), "x").unwrap();
+    let env = [
+        ("OUTPOST_ALLOW_HTTP", "1"),
+        ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
+    ];
+    let w = Worker::start_on(&data, free_port(), &env);
+    let trash = data.join("git/trash");
+    let trash_empty = || {
+        (0..300).any(|_| {
+            let n = std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
+            if n > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n == 0
+        })
+    };
+    // Before any task ended: the start-up sweep.
+    assert!(trash_empty(), "a crash's leftover is still in the trash");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (t, worktrees) = rt.block_on(async {
+        let c = h1();
+        let body = json!({"rig_url": srv.url("rig"), "ref": "main", "prompt": "ls d0 | wc -l"});
+        let id = submit(&c, &w, body).await;
+        let t = wait_terminal(&c, &w, &id, T).await;
+        // Read at once: the worktree was moved away before the end was written.
+        let worktrees: Vec<_> = std::fs::read_dir(data.join("git/worktrees"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        (t, worktrees)
+    });
+    assert_eq!(t["status"], "done", "{t}");
+    assert!(worktrees.is_empty(), "left at done: {worktrees:?}");
+    let emptied = trash_empty();
+    let left: Vec<_> = std::fs::read_dir(&trash)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(emptied, "the trash is not emptied: {left:?}");
+}

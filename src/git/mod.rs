@@ -23,6 +23,7 @@ mod spare;
 mod template;
 mod tls;
 mod transport;
+mod trash;
 mod worktree;
 
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use error::GitError;
 pub use progress::{Phase, Progress};
 pub use spare::settle as spares_settled;
 pub use transport::install_transport;
+pub use trash::settle as trash_settled;
 
 /// Settings for the git module (the lead builds it from the process configuration).
 /// Its `Debug` output hides the token.
@@ -216,7 +218,21 @@ pub fn remove_worktree(cfg: &GitConfig, ws: &Workspace) -> Result<(), GitError> 
             ),
         ));
     }
-    worktree::remove_dir(&ws.path)
+    // Renamed into the trash (its path is free at once), deleted in the background.
+    trash::discard(&trash_dir(&cfg), &ws.path)
+        .map_err(|e| GitError::io(format!("removing the worktree {}", ws.path.display()), e))
+}
+
+/// `<data>/git/trash`: worktrees being deleted.
+fn trash_dir(cfg: &GitConfig) -> PathBuf {
+    cfg.data_dir.join("git").join("trash")
+}
+
+/// Deletes, in the background, the worktrees a crash left in the trash.
+pub fn sweep_trash(cfg: &GitConfig) {
+    if let Ok(cfg) = cfg.absolute() {
+        trash::sweep(&trash_dir(&cfg));
+    }
 }
 
 fn prepare_inner(

@@ -308,6 +308,11 @@ pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Optio
     }
 }
 
+/// Deletes, in the background, the worktrees a crash left half deleted (start-up).
+pub fn sweep_trash(cfg: &Config) {
+    git::sweep_trash(&git_config(cfg));
+}
+
 /// Removes the working directory and the task's run dir so the disk does not grow
 /// without bound (on one blocking thread: one hand-off per task, not two).
 pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {

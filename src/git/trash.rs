@@ -1,0 +1,193 @@
+//! Worktrees of ended tasks are deleted off the task's path. [`discard`] renames one
+//! into `<data>/git/trash/`: a single rename, after which its path is free and the
+//! task can report its end. A background thread then deletes what the trash holds.
+//! Deleting a 2,000-file checkout on ext4 takes 0.1-0.2 s once its files are on disk,
+//! and every git task's `done` used to wait for it (docs/bench.md).
+//!
+//! What a crash left in the trash goes with the next discard, or with [`sweep`] at
+//! start-up. This module owns the deleting thread and the list of trash dirs it has
+//! yet to empty.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The deleting thread's work: the trash dirs to empty, and whether it runs.
+struct State {
+    dirty: Vec<PathBuf>,
+    running: bool,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    dirty: Vec::new(),
+    running: false,
+});
+/// Signalled when the deleting thread ends (nothing left to delete).
+static IDLE: Condvar = Condvar::new();
+
+fn state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Moves `path` into `trash` and has it deleted in the background. Where it cannot be
+/// moved (the trash cannot be made, or is on another file system) it is deleted now.
+/// A path that does not exist is no error.
+pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(());
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dest = trash.join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let moved = private_dir(trash).and_then(|()| fs::rename(path, &dest));
+    match moved {
+        Ok(()) => {
+            schedule(trash);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(path = %path.display(), "deleting in place, not moved to the trash: {e}");
+            remove(path)
+        }
+    }
+}
+
+/// Has whatever `trash` holds deleted in the background (a crash's leftovers).
+pub(crate) fn sweep(trash: &Path) {
+    if trash.is_dir() {
+        schedule(trash);
+    }
+}
+
+/// Waits, at most `timeout`, until nothing is being deleted; true if so (for tests).
+pub fn settle(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut s = state();
+    // Bounded by the deadline.
+    while s.running {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s = IDLE
+            .wait_timeout(s, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    true
+}
+
+/// Queues `trash` to be emptied, starting the deleting thread unless it runs; the
+/// thread ends once no trash dir is left queued.
+fn schedule(trash: &Path) {
+    let mut s = state();
+    if !s.dirty.iter().any(|d| d == trash) {
+        s.dirty.push(trash.to_path_buf());
+    }
+    if s.running {
+        return;
+    }
+    s.running = true;
+    drop(s);
+    let spawned = std::thread::Builder::new()
+        .name("outpost-trash".into())
+        .spawn(|| {
+            // Bounded: each turn empties a queued dir; discards queue their dir again
+            // only for what they moved in meanwhile.
+            while let Some(dir) = next_dirty() {
+                empty(&dir);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to empty the trash ({e}): emptying it now");
+        while let Some(dir) = next_dirty() {
+            empty(&dir);
+        }
+    }
+}
+
+/// The next trash dir to empty; None (and the thread marked ended) when none is left.
+fn next_dirty() -> Option<PathBuf> {
+    let mut s = state();
+    let next = s.dirty.pop();
+    if next.is_none() {
+        s.running = false;
+        IDLE.notify_all();
+    }
+    next
+}
+
+fn empty(trash: &Path) {
+    let Ok(entries) = fs::read_dir(trash) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if let Err(err) = remove(&e.path()) {
+            tracing::warn!(path = %e.path().display(), "emptying the trash: {err}");
+        }
+    }
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    let is_dir = fs::symlink_metadata(path).map(|m| m.is_dir());
+    let r = match is_dir {
+        Ok(true) => fs::remove_dir_all(path),
+        Ok(false) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// The trash dir: root's alone (0700), like the worktrees' parents.
+fn private_dir(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discarded_tree_leaves_its_path_at_once_and_the_trash_is_emptied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let trash = dir.path().join("trash");
+        let tree = dir.path().join("wt");
+        for i in 0..20 {
+            let d = tree.join(format!("d{i}"));
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join("f"), b"x").expect("write");
+        }
+        discard(&trash, &tree).expect("discard");
+        assert!(!tree.exists(), "the worktree's path is still taken");
+        assert!(settle(Duration::from_secs(30)), "still deleting");
+        assert_eq!(fs::read_dir(&trash).expect("trash").count(), 0);
+        // Nothing there: no error, nothing to do.
+        discard(&trash, &tree).expect("discard of nothing");
+    }
+
+    #[test]
+    fn what_a_crash_left_in_the_trash_is_swept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let trash = dir.path().join("trash");
+        fs::create_dir_all(trash.join("left-1/sub")).expect("mkdir");
+        fs::write(trash.join("left-1/sub/f"), b"x").expect("write");
+        fs::write(trash.join("stray"), b"x").expect("write");
+        sweep(&trash);
+        assert!(settle(Duration::from_secs(30)), "still deleting");
+        assert_eq!(fs::read_dir(&trash).expect("trash").count(), 0);
+    }
+}
