@@ -18,7 +18,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use git2::{IndexEntry, IndexTime, Repository};
@@ -76,7 +76,7 @@ fn fill(entry: &mut IndexEntry, meta: &std::fs::Metadata) -> bool {
     let Ok(size) = u32::try_from(meta.size()) else {
         return false;
     };
-    if !matches || ft.is_fifo() || ft.is_socket() {
+    if !matches {
         return false;
     }
     // The index keeps seconds and nanoseconds in 32 bits each, as git does.

@@ -35,7 +35,6 @@ pub use error::GitError;
 pub use progress::{Phase, Progress};
 pub use spare::settle as spares_settled;
 pub use transport::install_transport;
-pub use trash::settle as trash_settled;
 
 /// Settings for the git module (the lead builds it from the process configuration).
 /// Its `Debug` output hides the token.

@@ -47,8 +47,9 @@ fn announce() {
 /// How long a task waits for a spare being made rather than copying its own.
 const AWAIT_MAX: Duration = Duration::from_secs(5);
 
-/// A number unique in this process, for the names of spares and of taken ones.
-fn unique() -> String {
+/// A number unique in this process, for the names of spares, of taken ones and of
+/// worktrees in the trash.
+pub(super) fn unique() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "{}-{}",

@@ -11,9 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 /// The deleting thread's work: the trash dirs to empty, and whether it runs.
 struct State {
@@ -36,7 +34,6 @@ fn state() -> MutexGuard<'static, State> {
 /// moved (the trash cannot be made, or is on another file system) it is deleted now.
 /// A path that does not exist is no error.
 pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
         return Ok(());
     }
@@ -44,11 +41,7 @@ pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let dest = trash.join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dest = trash.join(format!("{name}-{}", super::spare::unique()));
     let moved = private_dir(trash).and_then(|()| fs::rename(path, &dest));
     match moved {
         Ok(()) => {
@@ -67,24 +60,6 @@ pub(crate) fn sweep(trash: &Path) {
     if trash.is_dir() {
         schedule(trash);
     }
-}
-
-/// Waits, at most `timeout`, until nothing is being deleted; true if so (for tests).
-pub fn settle(timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut s = state();
-    // Bounded by the deadline.
-    while s.running {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        s = IDLE
-            .wait_timeout(s, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
-    true
 }
 
 /// Queues `trash` to be emptied, starting the deleting thread unless it runs; the
@@ -160,6 +135,25 @@ fn private_dir(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Waits, at most `timeout`, until nothing is being deleted; true if so.
+    fn settle(timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = state();
+        // Bounded by the deadline.
+        while s.running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = IDLE
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
 
     #[test]
     fn a_discarded_tree_leaves_its_path_at_once_and_the_trash_is_emptied() {
