@@ -18,6 +18,19 @@ pub static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
 #[cfg(all(target_env = "musl", target_arch = "x86_64"))]
 extern crate fastmem;
 
+/// tokio's multi-threaded scheduler calls `pow` each time a worker ends a batch of polls
+/// (its poll-time average, `1 - 0.9^n`): on an idle worker that is the one call into
+/// glibc's libm, and each brings back the 64 KiB windows of libm's code and tables
+/// around it that `memory::shed` dropped (about 340 KiB resident, docs/bench.md). The
+/// binary's own `pow` (the libm crate's, a port of musl's) takes the calls instead and
+/// sits with the rest of the hot code. The static build has musl's in the binary
+/// already.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[no_mangle]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}
+
 fn main() {
     // The uid killer (see outpost::process::exec) runs before anything else: no
     // runtime, no logging, no threads.
@@ -29,4 +42,18 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = outpost::cli::run(args);
     std::process::exit(code);
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// The binary's `pow` is the one tokio's scheduler calls: it must be libm's answer.
+    #[test]
+    fn the_binary_s_pow_answers_as_libm_does() {
+        assert_eq!(super::pow(0.9, 1.0), 0.9);
+        assert_eq!(super::pow(2.0, 10.0), 1024.0);
+        assert_eq!(super::pow(4.0, 0.5), 2.0);
+        assert!((super::pow(0.9, 3.0) - 0.729).abs() < 1e-15);
+        assert!(super::pow(-1.0, 0.5).is_nan());
+        assert_eq!(super::pow(0.0, 0.0), 1.0);
+    }
 }
