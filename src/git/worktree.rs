@@ -135,7 +135,9 @@ pub(crate) fn create(
             return Err(git("checking the cache's objects", e));
         }
         // A spare copied ahead is a few renames; else the files are copied now. Either
-        // way the next spare is made meanwhile, off this task's path.
+        // way the next spare is begun right after the take, off this task's path: when
+        // this task copies, beside its copy (a task on the same commit that comes as
+        // this one ends then finds it made, or nearly: docs/bench.md, tenth session).
         let taken = match spare::take(&template, path, expected) {
             Ok(taken) => taken,
             Err(e) => {
@@ -146,12 +148,12 @@ pub(crate) fn create(
                 false
             }
         };
+        spare::replenish(&template, cfg.spare_checkouts, cfg.spare_owner);
         let copied = if taken {
             Ok(expected)
         } else {
             template::copy_into(&template, path)
         };
-        spare::replenish(&template, cfg.spare_checkouts, cfg.spare_owner);
         match copied {
             Ok(n) if n == expected => {
                 index.write().map_err(|e| git("writing the index", e))?;
