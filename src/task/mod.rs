@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::agent::pty::AgentHandle;
 use crate::process::Jail;
@@ -56,14 +56,19 @@ pub struct Task {
     state: Mutex<TaskState>,
     agent: Mutex<Option<AgentHandle>>,
     jail: Mutex<Option<Arc<Jail>>>,
-    stop: watch::Sender<Option<StopReason>>,
+    /// Why it is being stopped (the first reason asked wins), and the runner's wake-up.
+    /// Not a `watch` channel: that is a 350-byte allocation of its own, kept for as long
+    /// as the task stays listed.
+    stop: Mutex<Option<StopReason>>,
+    stop_asked: Notify,
     /// The hold on its `issue_id` (lock, record, how it starts), while it is live.
-    session: Option<session::Claim>,
+    /// Boxed: 400 bytes that most tasks (no `issue_id`) would carry for as long as they
+    /// stay listed.
+    session: Option<Box<session::Claim>>,
 }
 
 impl Task {
     fn new(meta: TaskMeta, dir: PathBuf, log: EventLog, state: TaskState, slot: usize) -> Task {
-        let (stop, _) = watch::channel(None);
         Task {
             meta,
             log,
@@ -72,14 +77,15 @@ impl Task {
             state: Mutex::new(state),
             agent: Mutex::new(None),
             jail: Mutex::new(None),
-            stop,
+            stop: Mutex::new(None),
+            stop_asked: Notify::new(),
             session: None,
         }
     }
 
     /// Its hold on its `issue_id` (tasks admitted by this worker with an `issue_id`).
     pub fn session(&self) -> Option<&session::Claim> {
-        self.session.as_ref()
+        self.session.as_deref()
     }
 
     pub fn slot(&self) -> usize {
@@ -215,22 +221,33 @@ impl Task {
 
     /// Asks the runner to stop the agent; the first reason wins.
     pub fn request_stop(&self, reason: StopReason) -> bool {
-        self.stop.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
+        {
+            let mut r = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_some() {
+                return false;
             }
-        })
+            *r = Some(reason);
+        }
+        self.stop_asked.notify_waiters();
+        true
     }
 
     pub fn stop_reason(&self) -> Option<StopReason> {
-        *self.stop.borrow()
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn stop_watch(&self) -> watch::Receiver<Option<StopReason>> {
-        self.stop.subscribe()
+    /// Returns once a stop has been asked for (at once if it already was).
+    async fn stop_requested(&self) {
+        loop {
+            // Registered before the check, so a stop asked in between still wakes it.
+            let asked = self.stop_asked.notified();
+            tokio::pin!(asked);
+            asked.as_mut().enable();
+            if self.stop_reason().is_some() {
+                return;
+            }
+            asked.await;
+        }
     }
 
     /// The running agent's handle, if any.
@@ -249,4 +266,47 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Res
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn task_in(dir: &Path) -> Task {
+        let meta = TaskMeta {
+            id: "t-stop".into(),
+            created_at: "2026-12-02T00:00:00.000Z".into(),
+            created_unix_ms: 0,
+            branch: "polecat/t-stop".into(),
+            request: Default::default(),
+            resumed_from: None,
+        };
+        let log = EventLog::create(dir).unwrap();
+        Task::new(meta, dir.to_path_buf(), log, TaskState::new(), 0)
+    }
+
+    #[tokio::test]
+    async fn a_stop_wakes_the_runner_waiting_or_not_yet_and_the_first_reason_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let task = Arc::new(task_in(tmp.path()));
+        // Asked while the runner waits.
+        let waiting = tokio::spawn({
+            let t = task.clone();
+            async move { t.stop_requested().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no stop asked yet");
+        assert!(task.request_stop(StopReason::Cancel));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting runner woke")
+            .unwrap();
+        // The first reason stays; a runner that starts waiting later returns at once.
+        assert!(!task.request_stop(StopReason::Timeout));
+        assert_eq!(task.stop_reason(), Some(StopReason::Cancel));
+        tokio::time::timeout(Duration::from_secs(5), task.stop_requested())
+            .await
+            .expect("a stop asked before the wait is seen");
+    }
 }

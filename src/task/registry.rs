@@ -225,7 +225,7 @@ impl Registry {
                 tracing::error!(task_id = %id, "writing the issue's session record: {e:#}");
             }
         }
-        task.session = claim;
+        task.session = claim.map(Box::new);
         let task = Arc::new(task);
         if let Some(issue) = &task.meta.request.issue_id {
             g.live_issues.insert(issue.clone(), id.clone());

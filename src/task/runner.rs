@@ -240,7 +240,6 @@ async fn supervise_agent(
     ws: &Workspace,
     ended: Option<watch::Receiver<bool>>,
 ) -> (Reaped, Option<String>, bool) {
-    let mut stop = task.stop_watch();
     let timeout = task
         .meta
         .request
@@ -266,7 +265,7 @@ async fn supervise_agent(
     let mut after_result = false;
     tokio::select! {
         r = agent.wait() => return (r, None, false),
-        _ = stop.wait_for(|r| r.is_some()) => {}
+        _ = task.stop_requested() => {}
         _ = timer => { task.request_stop(StopReason::Timeout); }
         _ = lingering => { after_result = true; }
     }
