@@ -6,10 +6,10 @@
 //! A spare is copied on a background thread into a `.tmp-` directory and renamed into
 //! place once whole. A task takes one by renaming it to a name of its own, so no two
 //! tasks ever share one, then moves its top-level entries into the worktree; and asks
-//! for a new one, which is begun as soon as its own files are taken or being copied (a task that finds none
-//! while one is being made waits for it, unless another task already does). Spares
-//! sit beside their
-//! template, out of every agent's reach, and go with it (`template::prune_others`).
+//! for a new one, begun as soon as its own files are taken or being copied (a task that
+//! finds none while one is being made waits for it, unless another task already does).
+//! Spares sit beside their template, out of every agent's reach, and go with it
+//! (`template::prune_others`).
 //! This module owns the set of spare makers running now.
 
 use std::fs;

@@ -94,11 +94,11 @@ impl Task {
 
     /// The containment of the running agent, if any.
     pub fn jail(&self) -> Option<Arc<Jail>> {
-        self.jail.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        locked(&self.jail).clone()
     }
 
     fn set_jail(&self, j: Option<Arc<Jail>>) {
-        *self.jail.lock().unwrap_or_else(|e| e.into_inner()) = j;
+        *locked(&self.jail) = j;
     }
 
     /// Memory the task's processes hold now: its cgroup's figure, else its process
@@ -119,7 +119,7 @@ impl Task {
     }
 
     fn state(&self) -> MutexGuard<'_, TaskState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     pub fn status(&self) -> Status {
@@ -222,7 +222,7 @@ impl Task {
     /// Asks the runner to stop the agent; the first reason wins.
     pub fn request_stop(&self, reason: StopReason) -> bool {
         {
-            let mut r = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = locked(&self.stop);
             if r.is_some() {
                 return false;
             }
@@ -233,7 +233,7 @@ impl Task {
     }
 
     pub fn stop_reason(&self) -> Option<StopReason> {
-        *self.stop.lock().unwrap_or_else(|e| e.into_inner())
+        *locked(&self.stop)
     }
 
     /// Returns once a stop has been asked for (at once if it already was).
@@ -252,12 +252,18 @@ impl Task {
 
     /// The running agent's handle, if any.
     pub fn agent(&self) -> Option<AgentHandle> {
-        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        locked(&self.agent).clone()
     }
 
     fn set_agent(&self, h: Option<AgentHandle>) {
-        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = h;
+        *locked(&self.agent) = h;
     }
+}
+
+/// A task's lock, held or poisoned: every field behind one is written whole, so a panic
+/// elsewhere leaves consistent data.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes JSON to `path` through a temporary file and a rename.
