@@ -24,4 +24,5 @@ pub mod serve;
 pub mod supervise;
 pub mod task;
 pub mod timefmt;
+pub mod trash;
 pub mod validate;

@@ -64,7 +64,7 @@ async fn serve_async(cfg: Config) -> anyhow::Result<()> {
     }
     let (containment, instance) = contain(&cfg).await?;
     let reg = Registry::open(cfg.clone(), containment.clone(), instance)?;
-    crate::task::workspace::sweep_trash(&cfg);
+    crate::trash::sweep_data_dir(&cfg.data_dir);
     if let Some(after) = cfg.idle_shutdown {
         supervise::spawn_idle_shutdown(reg.clone(), after, cfg.idle_shutdown_cmd.clone());
     }

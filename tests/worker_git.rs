@@ -332,8 +332,10 @@ fn a_warm_task_s_index_knows_its_files_and_a_same_size_change_is_still_committed
     );
 }
 
-/// The worktree of an ended task is out of the way before its `done` (moved to the
-/// trash) and deleted soon after; what a crash left in the trash goes at start-up.
+/// The worktree and the run dir of an ended task are out of the way before its
+/// `done` (moved to the trash) and deleted soon after; what a crash left in the trash
+/// (today's, `<data>/trash`, and earlier versions', `<data>/git/trash`) goes at
+/// start-up.
 #[test]
 fn an_ended_task_s_worktree_is_gone_and_a_crash_s_trash_is_swept_at_start() {
     let srv = GitServer::start(false);
@@ -347,19 +349,28 @@ fn an_ended_task_s_worktree_is_gone_and_a_crash_s_trash_is_swept_at_start() {
     srv.create_repo("rig", &refs);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    // A crash's leftover, as a worker half through deleting it would leave it.
-    let left = data.join("git/trash/t-old-1-0/d0");
-    std::fs::create_dir_all(&left).unwrap();
-    std::fs::write(left.join("f.txt"), "x").unwrap();
+    let trashes = [data.join("trash"), data.join("git/trash")];
+    // A crash's leftovers, as a worker half through deleting them would leave them.
+    for trash in &trashes {
+        let left = trash.join("t-old-1-0/d0");
+        std::fs::create_dir_all(&left).unwrap();
+        std::fs::write(left.join("f.txt"), "x").unwrap();
+    }
     let env = [
         ("OUTPOST_ALLOW_HTTP", "1"),
         ("OUTPOST_ALLOWED_HOSTS", "127.0.0.1"),
     ];
     let w = Worker::start_on(&data, free_port(), &env);
-    let trash = data.join("git/trash");
+    let in_trash = || -> Vec<std::path::PathBuf> {
+        trashes
+            .iter()
+            .flat_map(|t| std::fs::read_dir(t).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect()
+    };
     let trash_empty = || {
         (0..300).any(|_| {
-            let n = std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
+            let n = in_trash().len();
             if n > 0 {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -367,24 +378,32 @@ fn an_ended_task_s_worktree_is_gone_and_a_crash_s_trash_is_swept_at_start() {
         })
     };
     // Before any task ended: the start-up sweep.
-    assert!(trash_empty(), "a crash's leftover is still in the trash");
+    assert!(
+        trash_empty(),
+        "a crash's leftover is still in the trash: {:?}",
+        in_trash()
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (t, worktrees) = rt.block_on(async {
-        let c = h1();
-        let body = json!({"rig_url": srv.url("rig"), "ref": "main", "prompt": "ls d0 | wc -l"});
-        let id = submit(&c, &w, body).await;
-        let t = wait_terminal(&c, &w, &id, T).await;
-        // Read at once: the worktree was moved away before the end was written.
-        let worktrees: Vec<_> = std::fs::read_dir(data.join("git/worktrees"))
+    let listed = |dir: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data.join(dir))
             .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        (t, worktrees)
-    });
-    assert_eq!(t["status"], "done", "{t}");
-    assert!(worktrees.is_empty(), "left at done: {worktrees:?}");
-    let emptied = trash_empty();
-    let left: Vec<_> = std::fs::read_dir(&trash)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(emptied, "the trash is not emptied: {left:?}");
+            .unwrap_or_default()
+    };
+    for body in [
+        json!({"rig_url": srv.url("rig"), "ref": "main", "prompt": "ls d0 | wc -l"}),
+        json!({"prompt": "mkdir -p a/b && echo x > a/b/f && ls a"}),
+    ] {
+        let (t, worktrees, runs) = rt.block_on(async {
+            let c = h1();
+            let id = submit(&c, &w, body.clone()).await;
+            let t = wait_terminal(&c, &w, &id, T).await;
+            // Read at once: the task's files were moved away before the end was written.
+            (t, listed("git/worktrees"), listed("run"))
+        });
+        assert_eq!(t["status"], "done", "{t}");
+        assert!(worktrees.is_empty(), "left at done: {worktrees:?}");
+        assert!(runs.is_empty(), "run dirs left at done: {runs:?}");
+        let emptied = trash_empty();
+        assert!(emptied, "the trash is not emptied: {:?}", in_trash());
+    }
 }

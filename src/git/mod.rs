@@ -23,7 +23,6 @@ mod spare;
 mod template;
 mod tls;
 mod transport;
-mod trash;
 mod worktree;
 
 use std::path::PathBuf;
@@ -218,20 +217,8 @@ pub fn remove_worktree(cfg: &GitConfig, ws: &Workspace) -> Result<(), GitError> 
         ));
     }
     // Renamed into the trash (its path is free at once), deleted in the background.
-    trash::discard(&trash_dir(&cfg), &ws.path)
+    crate::trash::discard(&crate::trash::dir(&cfg.data_dir), &ws.path)
         .map_err(|e| GitError::io(format!("removing the worktree {}", ws.path.display()), e))
-}
-
-/// `<data>/git/trash`: worktrees being deleted.
-fn trash_dir(cfg: &GitConfig) -> PathBuf {
-    cfg.data_dir.join("git").join("trash")
-}
-
-/// Deletes, in the background, the worktrees a crash left in the trash.
-pub fn sweep_trash(cfg: &GitConfig) {
-    if let Ok(cfg) = cfg.absolute() {
-        trash::sweep(&trash_dir(&cfg));
-    }
 }
 
 fn prepare_inner(

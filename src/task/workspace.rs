@@ -308,13 +308,9 @@ pub async fn checkpoint(cfg: &Config, ws: &Workspace, task: &Arc<Task>) -> Optio
     }
 }
 
-/// Deletes, in the background, the worktrees a crash left half deleted (start-up).
-pub fn sweep_trash(cfg: &Config) {
-    git::sweep_trash(&git_config(cfg));
-}
-
 /// Removes the working directory and the task's run dir so the disk does not grow
-/// without bound (on one blocking thread: one hand-off per task, not two).
+/// without bound (on one blocking thread: one hand-off per task, not two). Each is
+/// renamed into the trash, its path free at once, and deleted in the background.
 pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {
     let run = run_dir(cfg, task);
     let scratch = match ws {
@@ -325,11 +321,17 @@ pub async fn cleanup(cfg: &Config, ws: &Workspace, task: &Task) {
         Workspace::Git(g) => Some((g.cfg.clone(), g.main.clone(), g.beads.clone())),
         Workspace::Scratch(_) => None,
     };
+    let trash = crate::trash::dir(&cfg.data_dir);
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_dir_all(run);
+        let discard = |dir: &Path| {
+            if let Err(e) = crate::trash::discard(&trash, dir) {
+                tracing::warn!(path = %dir.display(), "removing the task's files: {e}");
+            }
+        };
+        discard(&run);
         if let Some(dir) = scratch {
             // Usually inside the run dir, so already gone.
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             // The run dir of the task it continued, if that is where it was: gone
             // once empty.
             if let Some(parent) = dir.parent() {

@@ -47,9 +47,11 @@ const TAIL_UNSYNCED: usize = 4 * 1024 * 1024;
 /// Output records up to this size are synced by the thread appending them when no
 /// sync is under way (see `append_payload`).
 const INLINE_SYNC_MAX: usize = 2 * 1024;
-/// What is kept in memory once the log is closed: only the `done` record, so that
-/// thousands of finished tasks cost next to nothing.
-const TAIL_CLOSED: usize = 0;
+/// What is kept in memory once the log is closed: only the records of the last
+/// append (the final `status` and `done`), so that thousands of finished tasks cost
+/// next to nothing, while a follower that was live when the task ended is served
+/// them from memory, not from the file (a blocking hand-off, an open and two reads
+/// on the path to a trivial task's `done`).
 
 /// One record of the log, as stored (a JSON line ending in `\n`).
 #[derive(Debug, Clone)]
@@ -388,7 +390,7 @@ impl EventLog {
             g.durable = g.len;
             g.closed = true;
             g.events = None;
-            trim_tail(&mut g, TAIL_CLOSED);
+            trim_tail(&mut g, 0, records.len());
             // A finished task stays listed for long (OUTPOST_KEEP_TASKS): its tail's
             // room for thousands of records goes, not just the records.
             g.tail.shrink_to_fit();
@@ -555,11 +557,13 @@ fn keep_cut(events: &File, path: &Path, from: u64, len: u64) -> io::Result<()> {
 fn trim_served(g: &mut Inner) {
     let unsynced = usize::try_from(g.len - g.durable).unwrap_or(usize::MAX);
     let keep = TAIL_KEEP.saturating_add(unsynced.min(TAIL_UNSYNCED));
-    trim_tail(g, keep);
+    trim_tail(g, keep, 1);
 }
 
-fn trim_tail(g: &mut Inner, keep: usize) {
-    while g.tail_bytes > keep && g.tail.len() > 1 {
+/// Drops the oldest records until the tail holds at most `keep` bytes, keeping at
+/// least the last `min_records`.
+fn trim_tail(g: &mut Inner, keep: usize, min_records: usize) {
+    while g.tail_bytes > keep && g.tail.len() > min_records {
         if let Some(r) = g.tail.pop_front() {
             g.tail_bytes -= r.line.len();
         }

@@ -297,3 +297,25 @@ fn the_last_status_and_done_go_in_one_write_served_together_at_once() {
     assert!(last.unwrap().is_done());
     assert_eq!(log.last_id(), 3);
 }
+
+#[test]
+fn a_follower_live_at_the_end_gets_the_last_records_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::create(dir.path()).unwrap();
+    log.append("status", r#"{"status":"working"}"#).unwrap();
+    log.append_output_bytes(b"hello").unwrap();
+    log.append_end(r#"{"status":"done"}"#, r#"{"status":"done","exit_code":0}"#)
+        .unwrap();
+    // Caught up to the output when the task ended: the final status and done are
+    // still in memory.
+    let mut live = Cursor::after(2);
+    let recs = match log.read_memory(&mut live, 1 << 20) {
+        Some(Read::Records(v)) => v,
+        other => panic!("expected records from memory, got {other:?}"),
+    };
+    let events: Vec<(u64, &[u8])> = recs.iter().map(|r| (r.id, &r.event[..])).collect();
+    assert_eq!(events, vec![(3, &b"status"[..]), (4, &b"done"[..])]);
+    // Only those: a follower further behind reads the file.
+    assert!(log.read_memory(&mut Cursor::after(1), 1 << 20).is_none());
+    assert_eq!(log.lock().tail.len(), 2);
+}

@@ -1,17 +1,26 @@
-//! Worktrees of ended tasks are deleted off the task's path. [`discard`] renames one
-//! into `<data>/git/trash/`: a single rename, after which its path is free and the
-//! task can report its end. A background thread then deletes what the trash holds.
-//! Deleting a 2,000-file checkout on ext4 takes 0.1-0.2 s once its files are on disk,
-//! and every git task's `done` used to wait for it (docs/bench.md).
+//! Trees of ended tasks are deleted off the task's path. [`discard`] renames one (a
+//! worktree, a scratch task's run dir) into `<data>/trash/`: a single rename, after
+//! which its path is free and the task can report its end. A background thread then
+//! deletes what the trash holds. Deleting a 2,000-file checkout on ext4 takes
+//! 0.1-0.2 s once its files are on disk, and even an empty scratch dir's three
+//! `rmdir`s cost a trivial task's `done` 0.5-1 ms on ext4 (docs/bench.md).
 //!
 //! What a crash left in the trash goes with the next discard, or with [`sweep`] at
 //! start-up. This module owns the deleting thread and the list of trash dirs it has
-//! yet to empty.
+//! yet to empty; the thread lingers a moment for the next discard (tasks back to back
+//! would otherwise start one each) and ends when none comes.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long the deleting thread waits for more work before it ends.
+const LINGER: Duration = Duration::from_secs(2);
+/// Where trash lived before scratch dirs went there too (swept at start-up).
+const LEGACY: &str = "git/trash";
 
 /// The deleting thread's work: the trash dirs to empty, and whether it runs.
 struct State {
@@ -25,6 +34,30 @@ static STATE: Mutex<State> = Mutex::new(State {
 });
 /// Signalled when the deleting thread ends (nothing left to delete).
 static IDLE: Condvar = Condvar::new();
+/// Signalled when a trash dir is queued for the lingering thread.
+static WORK: Condvar = Condvar::new();
+
+/// `<data>/trash`: trees being deleted (root's alone).
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("trash")
+}
+
+/// Deletes, in the background, what a crash left in the data dir's trash (and in
+/// the trash of earlier versions).
+pub fn sweep_data_dir(data_dir: &Path) {
+    sweep(&dir(data_dir));
+    sweep(&data_dir.join(LEGACY));
+}
+
+/// A name unique in this process.
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|p| p.into_inner())
@@ -33,7 +66,7 @@ fn state() -> MutexGuard<'static, State> {
 /// Moves `path` into `trash` and has it deleted in the background. Where it cannot be
 /// moved (the trash cannot be made, or is on another file system) it is deleted now.
 /// A path that does not exist is no error.
-pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
+pub fn discard(trash: &Path, path: &Path) -> io::Result<()> {
     if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
         return Ok(());
     }
@@ -41,7 +74,7 @@ pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let dest = trash.join(format!("{name}-{}", super::spare::unique()));
+    let dest = trash.join(format!("{name}-{}", unique()));
     let moved = private_dir(trash).and_then(|()| fs::rename(path, &dest));
     match moved {
         Ok(()) => {
@@ -56,20 +89,21 @@ pub(crate) fn discard(trash: &Path, path: &Path) -> io::Result<()> {
 }
 
 /// Has whatever `trash` holds deleted in the background (a crash's leftovers).
-pub(crate) fn sweep(trash: &Path) {
+pub fn sweep(trash: &Path) {
     if trash.is_dir() {
         schedule(trash);
     }
 }
 
 /// Queues `trash` to be emptied, starting the deleting thread unless it runs; the
-/// thread ends once no trash dir is left queued.
+/// thread ends once no trash dir has been queued for [`LINGER`].
 fn schedule(trash: &Path) {
     let mut s = state();
     if !s.dirty.iter().any(|d| d == trash) {
         s.dirty.push(trash.to_path_buf());
     }
     if s.running {
+        WORK.notify_one();
         return;
     }
     s.running = true;
@@ -79,21 +113,28 @@ fn schedule(trash: &Path) {
         .spawn(|| {
             // Bounded: each turn empties a queued dir; discards queue their dir again
             // only for what they moved in meanwhile.
-            while let Some(dir) = next_dirty() {
+            while let Some(dir) = next_dirty(LINGER) {
                 empty(&dir);
             }
         });
     if let Err(e) = spawned {
         tracing::warn!("no thread to empty the trash ({e}): emptying it now");
-        while let Some(dir) = next_dirty() {
+        while let Some(dir) = next_dirty(Duration::ZERO) {
             empty(&dir);
         }
     }
 }
 
-/// The next trash dir to empty; None (and the thread marked ended) when none is left.
-fn next_dirty() -> Option<PathBuf> {
+/// The next trash dir to empty, waiting up to `linger` for one; None (and the
+/// thread marked ended) when none came.
+fn next_dirty(linger: Duration) -> Option<PathBuf> {
     let mut s = state();
+    if s.dirty.is_empty() && !linger.is_zero() {
+        s = WORK
+            .wait_timeout_while(s, linger, |s| s.dirty.is_empty())
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
     let next = s.dirty.pop();
     if next.is_none() {
         s.running = false;
