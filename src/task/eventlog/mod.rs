@@ -47,11 +47,11 @@ const TAIL_UNSYNCED: usize = 4 * 1024 * 1024;
 /// Output records up to this size are synced by the thread appending them when no
 /// sync is under way (see `append_payload`).
 const INLINE_SYNC_MAX: usize = 2 * 1024;
-/// What is kept in memory once the log is closed: only the records of the last
-/// append (the final `status` and `done`), so that thousands of finished tasks cost
-/// next to nothing, while a follower that was live when the task ended is served
-/// them from memory, not from the file (a blocking hand-off, an open and two reads
-/// on the path to a trivial task's `done`).
+// What is kept in memory once the log is closed: only the records of the last
+// append (the final `status` and `done`), so that thousands of finished tasks cost
+// next to nothing, while a follower that was live when the task ended is served
+// them from memory, not from the file (a blocking hand-off, an open and two reads
+// on the path to a trivial task's `done`).
 
 /// One record of the log, as stored (a JSON line ending in `\n`).
 #[derive(Debug, Clone)]
