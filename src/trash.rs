@@ -49,8 +49,9 @@ pub fn sweep_data_dir(data_dir: &Path) {
     sweep(&data_dir.join(LEGACY));
 }
 
-/// A name unique in this process.
-fn unique() -> String {
+/// A number unique in this process, for the names of trees in the trash and of the
+/// git cache's spare checkouts.
+pub(crate) fn unique() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "{}-{}",

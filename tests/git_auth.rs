@@ -7,7 +7,7 @@ mod gitserver;
 use std::path::Path;
 use std::time::Duration;
 
-use gitserver::{run_git, GitServer};
+use gitserver::{files_below, run_git, GitServer};
 use outpost::git::{self, GitConfig, GitError};
 
 const TOKEN: &str = "ghp_TEST0123456789abcdefSECRET";
@@ -23,21 +23,13 @@ fn cfg(data: &Path, token: Option<&str>) -> GitConfig {
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
+    files_below(dir)
+        .into_iter()
+        .filter(|(path, _)| {
+            std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        })
+        .map(|(path, _)| path.display().to_string())
+        .collect()
 }
 
 #[test]

@@ -12,24 +12,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use gitserver::{run_git, GitServer};
+use gitserver::{files_below, run_git, GitServer};
 use serde_json::json;
 
 /// Every file below `dir`, with its owner and mode.
-fn files_below(dir: &Path) -> Vec<(std::path::PathBuf, u32, u32)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let meta = std::fs::symlink_metadata(e.path()).unwrap();
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push((e.path(), meta.uid(), meta.mode() & 0o7777));
-            }
-        }
-    }
-    out
+fn owners_below(dir: &Path) -> Vec<(std::path::PathBuf, u32, u32)> {
+    files_below(dir)
+        .into_iter()
+        .map(|(p, meta)| (p, meta.uid(), meta.mode() & 0o7777))
+        .collect()
 }
 
 /// Runs a task to its end: (the task, its output as text).
@@ -93,7 +84,7 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
 
     // The cache's files are still the worker's, read-only, and whole.
     let cache = w.data.join("git/cache");
-    let objects: Vec<_> = files_below(&cache)
+    let objects: Vec<_> = owners_below(&cache)
         .into_iter()
         .filter(|(p, _, _)| p.components().any(|c| c.as_os_str() == "objects"))
         .collect();
@@ -127,7 +118,7 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         found
     });
     let spare = spare.expect("no spare checkout was made");
-    for (p, uid, _) in files_below(&spare) {
+    for (p, uid, _) in owners_below(&spare) {
         assert_eq!(uid, 64500, "{} is not the slot's agent user's", p.display());
     }
     let meta = std::fs::metadata(&templates).unwrap();

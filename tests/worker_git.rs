@@ -10,7 +10,7 @@ mod gitserver;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gitserver::GitServer;
+use gitserver::{files_below, GitServer};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
@@ -170,19 +170,13 @@ fn tls_and_token_with_the_token_kept_out_of_the_log() {
         commit
     );
     // The token is in no file of the data dir and in no log line.
-    let mut stack = vec![w.data.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                assert!(
-                    !String::from_utf8_lossy(&bytes).contains("tok-SECRET-42"),
-                    "token in {}",
-                    p.display()
-                );
-            }
+    for (p, _) in files_below(&w.data) {
+        if let Ok(bytes) = std::fs::read(&p) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("tok-SECRET-42"),
+                "token in {}",
+                p.display()
+            );
         }
     }
     assert!(!w.log_text().contains("tok-SECRET-42"));

@@ -15,7 +15,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,17 +45,6 @@ fn announce() {
 
 /// How long a task waits for a spare being made rather than copying its own.
 const AWAIT_MAX: Duration = Duration::from_secs(5);
-
-/// A number unique in this process, for the names of spares, of taken ones and of
-/// worktrees in the trash.
-pub(super) fn unique() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// `(the template's directory, the template's name)`.
 fn split(template: &Path) -> Option<(&Path, String)> {
@@ -108,7 +96,7 @@ pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<boo
         found = await_one(template);
     }
     for (spare, n) in found {
-        let taken = dir.join(format!("{name}.tmp-{}-taken", unique()));
+        let taken = dir.join(format!("{name}.tmp-{}-taken", crate::trash::unique()));
         // Another task may take the same one first: then this rename fails.
         if fs::rename(&spare, &taken).is_err() {
             continue;
@@ -206,7 +194,7 @@ fn make(template: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     let Some((dir, name)) = split(template) else {
         return Err(io::Error::other("a template without a parent"));
     };
-    let id = unique();
+    let id = crate::trash::unique();
     let tmp = dir.join(format!("{name}.tmp-{id}-spare"));
     let made = fs::create_dir(&tmp)
         .and_then(|()| template::copy_into(template, &tmp))

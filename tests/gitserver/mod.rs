@@ -254,6 +254,31 @@ impl Drop for GitServer {
     }
 }
 
+/// Every file below `dir` (not following symlinks), with its metadata. A directory or
+/// file that goes while the walk runs is left out: a worker empties its trash in the
+/// background, so a data dir's ended worktrees can vanish between listing and reading.
+pub fn files_below(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("listing {}: {e}", d.display()),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => stack.push(path),
+                Ok(meta) => out.push((path, meta)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("reading {}: {e}", path.display()),
+            }
+        }
+    }
+    out
+}
+
 /// Runs `git` in `dir` with an isolated configuration; panics on failure; returns stdout.
 pub fn run_git(dir: &Path, args: &[&str]) -> String {
     let out = git_output(dir, args);

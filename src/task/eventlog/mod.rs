@@ -47,12 +47,6 @@ const TAIL_UNSYNCED: usize = 4 * 1024 * 1024;
 /// Output records up to this size are synced by the thread appending them when no
 /// sync is under way (see `append_payload`).
 const INLINE_SYNC_MAX: usize = 2 * 1024;
-// What is kept in memory once the log is closed: only the records of the last
-// append (the final `status` and `done`), so that thousands of finished tasks cost
-// next to nothing, while a follower that was live when the task ended is served
-// them from memory, not from the file (a blocking hand-off, an open and two reads
-// on the path to a trivial task's `done`).
-
 /// One record of the log, as stored (a JSON line ending in `\n`).
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -390,6 +384,10 @@ impl EventLog {
             g.durable = g.len;
             g.closed = true;
             g.events = None;
+            // Only this append's records (the final `status` and `done`) stay in
+            // memory: thousands of finished tasks cost next to nothing, and a follower
+            // that was live at the end is served them from here, not from the file
+            // (a blocking hand-off, an open and two reads before a trivial `done`).
             trim_tail(&mut g, 0, records.len());
             // A finished task stays listed for long (OUTPOST_KEEP_TASKS): its tail's
             // room for thousands of records goes, not just the records.
