@@ -105,6 +105,26 @@ async fn curl_streams_a_shell_task_on_h1_and_h2_prior_knowledge() {
             .map(|v| v["data"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(output, "Hello from Cloud Run\r\n", "{text}");
+        // A scratch task has nothing to prepare: `queued` then `working`, ids 1 and 2.
+        let statuses: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter(|v| v["event"] == "status")
+            .map(|v| {
+                (
+                    v["id"].as_u64().unwrap(),
+                    v["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            statuses[..2],
+            [(1, "queued".into()), (2, "working".into())],
+            "{text}"
+        );
+        assert_eq!(statuses.len(), 3, "{text}");
+        assert_eq!(statuses[2].1, "done", "{text}");
         assert!(
             text.trim_end().ends_with('}') && text.contains("event: done"),
             "{text}"

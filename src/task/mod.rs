@@ -198,8 +198,10 @@ impl Task {
             resumed_from: self.meta.resumed_from.clone(),
         };
         let payload = serde_json::to_string(&done).map_err(io::Error::other)?;
-        self.log
-            .append_end(&json!({ "status": status }).to_string(), &payload)?;
+        self.log.append_all(&[
+            ("status", &json!({ "status": status }).to_string()),
+            ("done", &payload),
+        ])?;
         st.status = status;
         st.exit_code = end.exit_code;
         st.commit = end.commit;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::model::Status;
+use super::model::{Status, WorkRequest};
 use super::Task;
 use crate::config::Config;
 use crate::git::{self, GitConfig, Progress};
@@ -177,6 +177,12 @@ fn commit_message(task: &Task, what: &str) -> String {
         msg.push_str(&format!("\n\nPrompt: {short}"));
     }
     msg
+}
+
+/// Whether the task works in a scratch dir (no `rig_url`): nothing to clone, so
+/// nothing keeps its agent from starting once it is admitted.
+pub fn is_scratch(req: &WorkRequest) -> bool {
+    req.rig_url.is_none()
 }
 
 /// Prepares the working directory: clones or fetches with `rig_url`, else a scratch dir.

@@ -309,13 +309,15 @@ impl EventLog {
         self.append_payload("output", Payload::Bytes(bytes))
     }
 
-    /// Appends the task's last status and its `done` with one write and one sync, before
-    /// either is served. Returns the id of `done`.
-    pub fn append_end(&self, status: &str, done: &str) -> io::Result<u64> {
-        self.append_records(&[
-            ("status", Payload::Object(status)),
-            ("done", Payload::Object(done)),
-        ])
+    /// Appends several events (ids in order) with one write and, where the log syncs,
+    /// one sync before any of them is served; a last `done` closes the log. Each
+    /// payload is a JSON object (`{...}`) or empty. Returns the last one's id.
+    pub fn append_all(&self, events: &[(&'static str, &str)]) -> io::Result<u64> {
+        let records: Vec<_> = events
+            .iter()
+            .map(|&(event, payload)| (event, Payload::Object(payload)))
+            .collect();
+        self.append_records(&records)
     }
 
     fn append_payload(&self, event: &'static str, payload: Payload<'_>) -> io::Result<u64> {

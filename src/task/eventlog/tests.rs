@@ -271,10 +271,13 @@ fn the_last_status_and_done_go_in_one_write_served_together_at_once() {
     let log = EventLog::create(dir.path()).unwrap();
     log.append("status", r#"{"status":"working"}"#).unwrap();
     let done = log
-        .append_end(r#"{"status":"done"}"#, r#"{"status":"done","exit_code":0}"#)
+        .append_all(&[
+            ("status", r#"{"status":"done"}"#),
+            ("done", r#"{"status":"done","exit_code":0}"#),
+        ])
         .unwrap();
     assert_eq!(done, 3);
-    // Durable (and so served) when append_end returns: no wait for a syncer.
+    // Durable (and so served) when append_all returns: no wait for a syncer.
     let mut c = Cursor::after(1);
     let recs = match log.read_file(&mut c, 1 << 20).unwrap() {
         Read::Records(v) => v,
@@ -283,7 +286,10 @@ fn the_last_status_and_done_go_in_one_write_served_together_at_once() {
     let events: Vec<(u64, &[u8])> = recs.iter().map(|r| (r.id, &r.event[..])).collect();
     assert_eq!(events, vec![(2, &b"status"[..]), (3, &b"done"[..])]);
     assert!(recs[1].is_done());
-    assert!(log.append_end("{}", "{}").is_err(), "appended after done");
+    assert!(
+        log.append_all(&[("status", "{}"), ("done", "{}")]).is_err(),
+        "appended after done"
+    );
     drop(log);
     let text = std::fs::read_to_string(dir.path().join(EVENTS_FILE)).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -304,8 +310,11 @@ fn a_follower_live_at_the_end_gets_the_last_records_from_memory() {
     let log = EventLog::create(dir.path()).unwrap();
     log.append("status", r#"{"status":"working"}"#).unwrap();
     log.append_output_bytes(b"hello").unwrap();
-    log.append_end(r#"{"status":"done"}"#, r#"{"status":"done","exit_code":0}"#)
-        .unwrap();
+    log.append_all(&[
+        ("status", r#"{"status":"done"}"#),
+        ("done", r#"{"status":"done","exit_code":0}"#),
+    ])
+    .unwrap();
     // Caught up to the output when the task ended: the final status and done are
     // still in memory.
     let mut live = Cursor::after(2);
@@ -318,4 +327,42 @@ fn a_follower_live_at_the_end_gets_the_last_records_from_memory() {
     // Only those: a follower further behind reads the file.
     assert!(log.read_memory(&mut Cursor::after(1), 1 << 20).is_none());
     assert_eq!(log.lock().tail.len(), 2);
+}
+
+#[test]
+fn records_appended_together_are_one_write_and_served_together_with_the_dirs_sync() {
+    // A scratch task's `queued` and `working`: the new log's first sync covers both.
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("t-1");
+    std::fs::create_dir(&dir).unwrap();
+    let log = EventLog::create(&dir).unwrap();
+    let mut rx = log.subscribe();
+    let last = log
+        .append_all(&[
+            ("status", r#"{"status":"queued"}"#),
+            ("status", r#"{"status":"working"}"#),
+        ])
+        .unwrap();
+    assert_eq!(last, 2);
+    let len = log.lock().len;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // The durable length goes from nothing to both records, never to the first alone.
+    let seen = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            rx.wait_for(|&d| d > 0).await.map(|d| *d).unwrap()
+        })
+        .await
+        .expect("the records became durable")
+    });
+    assert_eq!(seen, len);
+    let g = log.lock();
+    assert!(g.unsynced_dir.is_none());
+    drop(g);
+    let mut c = Cursor::after(0);
+    assert_eq!(ids(log.read_memory(&mut c, 1 << 20).unwrap()), vec![1, 2]);
+    let text = std::fs::read_to_string(dir.join(EVENTS_FILE)).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
 }
