@@ -34,28 +34,41 @@ const DISK_CHECK_EVERY: u64 = 16 << 20;
 /// Starts the task on the runtime; it releases its registry slot when it ends.
 pub fn spawn(reg: Arc<Registry>, task: Arc<Task>) {
     tokio::spawn(async move {
-        let mut end = drive(&reg, &task).await;
-        let _span = tracing::info_span!("task", task_id = %task.id()).entered();
-        let resources = end.resources.get_or_insert_with(Resources::default);
-        resources.wall_seconds =
-            crate::timefmt::now_unix_ms().saturating_sub(task.meta.created_unix_ms) as f64 / 1e3;
-        let model_usd = end.agent.as_ref().map(|a| a.cost_usd);
-        let cost = reg.instance.cost(resources, model_usd);
-        reg.totals.add(resources, &cost);
-        end.cost = Some(cost);
-        if let Some(c) = task.session() {
-            let session = end.agent.as_ref().and_then(|a| a.session_id.as_deref());
-            c.finish(outcome(end.status()), end.commit.as_deref(), session);
+        let end = drive(&reg, &task).await;
+        // On a blocking thread: the end's sync, task.json, the session record and the
+        // slot's release are disk work that must not stall the runtime's other
+        // connections (a sync can take tens of ms), and the log's followers, woken from
+        // there, are served by the runtime while task.json is still being written.
+        let t = task.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || conclude(&reg, &t, end)).await {
+            tracing::error!(task_id = %task.id(), "ending the task failed: {e}");
         }
-        match &end.error {
-            Some(e) => tracing::info!(status = end.status().as_str(), "task ended: {e}"),
-            None => tracing::info!(status = end.status().as_str(), "task ended"),
-        }
-        if let Err(e) = task.finish(end) {
-            tracing::error!(task_id = %task.id(), "could not write the end of the task's log: {e}");
-        }
-        reg.release(&task);
     });
+}
+
+/// Writes the task's end (its cost, its session record, the final events) and releases
+/// its registry slot.
+fn conclude(reg: &Registry, task: &Task, mut end: Ending) {
+    let _span = tracing::info_span!("task", task_id = %task.id()).entered();
+    let resources = end.resources.get_or_insert_with(Resources::default);
+    resources.wall_seconds =
+        crate::timefmt::now_unix_ms().saturating_sub(task.meta.created_unix_ms) as f64 / 1e3;
+    let model_usd = end.agent.as_ref().map(|a| a.cost_usd);
+    let cost = reg.instance.cost(resources, model_usd);
+    reg.totals.add(resources, &cost);
+    end.cost = Some(cost);
+    if let Some(c) = task.session() {
+        let session = end.agent.as_ref().and_then(|a| a.session_id.as_deref());
+        c.finish(outcome(end.status()), end.commit.as_deref(), session);
+    }
+    match &end.error {
+        Some(e) => tracing::info!(status = end.status().as_str(), "task ended: {e}"),
+        None => tracing::info!(status = end.status().as_str(), "task ended"),
+    }
+    if let Err(e) = task.finish(end) {
+        tracing::error!(task_id = %task.id(), "could not write the end of the task's log: {e}");
+    }
+    reg.release(task);
 }
 
 /// How the session record says a task ended.
