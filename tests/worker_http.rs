@@ -96,20 +96,21 @@ async fn curl_streams_a_shell_task_on_h1_and_h2_prior_knowledge() {
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("event: output"), "{text}");
-        // The output may come in more than one event: join them.
-        let output: String = text
+        let events: Vec<Value> = text
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .collect();
+        // The output may come in more than one event: join them.
+        let output: String = events
+            .iter()
             .filter(|v| v["event"] == "output")
             .map(|v| v["data"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(output, "Hello from Cloud Run\r\n", "{text}");
         // A scratch task has nothing to prepare: `queued` then `working`, ids 1 and 2.
-        let statuses: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        let statuses: Vec<(u64, String)> = events
+            .iter()
             .filter(|v| v["event"] == "status")
             .map(|v| {
                 (
