@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use super::crew::{self, Crew};
 use super::{Inner, Shared};
 
 /// The syncer's side of a log.
@@ -85,8 +86,7 @@ struct Queue {
 struct State {
     logs: VecDeque<Arc<Shared>>,
     /// Syncer threads running, and how many of them wait for work.
-    threads: usize,
-    idle: usize,
+    crew: Crew,
 }
 
 fn queue_handle() -> &'static Queue {
@@ -94,8 +94,7 @@ fn queue_handle() -> &'static Queue {
     Q.get_or_init(|| Queue {
         state: Mutex::new(State {
             logs: VecDeque::new(),
-            threads: 0,
-            idle: 0,
+            crew: Crew::default(),
         }),
         ready: Condvar::new(),
     })
@@ -106,22 +105,22 @@ pub(super) fn queue(log: Arc<Shared>) {
     let q = queue_handle();
     let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
     st.logs.push_back(log);
-    if st.idle > 0 {
+    if st.crew.idle > 0 {
         drop(st);
         q.ready.notify_one();
         return;
     }
-    if st.threads >= SYNCERS {
+    if st.crew.threads >= SYNCERS {
         // Every syncer is busy: the first free one takes it.
         return;
     }
-    st.threads += 1;
+    st.crew.threads += 1;
     let started = std::thread::Builder::new()
         .name("log-sync".into())
         .spawn(run);
     if let Err(e) = started {
-        st.threads -= 1;
-        if st.threads == 0 {
+        st.crew.threads -= 1;
+        if st.crew.threads == 0 {
             // Without a thread nothing would ever be served: sync here rather than never.
             let log = st.logs.pop_back();
             drop(st);
@@ -144,23 +143,18 @@ pub(super) fn sync_here(log: &Arc<Shared>) {
 
 /// A syncer: takes a queued log, syncs it, serves what is now on disk; a log that
 /// grew meanwhile goes to the back of the queue (so every busy log gets its turn).
+/// Ends once no log has come for a while (`crew`).
 fn run() {
     let q = queue_handle();
     let mut again: Option<Arc<Shared>> = None;
     loop {
-        let log = {
-            let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(log) = again.take() {
-                st.logs.push_back(log);
-            }
-            loop {
-                if let Some(log) = st.logs.pop_front() {
-                    break log;
-                }
-                st.idle += 1;
-                st = q.ready.wait(st).unwrap_or_else(|e| e.into_inner());
-                st.idle -= 1;
-            }
+        let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = again.take() {
+            st.logs.push_back(log);
+        }
+        let Some(log) = crew::next_job(st, &q.ready, |s| &mut s.crew, |s| s.logs.pop_front())
+        else {
+            return;
         };
         if sync_one(&log) {
             again = Some(log);

@@ -17,6 +17,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
+use super::crew::{self, Crew};
+
 /// Helper threads at most.
 const HELPERS: usize = 3;
 
@@ -111,8 +113,7 @@ struct Pool {
 
 struct PoolState {
     jobs: VecDeque<Job>,
-    threads: usize,
-    idle: usize,
+    crew: Crew,
 }
 
 fn pool() -> &'static Pool {
@@ -120,8 +121,7 @@ fn pool() -> &'static Pool {
     P.get_or_init(|| Pool {
         state: Mutex::new(PoolState {
             jobs: VecDeque::new(),
-            threads: 0,
-            idle: 0,
+            crew: Crew::default(),
         }),
         ready: Condvar::new(),
     })
@@ -136,20 +136,20 @@ fn lock_pool() -> MutexGuard<'static, PoolState> {
 fn hand_out(job: Job) {
     let mut st = lock_pool();
     st.jobs.push_back(job);
-    if st.idle > 0 {
+    if st.crew.idle > 0 {
         drop(st);
         pool().ready.notify_one();
         return;
     }
-    if st.threads >= HELPERS {
+    if st.crew.threads >= HELPERS {
         return;
     }
-    st.threads += 1;
+    st.crew.threads += 1;
     if let Err(e) = std::thread::Builder::new()
         .name("log-sync-helper".into())
         .spawn(helper)
     {
-        st.threads -= 1;
+        st.crew.threads -= 1;
         tracing::debug!("no sync helper thread: {e}");
     }
 }
@@ -164,19 +164,14 @@ fn take_back(batch: &Arc<Batch>) -> Vec<Job> {
     mine.into()
 }
 
+/// A helper: syncs the jobs handed out, and ends once none has come for a while.
 fn helper() {
-    loop {
-        let job = {
-            let mut st = lock_pool();
-            loop {
-                if let Some(job) = st.jobs.pop_front() {
-                    break job;
-                }
-                st.idle += 1;
-                st = pool().ready.wait(st).unwrap_or_else(|e| e.into_inner());
-                st.idle -= 1;
-            }
-        };
+    while let Some(job) = crew::next_job(
+        lock_pool(),
+        &pool().ready,
+        |s| &mut s.crew,
+        |s| s.jobs.pop_front(),
+    ) {
         job.run();
     }
 }

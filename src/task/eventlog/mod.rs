@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+mod crew;
 mod durable;
 mod encode;
 mod fanout;
