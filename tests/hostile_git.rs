@@ -128,11 +128,21 @@ fn the_repository_cache_behind_a_worktree_cannot_be_changed_by_the_agent() {
         "templates dir"
     );
 
-    // The next task on the repository starts from the right files.
-    let (t2, out2) = rt.block_on(run(&w, json!({"prompt": "cat a.txt d/b.txt; git rev-parse HEAD", "rig_url": srv.url("r"), "ref": "main"})));
+    // The next task on the repository starts from the right files, from the spare, and
+    // everything in its worktree but the cache's objects is the agent's, `.git` too.
+    let prompt = "cat a.txt d/b.txt; git rev-parse HEAD; echo others:; \
+                  find . ! -user \"$(id -u)\" ! -path './.git/objects/*' -print; echo end";
+    let (t2, out2) = rt.block_on(run(
+        &w,
+        json!({"prompt": prompt, "rig_url": srv.url("r"), "ref": "main"}),
+    ));
     assert_eq!(t2["status"], "done", "{t2}\n{out2}");
     assert!(
         out2.contains("a\r\nb\r\n") && out2.contains(&base),
         "{out2}"
+    );
+    assert!(
+        out2.contains("others:\r\nend"),
+        "files in the second task's worktree are not the agent's: {out2}"
     );
 }

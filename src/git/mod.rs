@@ -133,6 +133,9 @@ pub struct Workspace {
     pub url: String,
     /// The remote ref the base came from (`refs/heads/main`, `refs/tags/v1`, or a commit id).
     pub remote_ref: String,
+    /// The uid and gid the checkout's files (all but `.git`) were given to ahead: they
+    /// came from a spare made for that owner (None: they are the worker's, as made).
+    pub files_owner: Option<(u32, u32)>,
 }
 
 /// Fetches `git_ref` of `url` into the cache (default: the remote's default branch) and
@@ -242,13 +245,14 @@ fn prepare_inner(
             None => default_branch_name(&fetched.remote_ref, &remote)?,
         };
         match worktree::create(&cfg, &fetched, &remote, &branch, &path) {
-            Ok(()) => {
+            Ok(files_owner) => {
                 return Ok(Workspace {
                     path,
                     branch,
                     base_commit: fetched.commit.to_string(),
                     url: remote.url.clone(),
                     remote_ref: fetched.remote_ref,
+                    files_owner,
                 })
             }
             Err(worktree::CreateError::MissingObject(e)) if !repaired => {

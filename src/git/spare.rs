@@ -84,12 +84,22 @@ pub(crate) fn is_spare_of(name: &str, keep: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(".spare-"))
 }
 
+/// A spare moved into a worktree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// The uid and gid every one of its files was given to when it was made (the
+    /// owner of its top directory: `make` gives the whole tree or renames none of it),
+    /// or that the worker's own files have, hard links aside (see `chown_tree`).
+    pub owner: (u32, u32),
+}
+
 /// Moves the files of a spare of `template` with `files` files into `dest` (a new
-/// worktree: its `.git` only). `Ok(false)`: there was none to take. On `Err` some
+/// worktree: its `.git` only). `Ok(None)`: there was none to take. On `Err` some
 /// files may have been moved: the caller clears `dest` before copying instead.
-pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<bool> {
+pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<Option<Taken>> {
+    use std::os::unix::fs::MetadataExt;
     let Some((dir, name)) = split(template) else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut found = spares(template);
     if found.is_empty() {
@@ -106,11 +116,15 @@ pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<boo
             let _ = fs::remove_dir_all(&taken);
             continue;
         }
-        let moved = move_entries(&taken, dest);
+        let moved = fs::symlink_metadata(&taken).and_then(|m| {
+            move_entries(&taken, dest).map(|()| Taken {
+                owner: (m.uid(), m.gid()),
+            })
+        });
         let _ = fs::remove_dir_all(&taken);
-        return moved.map(|()| true);
+        return moved.map(Some);
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Where a spare of `template` is being made and no other task waits for it: waits
@@ -256,13 +270,17 @@ mod tests {
 
         let dest = tmp.path().join("wt");
         fs::create_dir_all(dest.join(".git")).unwrap();
-        assert!(take(&t, &dest, 3).unwrap());
+        let me = nix::unistd::geteuid().as_raw();
+        let Some(taken) = take(&t, &dest, 3).unwrap() else {
+            panic!("the spare was not taken");
+        };
+        assert_eq!(taken.owner.0, me, "made by this process, for no one else");
         assert_eq!(fs::read_to_string(dest.join("sub/f2")).unwrap(), "2\n");
         assert!(dest.join(".git").is_dir());
         // Taken: nothing left to take, and nothing left behind beside the template.
         let other = tmp.path().join("wt2");
         fs::create_dir_all(&other).unwrap();
-        assert!(!take(&t, &other, 3).unwrap());
+        assert_eq!(take(&t, &other, 3).unwrap(), None);
         let names: Vec<String> = fs::read_dir(tmp.path())
             .unwrap()
             .flatten()
@@ -285,7 +303,7 @@ mod tests {
         let dest = tmp.path().join("wt");
         fs::create_dir_all(&dest).unwrap();
         // The tree has 3 files: the spare (2) came from a damaged template.
-        assert!(!take(&t, &dest, 3).unwrap());
+        assert_eq!(take(&t, &dest, 3).unwrap(), None);
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
         assert!(spares(&t).is_empty());
         assert_eq!(

@@ -42,13 +42,15 @@ pub(crate) fn root(cfg: &GitConfig) -> PathBuf {
 
 /// Creates the worktree at `path` on `branch` at `fetched.commit` (replacing whatever
 /// was left at `path` by an earlier run of the same task id).
+/// Makes the worktree at `path`; returns the owner its files (all but `.git`) were
+/// given to ahead, when they came from a spare (None: they are the worker's, as made).
 pub(crate) fn create(
     cfg: &GitConfig,
     fetched: &Fetched,
     remote: &RemoteUrl,
     branch: &str,
     path: &Path,
-) -> Result<(), CreateError> {
+) -> Result<Option<(u32, u32)>, CreateError> {
     remove_dir(path)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -145,11 +147,11 @@ pub(crate) fn create(
                 template::clear_worktree(path).map_err(|e| {
                     GitError::io(format!("clearing {shown} after a failed move"), e)
                 })?;
-                false
+                None
             }
         };
         spare::replenish(&template, cfg.spare_checkouts, cfg.spare_owner);
-        let copied = if taken {
+        let copied = if taken.is_some() {
             Ok(expected)
         } else {
             template::copy_into(&template, path)
@@ -157,7 +159,7 @@ pub(crate) fn create(
         match copied {
             Ok(n) if n == expected => {
                 index.write().map_err(|e| git("writing the index", e))?;
-                return Ok(());
+                return Ok(taken.map(|t| t.owner));
             }
             result => {
                 let e = match result {
@@ -175,7 +177,7 @@ pub(crate) fn create(
     checkout.force();
     repo.checkout_head(Some(&mut checkout))
         .map_err(|e| git("checking out the files", e))?;
-    Ok(())
+    Ok(None)
 }
 
 /// Hard-links every object file of the cache (packs, their indexes, loose objects)

@@ -48,10 +48,19 @@ impl Workspace {
 
     /// The directories the agent works in (owned, to hand them over, on a thread).
     pub fn agent_paths(&self) -> AgentPaths {
+        let (work_files_owner, beads_files_owner) = match self {
+            Workspace::Git(g) => (
+                g.main.files_owner,
+                g.beads.as_ref().and_then(|b| b.files_owner),
+            ),
+            Workspace::Scratch(_) => (None, None),
+        };
         AgentPaths {
             work: self.path().to_path_buf(),
             beads: self.beads_dir().map(Path::to_path_buf),
             git: self.is_git(),
+            work_files_owner,
+            beads_files_owner,
         }
     }
 }
@@ -63,6 +72,10 @@ pub struct AgentPaths {
     pub beads: Option<PathBuf>,
     /// Both are git worktrees (else `work` is a scratch dir).
     pub git: bool,
+    /// The owner each worktree's checkout (all but its `.git`) was given to ahead, if
+    /// it was (`git::Workspace::files_owner`).
+    pub work_files_owner: Option<(u32, u32)>,
+    pub beads_files_owner: Option<(u32, u32)>,
 }
 
 /// What the agent gets besides its worktree: a HOME of its own (kept across tasks, per
@@ -110,8 +123,19 @@ pub fn hand_over(
         // The run dir and its entries: `tmp` (just made, empty), the context file, and
         // a scratch work dir, which the loop below walks whole.
         chown_tree(&run, uid, gid, 1, RootOwned::Give)?;
-        for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
-            chown_tree(p, uid, gid, 4096, RootOwned::Give)?;
+        let beads = paths.beads.as_ref().map(|b| (b, paths.beads_files_owner));
+        for (p, files_owner) in std::iter::once((&paths.work, paths.work_files_owner)).chain(beads)
+        {
+            if paths.git && files_owner == Some((uid, gid)) {
+                // The checkout came from a spare given to this very user when it was
+                // made (`git::spare`): only the worktree itself and its `.git`, made
+                // for this task, are still the worker's. A 2,000-file checkout's walk
+                // was a fifth of a warm start (docs/bench.md).
+                chown_tree(p, uid, gid, 1, RootOwned::Give)?;
+                chown_tree(&p.join(".git"), uid, gid, 4096, RootOwned::Give)?;
+            } else {
+                chown_tree(p, uid, gid, 4096, RootOwned::Give)?;
+            }
         }
         let user = crate::process::identity::name_of(uid).unwrap_or_else(|| uid.to_string());
         home = Some((h, user));
