@@ -87,9 +87,9 @@ pub(crate) fn is_spare_of(name: &str, keep: &str) -> bool {
 /// A spare moved into a worktree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Taken {
-    /// The uid and gid every one of its files was given to when it was made (the
-    /// owner of its top directory: `make` gives the whole tree or renames none of it),
-    /// or that the worker's own files have, hard links aside (see `chown_tree`).
+    /// The uid and gid its files were given to when it was made: the owner of its top
+    /// directory, since `make` gives the whole tree or renames none of it (made with
+    /// no owner, they are the worker's).
     pub owner: (u32, u32),
 }
 

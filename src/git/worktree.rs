@@ -41,9 +41,9 @@ pub(crate) fn root(cfg: &GitConfig) -> PathBuf {
 }
 
 /// Creates the worktree at `path` on `branch` at `fetched.commit` (replacing whatever
-/// was left at `path` by an earlier run of the same task id).
-/// Makes the worktree at `path`; returns the owner its files (all but `.git`) were
-/// given to ahead, when they came from a spare (None: they are the worker's, as made).
+/// was left at `path` by an earlier run of the same task id). Returns the owner its
+/// files (all but `.git`) were given to ahead when they came from a spare (None: they
+/// are the worker's, as made).
 pub(crate) fn create(
     cfg: &GitConfig,
     fetched: &Fetched,
