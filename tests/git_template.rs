@@ -55,6 +55,24 @@ fn spares(data: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The index entry of `rel` in the worktree at `wt` holds the file's stat data as it is
+/// now (what git compares to tell an untouched file without reading it).
+fn assert_index_has_stat(wt: &Path, rel: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let debug = run_git(wt, &["ls-files", "--debug", rel]);
+    let m = std::fs::symlink_metadata(wt.join(rel)).unwrap();
+    let want = [
+        format!("ctime: {}:{}", m.ctime(), m.ctime_nsec()),
+        format!("mtime: {}:{}", m.mtime(), m.mtime_nsec()),
+        format!("ino: {}", m.ino()),
+        format!("uid: {}\tgid: {}", m.uid(), m.gid()),
+        format!("size: {}\t", m.size()),
+    ];
+    for w in want {
+        assert!(debug.contains(&w), "{rel}: no {w:?} in {debug}");
+    }
+}
+
 /// The template of `commit` (the first task on a commit leaves one).
 fn template_of(data: &Path, commit: &str) -> PathBuf {
     let found = templates(data)
@@ -103,34 +121,55 @@ fn a_warm_task_copies_the_template_and_git_sees_a_clean_tree() {
     let template = template_of(data.path(), &head);
     assert!(!template.join(".git").exists());
 
+    // The second task's files come from the spare made after the first: its index came
+    // with it, every file's stat data recorded as the files are now (the top-level
+    // ones again after their move), so git reads none of them to see the tree clean.
     let second = server.prepare(&c, "r", "polecat/b", "tb");
     assert_eq!(second.base_commit, head);
-    // It came from the template: its index was built from the tree, with no stat data
-    // yet (a checkout records each file's stat).
-    let debug = run_git(&second.path, &["ls-files", "--debug", "d0/f0.txt"]);
+    let me = nix::unistd::geteuid().as_raw();
+    assert_eq!(
+        second.made_ahead,
+        Some(git::MadeAhead {
+            owner: (me, me),
+            stat_recorded: true
+        })
+    );
+    for rel in ["d0/f0.txt", "d4/f9.txt", "run.sh", "link"] {
+        assert_index_has_stat(&second.path, rel);
+    }
+    assert_eq!(run_git(&second.path, &["status", "--porcelain"]), "");
+    assert_eq!(run_git(&second.path, &["ls-files"]).lines().count(), 52);
+
+    // With no spare left, a task copies the template: its index was built from the
+    // tree, with no stat data yet (a checkout records each file's stat).
+    for spare in spares(data.path()) {
+        std::fs::remove_dir_all(spare).unwrap();
+    }
+    let third = server.prepare(&c, "r", "polecat/c", "tc");
+    assert_eq!(third.made_ahead, None);
+    let debug = run_git(&third.path, &["ls-files", "--debug", "d0/f0.txt"]);
     assert!(debug.contains("mtime: 0:0"), "{debug}");
-    let status = run_git(&second.path, &["status", "--porcelain"]);
+    let status = run_git(&third.path, &["status", "--porcelain"]);
     assert_eq!(status, "", "the copied worktree is not clean");
-    let mode = std::fs::metadata(second.path.join("run.sh"))
+    let mode = std::fs::metadata(third.path.join("run.sh"))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o111, 0o111, "run.sh lost its exec bits");
     assert_eq!(
-        std::fs::read_link(second.path.join("link")).unwrap(),
+        std::fs::read_link(third.path.join("link")).unwrap(),
         Path::new("d0/f0.txt")
     );
-    assert_eq!(run_git(&second.path, &["ls-files"]).lines().count(), 52);
+    assert_eq!(run_git(&third.path, &["ls-files"]).lines().count(), 52);
     // The worker records the files' stat data once they are final: every entry, the
     // script and the symlink too, and the tree stays clean.
-    assert_eq!(git::record_stat(&second.path, None).unwrap(), 52);
-    let debug = run_git(&second.path, &["ls-files", "--debug", "d0/f0.txt"]);
-    assert!(
-        !debug.contains("mtime: 0:0") && debug.contains("size: 7"),
-        "{debug}"
-    );
-    let status = run_git(&second.path, &["status", "--porcelain"]);
+    assert_eq!(git::record_stat(&third.path, None).unwrap(), 52);
+    for rel in ["d0/f0.txt", "run.sh", "link"] {
+        assert_index_has_stat(&third.path, rel);
+    }
+    let status = run_git(&third.path, &["status", "--porcelain"]);
     assert_eq!(status, "", "not clean once the stat data is recorded");
+    git::remove_worktree(&c, &third).unwrap();
 
     // A change in the copied worktree commits and pushes only that change.
     std::fs::write(second.path.join("d1/f1.txt"), "changed\n").unwrap();

@@ -38,26 +38,37 @@ pub(crate) fn record(path: &Path, owner: Option<(u32, u32)>) -> Result<usize, Gi
     let git = |what: &str, e: git2::Error| GitError::git(format!("{what} in {shown}"), &e, None);
     let repo = Repository::open(path).map_err(|e| git("opening the worktree", e))?;
     let mut index = repo.index().map_err(|e| git("reading the index", e))?;
-    let entries: Vec<IndexEntry> = index.iter().collect();
+    let recorded = fill_entries(&mut index, path, |_| true)
+        .map_err(|e| git("recording a file's stat data", e))?;
+    index.write().map_err(|e| git("writing the index", e))?;
+    if let Some((uid, gid)) = owner {
+        let file = path.join(".git").join("index");
+        std::os::unix::fs::lchown(&file, Some(uid), Some(gid))
+            .map_err(|e| GitError::io(format!("giving {} to uid {uid}", file.display()), e))?;
+    }
+    Ok(recorded)
+}
+
+/// Fills the stat data of the entries of `index` whose path `pick` selects from their
+/// files under `root` (in memory: the caller writes the index). An entry whose file is
+/// missing or not what the entry says keeps what it had. Returns how many were filled.
+pub(crate) fn fill_entries(
+    index: &mut git2::Index,
+    root: &Path,
+    pick: impl Fn(&[u8]) -> bool,
+) -> Result<usize, git2::Error> {
+    let entries: Vec<IndexEntry> = index.iter().filter(|e| pick(&e.path)).collect();
     let mut recorded = 0;
     for mut entry in entries {
-        let file = path.join(OsStr::from_bytes(&entry.path));
+        let file = root.join(OsStr::from_bytes(&entry.path));
         let Ok(meta) = std::fs::symlink_metadata(&file) else {
             continue;
         };
         if !fill(&mut entry, &meta) {
             continue;
         }
-        index
-            .add(&entry)
-            .map_err(|e| git("recording a file's stat data", e))?;
+        index.add(&entry)?;
         recorded += 1;
-    }
-    index.write().map_err(|e| git("writing the index", e))?;
-    if let Some((uid, gid)) = owner {
-        let file = path.join(".git").join("index");
-        std::os::unix::fs::lchown(&file, Some(uid), Some(gid))
-            .map_err(|e| GitError::io(format!("giving {} to uid {uid}", file.display()), e))?;
     }
     Ok(recorded)
 }

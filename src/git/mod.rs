@@ -133,9 +133,20 @@ pub struct Workspace {
     pub url: String,
     /// The remote ref the base came from (`refs/heads/main`, `refs/tags/v1`, or a commit id).
     pub remote_ref: String,
-    /// The uid and gid the checkout's files (all but `.git`) were given to ahead: they
-    /// came from a spare made for that owner (None: they are the worker's, as made).
-    pub files_owner: Option<(u32, u32)>,
+    /// How the checkout's files (all but `.git`) were made ahead, when they came from
+    /// a spare (None: they are the worker's, as made, and the index has no stat data).
+    #[serde(default)]
+    pub made_ahead: Option<MadeAhead>,
+}
+
+/// A checkout whose files came from a spare made ahead (`spare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MadeAhead {
+    /// The uid and gid its files were given to when the spare was made.
+    pub owner: (u32, u32),
+    /// The index already holds every file's stat data, as the files are now: the
+    /// [`record_stat`] after a hand-over that changes none of them can be skipped.
+    pub stat_recorded: bool,
 }
 
 /// Fetches `git_ref` of `url` into the cache (default: the remote's default branch) and
@@ -245,14 +256,14 @@ fn prepare_inner(
             None => default_branch_name(&fetched.remote_ref, &remote)?,
         };
         match worktree::create(&cfg, &fetched, &remote, &branch, &path) {
-            Ok(files_owner) => {
+            Ok(made_ahead) => {
                 return Ok(Workspace {
                     path,
                     branch,
                     base_commit: fetched.commit.to_string(),
                     url: remote.url.clone(),
                     remote_ref: fetched.remote_ref,
-                    files_owner,
+                    made_ahead,
                 })
             }
             Err(worktree::CreateError::MissingObject(e)) if !repaired => {

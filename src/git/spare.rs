@@ -10,6 +10,11 @@
 //! finds none while one is being made waits for it, unless another task already does).
 //! Spares sit beside their template, out of every agent's reach, and go with it
 //! (`template::prune_others`).
+//!
+//! A spare also brings its worktree's index, made once its files were final (copied,
+//! given to their owner): `.git/index`, built from the commit's tree with every file's
+//! stat data. The task then need not look at its 2,000 files again before the agent
+//! starts (`index_stat`); only the top-level entries, whose move changed their ctime.
 //! This module owns the set of spare makers running now.
 
 use std::fs;
@@ -18,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::template;
+use git2::Oid;
+
+use super::{index_stat, template};
 use crate::process::ownership::{chown_tree, RootOwned};
 
 /// A spare maker running now.
@@ -91,6 +98,8 @@ pub(crate) struct Taken {
     /// directory, since `make` gives the whole tree or renames none of it (made with
     /// no owner, they are the worker's).
     pub owner: (u32, u32),
+    /// Its index (stat data recorded) was moved to the worktree's `.git/index`.
+    pub index: bool,
 }
 
 /// Moves the files of a spare of `template` with `files` files into `dest` (a new
@@ -117,8 +126,9 @@ pub(crate) fn take(template: &Path, dest: &Path, files: usize) -> io::Result<Opt
             continue;
         }
         let moved = fs::symlink_metadata(&taken).and_then(|m| {
-            move_entries(&taken, dest).map(|()| Taken {
+            move_entries(&taken, dest).map(|index| Taken {
                 owner: (m.uid(), m.gid()),
+                index,
             })
         });
         let _ = fs::remove_dir_all(&taken);
@@ -157,17 +167,36 @@ fn await_one(template: &Path) -> Vec<(PathBuf, usize)> {
     found
 }
 
-fn move_entries(from: &Path, to: &Path) -> io::Result<()> {
+/// Moves the spare's files into the worktree `to`, and its index (a tree never has a
+/// top-level `.git`) into `to/.git`. Returns whether the index was moved.
+fn move_entries(from: &Path, to: &Path) -> io::Result<bool> {
+    let mut index = false;
     for e in fs::read_dir(from)? {
         let e = e?;
+        if e.file_name() == ".git" {
+            index = fs::rename(e.path().join("index"), to.join(".git").join("index")).is_ok();
+            continue;
+        }
         fs::rename(e.path(), to.join(e.file_name()))?;
     }
-    Ok(())
+    Ok(index)
+}
+
+/// Where a spare's index comes from: the cache (bare) and the template's commit.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexSource {
+    pub cache_dir: PathBuf,
+    pub commit: Oid,
 }
 
 /// Starts making spares of `template` in the background until `keep` are there,
 /// unless a maker for it runs already. Never blocks on the copy.
-pub(crate) fn replenish(template: &Path, keep: usize, owner: Option<(u32, u32)>) {
+pub(crate) fn replenish(
+    template: &Path,
+    index: Option<IndexSource>,
+    keep: usize,
+    owner: Option<(u32, u32)>,
+) {
     let mut running = makers();
     if keep == 0 || running.iter().any(|m| m.template == template) || spares(template).len() >= keep
     {
@@ -186,7 +215,7 @@ pub(crate) fn replenish(template: &Path, keep: usize, owner: Option<(u32, u32)>)
                 if spares(&t).len() >= keep {
                     break;
                 }
-                let made = make(&t, owner);
+                let made = make(&t, index.as_ref(), owner);
                 announce();
                 if let Err(e) = made {
                     tracing::debug!(template = %t.display(), "no spare checkout: {e}");
@@ -203,8 +232,8 @@ pub(crate) fn replenish(template: &Path, keep: usize, owner: Option<(u32, u32)>)
 }
 
 /// One spare of `template`: copied whole into a `.tmp-` directory (given to `owner`),
-/// then renamed.
-fn make(template: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// its index written from `index` (a spare without one still serves), then renamed.
+fn make(template: &Path, index: Option<&IndexSource>, owner: Option<(u32, u32)>) -> io::Result<()> {
     let Some((dir, name)) = split(template) else {
         return Err(io::Error::other("a template without a parent"));
     };
@@ -218,11 +247,42 @@ fn make(template: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
             }
             None => Ok(files),
         })
+        .inspect(|_| {
+            if let Some(src) = index {
+                if let Err(e) = write_index(&tmp, src, owner) {
+                    tracing::debug!(template = %template.display(), "a spare without its index: {e}");
+                    let _ = fs::remove_dir_all(tmp.join(".git"));
+                }
+            }
+        })
         .and_then(|files| fs::rename(&tmp, dir.join(format!("{name}.spare-{files}-{id}"))));
     if made.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
     made
+}
+
+/// Writes `spare/.git/index` (given to `owner`, as the whole spare is): the tree of
+/// `src.commit` with the stat data of the spare's files, which are final (copied and
+/// given to their owner).
+fn write_index(
+    spare: &Path,
+    src: &IndexSource,
+    owner: Option<(u32, u32)>,
+) -> Result<usize, git2::Error> {
+    let repo = git2::Repository::open_bare(&src.cache_dir)?;
+    let tree = repo.find_commit(src.commit)?.tree()?;
+    let git = spare.join(".git");
+    fs::create_dir(&git).map_err(|e| git2::Error::from_str(&format!("creating .git: {e}")))?;
+    let mut index = git2::Index::open(&git.join("index"))?;
+    index.read_tree(&tree)?;
+    let recorded = index_stat::fill_entries(&mut index, spare, |_| true)?;
+    index.write()?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(&git, uid, gid, 1, RootOwned::Give)
+            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+    }
+    Ok(recorded)
 }
 
 /// Waits until no spare is being made (at most `timeout`); false if one still is.
@@ -258,7 +318,7 @@ mod tests {
     fn with_spare(files: usize) -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let t = template_with(tmp.path(), files);
-        replenish(&t, 1, None);
+        replenish(&t, None, 1, None);
         assert!(settle(Duration::from_secs(30)));
         (tmp, t)
     }
@@ -291,8 +351,8 @@ mod tests {
         fs::write(dest.join("sub/f0"), "changed\n").unwrap();
         assert_eq!(fs::read_to_string(t.join("sub/f0")).unwrap(), "0\n");
 
-        replenish(&t, 1, None);
-        replenish(&t, 1, None);
+        replenish(&t, None, 1, None);
+        replenish(&t, None, 1, None);
         assert!(settle(Duration::from_secs(30)));
         assert_eq!(spares(&t).len(), 1, "one maker at a time, up to `keep`");
     }
@@ -317,7 +377,7 @@ mod tests {
     fn none_are_made_when_none_are_wanted() {
         let tmp = tempfile::tempdir().unwrap();
         let t = template_with(tmp.path(), 1);
-        replenish(&t, 0, None);
+        replenish(&t, None, 0, None);
         assert!(settle(Duration::from_secs(30)));
         assert!(spares(&t).is_empty());
         assert!(is_spare_of("0123abcd.spare-1-2-3", "0123abcd"));

@@ -12,13 +12,13 @@
 use std::path::{Path, PathBuf};
 
 use git2::build::CheckoutBuilder;
-use git2::{ErrorClass, ErrorCode, Repository, RepositoryInitOptions};
+use git2::{ErrorClass, ErrorCode, Repository};
 
 use super::cache::Fetched;
 use super::error::GitError;
 use super::remote_url::RemoteUrl;
-use super::GitConfig;
 use super::{spare, template};
+use super::{GitConfig, MadeAhead};
 use crate::placement;
 
 /// How creating a worktree failed.
@@ -41,16 +41,16 @@ pub(crate) fn root(cfg: &GitConfig) -> PathBuf {
 }
 
 /// Creates the worktree at `path` on `branch` at `fetched.commit` (replacing whatever
-/// was left at `path` by an earlier run of the same task id). Returns the owner its
-/// files (all but `.git`) were given to ahead when they came from a spare (None: they
-/// are the worker's, as made).
+/// was left at `path` by an earlier run of the same task id). Returns how its files
+/// were made ahead when they came from a spare (None: they are the worker's, as made,
+/// and the index has no stat data).
 pub(crate) fn create(
     cfg: &GitConfig,
     fetched: &Fetched,
     remote: &RemoteUrl,
     branch: &str,
     path: &Path,
-) -> Result<Option<(u32, u32)>, CreateError> {
+) -> Result<Option<MadeAhead>, CreateError> {
     remove_dir(path)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -66,16 +66,8 @@ pub(crate) fn create(
             CreateError::Other(err)
         }
     };
-    let branch_ref = format!("refs/heads/{branch}");
-    let mut opts = RepositoryInitOptions::new();
-    opts.no_reinit(true)
-        .mkpath(true)
-        .external_template(false)
-        .initial_head(&branch_ref)
-        .origin_url(&remote.url);
-    let repo = Repository::init_opts(path, &opts).map_err(|e| git("creating the repository", e))?;
-    let git_dir = repo.path().to_path_buf();
-    drop(repo);
+    let git_dir = path.join(".git");
+    write_git_dir(&git_dir, cfg, remote, branch, fetched.commit)?;
 
     let cache_objects = std::fs::canonicalize(fetched.cache_dir.join("objects")).map_err(|e| {
         GitError::io(
@@ -89,27 +81,9 @@ pub(crate) fn create(
     }
 
     let repo = Repository::open(path).map_err(|e| git("opening the repository", e))?;
-    {
-        let mut config = repo.config().map_err(|e| git("opening the config", e))?;
-        let settings = [
-            ("user.name", cfg.author_name.as_str()),
-            ("user.email", cfg.author_email.as_str()),
-            (&format!("branch.{branch}.remote"), "origin"),
-            (&format!("branch.{branch}.merge"), branch_ref.as_str()),
-        ];
-        for (key, value) in settings {
-            config
-                .set_str(key, value)
-                .map_err(|e| git(&format!("setting {key}"), e))?;
-        }
-    }
     let commit = repo
         .find_commit(fetched.commit)
         .map_err(|e| git("reading the base commit", e))?;
-    repo.reference(&branch_ref, commit.id(), true, "outpost: task branch")
-        .map_err(|e| git(&format!("creating the branch {branch}"), e))?;
-    repo.set_head(&branch_ref)
-        .map_err(|e| git(&format!("switching to {branch}"), e))?;
     // The files come from the commit's template (built now if this is the first task
     // on this commit); a plain checkout when that is not possible.
     if let Some(template) = template::ensure(&fetched.cache_dir, fetched.commit) {
@@ -150,7 +124,16 @@ pub(crate) fn create(
                 None
             }
         };
-        spare::replenish(&template, cfg.spare_checkouts, cfg.spare_owner);
+        let source = spare::IndexSource {
+            cache_dir: fetched.cache_dir.clone(),
+            commit: fetched.commit,
+        };
+        spare::replenish(
+            &template,
+            Some(source),
+            cfg.spare_checkouts,
+            cfg.spare_owner,
+        );
         let copied = if taken.is_some() {
             Ok(expected)
         } else {
@@ -158,8 +141,16 @@ pub(crate) fn create(
         };
         match copied {
             Ok(n) if n == expected => {
+                let stat_recorded = match taken {
+                    Some(t) if t.index => adopt_index(&mut index, &tree, path)
+                        .map_err(|e| git("taking the spare's index", e))?,
+                    _ => false,
+                };
                 index.write().map_err(|e| git("writing the index", e))?;
-                return Ok(taken.map(|t| t.owner));
+                return Ok(taken.map(|t| MadeAhead {
+                    owner: t.owner,
+                    stat_recorded,
+                }));
             }
             result => {
                 let e = match result {
@@ -178,6 +169,84 @@ pub(crate) fn create(
     repo.checkout_head(Some(&mut checkout))
         .map_err(|e| git("checking out the files", e))?;
     Ok(None)
+}
+
+/// Writes a new worktree's `.git` as `git init` and `git checkout -b` leave it: HEAD on
+/// `refs/heads/<branch>` at `commit`, the remote `origin`, the worker's author, the
+/// branch's upstream. One write per file: libgit2's init probed the file system and
+/// rewrote `config` for each setting, 3.5-4 ms of a warm start (docs/bench.md).
+fn write_git_dir(
+    git_dir: &Path,
+    cfg: &GitConfig,
+    remote: &RemoteUrl,
+    branch: &str,
+    commit: git2::Oid,
+) -> Result<(), GitError> {
+    let branch_ref = format!("refs/heads/{branch}");
+    let config = format!(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
+         \tlogallrefupdates = true\n\
+         [remote \"origin\"]\n\turl = {}\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n\
+         [user]\n\tname = {}\n\temail = {}\n\
+         [branch {}]\n\tremote = origin\n\tmerge = {}\n",
+        config_value(&remote.url),
+        config_value(&cfg.author_name),
+        config_value(&cfg.author_email),
+        config_value(branch),
+        config_value(&branch_ref),
+    );
+    for dir in ["objects/info", "objects/pack", "refs/tags"] {
+        let d = git_dir.join(dir);
+        std::fs::create_dir_all(&d)
+            .map_err(|e| GitError::io(format!("creating {}", d.display()), e))?;
+    }
+    write(&git_dir.join("config"), config.as_bytes())?;
+    write(&git_dir.join(&branch_ref), format!("{commit}\n").as_bytes())?;
+    write(
+        &git_dir.join("HEAD"),
+        format!("ref: {branch_ref}\n").as_bytes(),
+    )
+}
+
+/// `v` as a quoted git config value (or subsection name): `"` and `\` escaped, a
+/// newline as `\n`.
+fn config_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Takes the index a spare brought to `root/.git/index` (its files' stat data recorded
+/// when it was made) in place of `index` (the worktree's, built from `tree` and not yet
+/// written), if it lists the very same entries; then records the stat data of the
+/// top-level entries again, since their move into the worktree changed their ctime.
+/// Ok(false), with `index` built from `tree` again, when it does not match.
+fn adopt_index(
+    index: &mut git2::Index,
+    tree: &git2::Tree,
+    root: &Path,
+) -> Result<bool, git2::Error> {
+    let listing = |index: &git2::Index| -> Vec<(Vec<u8>, git2::Oid, u32)> {
+        index.iter().map(|e| (e.path, e.id, e.mode)).collect()
+    };
+    let from_tree = listing(index);
+    // `index` is bound to `.git/index`: read it again, from the file the spare brought.
+    if index.read(true).is_err() || listing(index) != from_tree {
+        tracing::warn!(worktree = %root.display(), "a spare's index does not match its tree: not used");
+        index.read_tree(tree)?;
+        return Ok(false);
+    }
+    super::index_stat::fill_entries(index, root, |p| !p.contains(&b'/'))?;
+    Ok(true)
 }
 
 /// Hard-links every object file of the cache (packs, their indexes, loose objects)
@@ -259,4 +328,71 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
             .map_err(|e| GitError::io(format!("creating {}", parent.display()), e))?;
     }
     std::fs::write(path, bytes).map_err(|e| GitError::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_cli(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("running git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim_end()
+            .to_string()
+    }
+
+    /// The `.git` written by hand is one git reads as `init` + `checkout -b` leave it,
+    /// values that need quoting included.
+    #[test]
+    fn the_git_dir_written_by_hand_reads_back_in_git() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let wt = tmp.path().join("wt");
+        let mut cfg = GitConfig::new(tmp.path());
+        cfg.author_name = "A \"quoted\" name; # not a comment \\ end".into();
+        cfg.author_email = "a@b.c".into();
+        let remote =
+            super::super::remote_url::parse("https://example.com/o/r;x.git", false).expect("url");
+        let commit = git2::Oid::from_str("0123456789abcdef0123456789abcdef01234567").expect("oid");
+        write_git_dir(&wt.join(".git"), &cfg, &remote, "polecat/t-1", commit).expect("write");
+
+        assert_eq!(git_cli(&wt, &["config", "user.name"]), cfg.author_name);
+        assert_eq!(git_cli(&wt, &["config", "user.email"]), "a@b.c");
+        assert_eq!(git_cli(&wt, &["config", "remote.origin.url"]), remote.url);
+        assert_eq!(
+            git_cli(&wt, &["config", "branch.polecat/t-1.merge"]),
+            "refs/heads/polecat/t-1"
+        );
+        assert_eq!(
+            git_cli(&wt, &["config", "branch.polecat/t-1.remote"]),
+            "origin"
+        );
+        assert_eq!(git_cli(&wt, &["config", "core.bare"]), "false");
+        assert_eq!(
+            git_cli(&wt, &["symbolic-ref", "HEAD"]),
+            "refs/heads/polecat/t-1"
+        );
+        assert_eq!(
+            git_cli(
+                &wt,
+                &["rev-parse", "--verify", "-q", "refs/heads/polecat/t-1"]
+            ),
+            commit.to_string()
+        );
+        let repo = Repository::open(&wt).expect("libgit2 opens it");
+        assert!(!repo.is_bare());
+        assert_eq!(
+            repo.config()
+                .and_then(|c| c.get_string("user.name"))
+                .expect("user.name"),
+            cfg.author_name
+        );
+        assert_eq!(config_value("a\nb"), "\"a\\nb\"");
+    }
 }

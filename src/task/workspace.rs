@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::model::{Status, WorkRequest};
 use super::Task;
 use crate::config::Config;
-use crate::git::{self, GitConfig, Progress};
+use crate::git::{self, GitConfig, MadeAhead, Progress};
 use crate::process::ownership::{chown_tree, RootOwned};
 
 /// Where the agent works.
@@ -48,10 +48,10 @@ impl Workspace {
 
     /// The directories the agent works in (owned, to hand them over, on a thread).
     pub fn agent_paths(&self) -> AgentPaths {
-        let (work_files_owner, beads_files_owner) = match self {
+        let (work_made_ahead, beads_made_ahead) = match self {
             Workspace::Git(g) => (
-                g.main.files_owner,
-                g.beads.as_ref().and_then(|b| b.files_owner),
+                g.main.made_ahead,
+                g.beads.as_ref().and_then(|b| b.made_ahead),
             ),
             Workspace::Scratch(_) => (None, None),
         };
@@ -59,8 +59,8 @@ impl Workspace {
             work: self.path().to_path_buf(),
             beads: self.beads_dir().map(Path::to_path_buf),
             git: self.is_git(),
-            work_files_owner,
-            beads_files_owner,
+            work_made_ahead,
+            beads_made_ahead,
         }
     }
 }
@@ -72,10 +72,18 @@ pub struct AgentPaths {
     pub beads: Option<PathBuf>,
     /// Both are git worktrees (else `work` is a scratch dir).
     pub git: bool,
-    /// The owner each worktree's checkout (all but its `.git`) was given to ahead, if
-    /// it was (`git::Workspace::files_owner`).
-    pub work_files_owner: Option<(u32, u32)>,
-    pub beads_files_owner: Option<(u32, u32)>,
+    /// How each worktree's checkout (all but its `.git`) was made ahead, if it was
+    /// (`git::Workspace::made_ahead`).
+    pub work_made_ahead: Option<MadeAhead>,
+    pub beads_made_ahead: Option<MadeAhead>,
+}
+
+impl AgentPaths {
+    /// The worktrees (`work`, then the beads one) with how each was made ahead.
+    fn worktrees(&self) -> impl Iterator<Item = (&PathBuf, Option<MadeAhead>)> {
+        let beads = self.beads.as_ref().map(|b| (b, self.beads_made_ahead));
+        std::iter::once((&self.work, self.work_made_ahead)).chain(beads)
+    }
 }
 
 /// What the agent gets besides its worktree: a HOME of its own (kept across tasks, per
@@ -123,15 +131,14 @@ pub fn hand_over(
         // The run dir and its entries: `tmp` (just made, empty), the context file, and
         // a scratch work dir, which the loop below walks whole.
         chown_tree(&run, uid, gid, 1, RootOwned::Give)?;
-        let beads = paths.beads.as_ref().map(|b| (b, paths.beads_files_owner));
-        for (p, files_owner) in std::iter::once((&paths.work, paths.work_files_owner)).chain(beads)
-        {
-            if files_owner == Some((uid, gid)) {
+        for (p, made_ahead) in paths.worktrees() {
+            if made_ahead.map(|m| m.owner) == Some((uid, gid)) {
                 // The checkout came from a spare given to this very user when it was
                 // made (`git::spare`): only the worktree itself and its `.git`, made
-                // for this task, are still the worker's. The walk of a 2,000-file
-                // checkout found nothing to give, at 2.5-5.5 ms of a ~20 ms warm start
-                // (docs/bench.md).
+                // for this task, are still the worker's (its files, already the
+                // agent's, are not touched: their ctime stays). The walk of a
+                // 2,000-file checkout found nothing to give, at 2.5-5.5 ms of a ~20 ms
+                // warm start (docs/bench.md).
                 chown_tree(p, uid, gid, 1, RootOwned::Give)?;
                 chown_tree(&p.join(".git"), uid, gid, 4096, RootOwned::Give)?;
             } else {
@@ -142,8 +149,14 @@ pub fn hand_over(
         home = Some((h, user));
     }
     if paths.git {
-        // Last, once the files' owner and ctime are final.
-        for p in std::iter::once(&paths.work).chain(paths.beads.as_ref()) {
+        // Last, once the files' owner and ctime are final; not again where the index
+        // came with them, recorded as they still are (nothing above changed them).
+        for (p, made_ahead) in paths.worktrees() {
+            let recorded =
+                made_ahead.is_some_and(|m| m.stat_recorded && owner.is_none_or(|o| o == m.owner));
+            if recorded {
+                continue;
+            }
             if let Err(e) = git::record_stat(p, owner) {
                 tracing::warn!(task_id = %task.id(), "the index keeps no stat data ({e}): the commit check will read every file");
             }
