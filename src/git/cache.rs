@@ -88,7 +88,8 @@ pub(crate) fn fetch(
         let cleared = std::fs::remove_file(&marker);
         fetched.map_err(|e| session.map_err(&format!("fetching {} from", target.shown), &e))?;
         cleared.map_err(|e| GitError::io(format!("removing {}", marker.display()), e))?;
-    } else {
+    } else if repo.refname_to_id(&target.local_ref).ok() != Some(target.oid) {
+        // Up to date but for the ref (a warm start on an unchanged branch writes nothing).
         repo.reference(&target.local_ref, target.oid, true, "outpost: up to date")
             .map_err(|e| {
                 GitError::git(
