@@ -1,5 +1,6 @@
-//! Checkout templates: the first task on a commit checks it out once into a template
-//! beside the cache; every task copies its files from there instead of checking out.
+//! Checkout templates: the first task on a commit checks out into its worktree while a
+//! template is built beside the cache in the background; every later task copies its
+//! files from there (or takes a copy made ahead) instead of checking out.
 //! Checked with the real git CLI: the copied worktree is clean, modes and symlinks are
 //! right, and a change commits and pushes only that change. A template that does not
 //! match its tree is not used; a new commit replaces the old template.

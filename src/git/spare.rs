@@ -197,9 +197,32 @@ pub(crate) fn replenish(
     keep: usize,
     owner: Option<(u32, u32)>,
 ) {
+    if keep == 0 || spares(template).len() >= keep {
+        return;
+    }
+    let t = template.to_path_buf();
+    start_maker(template, move || {
+        make_spares(&t, index.as_ref(), keep, owner)
+    });
+}
+
+/// Builds the template of `src.commit` in the background, then its spares as
+/// [`replenish`] does, unless a maker for it runs already: the first task on a commit
+/// checks out into its own worktree, as `git clone` would, instead of checking out
+/// into the template and then copying it.
+pub(crate) fn build_template(src: IndexSource, keep: usize, owner: Option<(u32, u32)>) {
+    let template = template::path_of(&src.cache_dir, src.commit);
+    start_maker(&template, move || {
+        if let Some(t) = template::ensure(&src.cache_dir, src.commit) {
+            make_spares(&t, Some(&src), keep, owner);
+        }
+    });
+}
+
+/// Runs `work` on a thread of its own as the maker for `template`, unless one runs.
+fn start_maker(template: &Path, work: impl FnOnce() + Send + 'static) {
     let mut running = makers();
-    if keep == 0 || running.iter().any(|m| m.template == template) || spares(template).len() >= keep
-    {
+    if running.iter().any(|m| m.template == template) {
         return;
     }
     running.push(Maker {
@@ -210,24 +233,34 @@ pub(crate) fn replenish(
     let spawned = std::thread::Builder::new()
         .name("outpost-spare".into())
         .spawn(move || {
-            // Bounded: at most `keep` copies, and the first failure ends it.
-            for _ in 0..keep {
-                if spares(&t).len() >= keep {
-                    break;
-                }
-                let made = make(&t, index.as_ref(), owner);
-                announce();
-                if let Err(e) = made {
-                    tracing::debug!(template = %t.display(), "no spare checkout: {e}");
-                    break;
-                }
-            }
+            work();
             makers().retain(|m| m.template != t);
             announce();
         });
     if let Err(e) = spawned {
         tracing::debug!(template = %template.display(), "no spare checkout: starting a thread: {e}");
         running.retain(|m| m.template != template);
+    }
+}
+
+/// Makes spares of `template` until `keep` are there; bounded: at most `keep` copies,
+/// and the first failure ends it.
+fn make_spares(
+    template: &Path,
+    index: Option<&IndexSource>,
+    keep: usize,
+    owner: Option<(u32, u32)>,
+) {
+    for _ in 0..keep {
+        if spares(template).len() >= keep {
+            break;
+        }
+        let made = make(template, index, owner);
+        announce();
+        if let Err(e) = made {
+            tracing::debug!(template = %template.display(), "no spare checkout: {e}");
+            break;
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! Pristine checkouts of fetched commits ("templates"), kept beside the cache as
 //! `<data>/git/templates/<cache key>/<commit>`. Every task copies the template's files
 //! into its worktree, which is several times faster than checking the commit out again
-//! (no inflating, no filters, no per-file object lookups): the first task on a commit
-//! pays one checkout (into the template) plus one copy, later tasks only the copy.
+//! (no inflating, no filters, no per-file object lookups). The first task on a commit
+//! checks out into its own worktree, as `git clone` does, and the template is built
+//! beside it in the background (`spare::build_template`); later tasks copy it, or take a
+//! copy of it made ahead (`spare`).
 //!
 //! A template is checked out into a temporary directory renamed into place, so it is
 //! either complete or absent; older templates of the same cache (and their spares,
@@ -89,11 +91,16 @@ pub(crate) fn clear_worktree(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Where the template of `commit` is (or would be).
+pub(crate) fn path_of(cache_dir: &Path, commit: Oid) -> PathBuf {
+    dir_of(cache_dir).join(commit.to_string())
+}
+
 /// The template of `commit`, built from the cache's objects if it is not there yet;
 /// None when it cannot be built (the caller checks out instead).
 pub(crate) fn ensure(cache_dir: &Path, commit: Oid) -> Option<PathBuf> {
     let dir = dir_of(cache_dir);
-    let target = dir.join(commit.to_string());
+    let target = path_of(cache_dir, commit);
     if target.is_dir() {
         return Some(target);
     }

@@ -84,9 +84,18 @@ pub(crate) fn create(
     let commit = repo
         .find_commit(fetched.commit)
         .map_err(|e| git("reading the base commit", e))?;
-    // The files come from the commit's template (built now if this is the first task
-    // on this commit); a plain checkout when that is not possible.
-    if let Some(template) = template::ensure(&fetched.cache_dir, fetched.commit) {
+    // The files come from the commit's template; the first task on a commit checks
+    // out (as `git clone` does) while the template and a spare are made in the
+    // background for the tasks after it. A plain checkout too when a template is not
+    // usable.
+    let template = template::path_of(&fetched.cache_dir, fetched.commit);
+    let source = spare::IndexSource {
+        cache_dir: fetched.cache_dir.clone(),
+        commit: fetched.commit,
+    };
+    if !template.is_dir() {
+        spare::build_template(source, cfg.spare_checkouts, cfg.spare_owner);
+    } else {
         let tree = commit.tree().map_err(|e| git("reading the base tree", e))?;
         let mut index = repo.index().map_err(|e| git("opening the index", e))?;
         index
@@ -123,10 +132,6 @@ pub(crate) fn create(
                 })?;
                 None
             }
-        };
-        let source = spare::IndexSource {
-            cache_dir: fetched.cache_dir.clone(),
-            commit: fetched.commit,
         };
         spare::replenish(
             &template,
