@@ -8,6 +8,7 @@
 //! `supervise` owns signals and the drain, `memory` owns limits and pressure.
 
 pub mod agent;
+mod background;
 pub mod cli;
 pub mod client;
 pub mod config;

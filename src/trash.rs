@@ -112,6 +112,7 @@ fn schedule(trash: &Path) {
     let spawned = std::thread::Builder::new()
         .name("outpost-trash".into())
         .spawn(|| {
+            crate::background::lower_priority("emptying the trash");
             // Bounded: each turn empties a queued dir; discards queue their dir again
             // only for what they moved in meanwhile.
             while let Some(dir) = next_dirty(LINGER) {
@@ -211,6 +212,11 @@ mod tests {
         assert!(!tree.exists(), "the worktree's path is still taken");
         assert!(settle(Duration::from_secs(30)), "still deleting");
         assert_eq!(fs::read_dir(&trash).expect("trash").count(), 0);
+        // The thread lingers for the next discard, at a background priority.
+        assert_eq!(
+            crate::background::nice_of_thread("outpost-trash"),
+            Some(crate::background::NICE)
+        );
         // Nothing there: no error, nothing to do.
         discard(&trash, &tree).expect("discard of nothing");
     }

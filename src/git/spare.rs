@@ -233,6 +233,7 @@ fn start_maker(template: &Path, work: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("outpost-spare".into())
         .spawn(move || {
+            crate::background::lower_priority("copying a checkout ahead");
             work();
             makers().retain(|m| m.template != t);
             announce();

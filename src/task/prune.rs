@@ -13,8 +13,6 @@ use super::write_json_atomic;
 
 /// The file, under the tasks dir, holding the count of pruned tasks (a JSON number).
 const PRUNED_FILE: &str = "pruned.json";
-/// The housekeeping thread's nice value (0 is normal, 19 the lowest).
-const NICE: libc::c_int = 10;
 /// How long the housekeeping thread gathers pruned tasks before deleting them.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -86,7 +84,7 @@ impl Pruned {
         let started = std::thread::Builder::new()
             .name("outpost-prune".to_string())
             .spawn(move || {
-                lower_priority();
+                crate::background::lower_priority("housekeeping");
                 for mut dirs in rx.iter() {
                     // What more comes meanwhile goes with it: one write of the count per
                     // batch, not per task end (tasks back to back end hundreds a second).
@@ -123,19 +121,6 @@ fn record_and_delete(file: &Path, total: &AtomicU64, dirs: Vec<PathBuf>) {
     }
 }
 
-/// Lowers this thread's CPU priority (on Linux, nice is per thread).
-fn lower_priority() {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority only changes the scheduling priority of this thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, NICE) };
-    if rc != 0 {
-        tracing::debug!(
-            "housekeeping at normal priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,20 +149,8 @@ mod tests {
         // The count was written before the deletions, and a new reader sees it.
         assert_eq!(Pruned::open(&dir).total(), 3);
         // The thread runs at the lowest-but-not-idle priority we asked for.
-        let nice = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim() == "outpost-prune")
-            })
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .filter_map(|stat| {
-                let after = &stat[stat.rfind(')')? + 2..];
-                after.split_whitespace().nth(16)?.parse::<i32>().ok()
-            })
-            .next();
-        assert_eq!(nice, Some(NICE));
+        let nice = crate::background::nice_of_thread("outpost-prune");
+        assert_eq!(nice, Some(crate::background::NICE));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

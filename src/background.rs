@@ -1,0 +1,38 @@
+//! The worker's own work beside the tasks (deleting pruned tasks, emptying the trash,
+//! building checkout templates and copying checkouts ahead) runs on threads at a lower
+//! CPU priority: on two CPUs a task's agent and its commit check come first, and the
+//! background work still gets done (at nice 10 a thread has about a tenth of a normal
+//! one's share while both want a CPU, and is never starved).
+
+/// The nice value of background threads (0 is normal, 19 the lowest).
+pub(crate) const NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to [`NICE`] (on Linux, nice is per thread).
+/// `what` names the work in the debug line written when that fails.
+pub(crate) fn lower_priority(what: &str) {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority only changes the scheduling priority of this thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, NICE) };
+    if rc != 0 {
+        tracing::debug!(
+            "{what} at normal priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The nice value of this process's thread named `name` (the first one), from
+/// `/proc/self/task/*/stat`.
+#[cfg(test)]
+pub(crate) fn nice_of_thread(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let after = &stat[stat.rfind(')')? + 2..];
+            after.split_whitespace().nth(16)?.parse::<i32>().ok()
+        })
+        .next()
+}
