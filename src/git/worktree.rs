@@ -93,9 +93,8 @@ pub(crate) fn create(
         cache_dir: fetched.cache_dir.clone(),
         commit: fetched.commit,
     };
-    if !template.is_dir() {
-        spare::build_template(source, cfg.spare_checkouts, cfg.spare_owner);
-    } else {
+    let first_on_commit = !template.is_dir();
+    if !first_on_commit {
         let tree = commit.tree().map_err(|e| git("reading the base tree", e))?;
         let mut index = repo.index().map_err(|e| git("opening the index", e))?;
         index
@@ -135,7 +134,7 @@ pub(crate) fn create(
         };
         spare::replenish(
             &template,
-            Some(source),
+            Some(source.clone()),
             cfg.spare_checkouts,
             cfg.spare_owner,
         );
@@ -173,6 +172,10 @@ pub(crate) fn create(
     checkout.force();
     repo.checkout_head(Some(&mut checkout))
         .map_err(|e| git("checking out the files", e))?;
+    if first_on_commit {
+        // Once this task's own checkout is done: the two would share the CPUs and disk.
+        spare::build_template(source, cfg.spare_checkouts, cfg.spare_owner);
+    }
     Ok(None)
 }
 
