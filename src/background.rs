@@ -2,7 +2,8 @@
 //! building checkout templates and copying checkouts ahead) runs on threads at a lower
 //! CPU priority: on two CPUs a task's agent and its commit check come first, and the
 //! background work still gets done (at nice 10 a thread has about a tenth of a normal
-//! one's share while both want a CPU, and is never starved).
+//! one's share while both want a CPU, and is never starved). A task that waits for such
+//! work (a spare checkout being copied) gives its thread the normal priority back.
 
 /// The nice value of background threads (0 is normal, 19 the lowest).
 pub(crate) const NICE: libc::c_int = 10;
@@ -21,6 +22,20 @@ pub(crate) fn lower_priority(what: &str) {
     }
 }
 
+/// Gives this process's thread `tid` the normal priority again (nice 0): background
+/// work that a task now waits for. Raising a priority needs CAP_SYS_NICE (a worker run
+/// as root has it); without it the thread stays as it was.
+pub(crate) fn restore_priority(tid: i32) {
+    // SAFETY: setpriority only changes the scheduling priority of that thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, 0) };
+    if rc != 0 {
+        tracing::debug!(
+            "a background thread waited for keeps its low priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The nice value of this process's thread named `name` (the first one), from
 /// `/proc/self/task/*/stat`.
 #[cfg(test)]
@@ -29,10 +44,18 @@ pub(crate) fn nice_of_thread(name: &str) -> Option<i32> {
         .ok()?
         .flatten()
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
-        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .filter_map(|stat| {
-            let after = &stat[stat.rfind(')')? + 2..];
-            after.split_whitespace().nth(16)?.parse::<i32>().ok()
-        })
-        .next()
+        .find_map(|t| nice_in(&t.path()))
+}
+
+/// The nice value of this process's thread `tid`.
+#[cfg(test)]
+pub(crate) fn nice_of(tid: i32) -> Option<i32> {
+    nice_in(&std::path::Path::new("/proc/self/task").join(tid.to_string()))
+}
+
+#[cfg(test)]
+fn nice_in(task: &std::path::Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(16)?.parse::<i32>().ok()
 }

@@ -33,6 +33,9 @@ struct Maker {
     template: PathBuf,
     /// A task found no spare and waits for this maker's (the others copy).
     awaited: bool,
+    /// Its thread, once started: it runs at a background priority, given back the
+    /// normal one when a task waits for it.
+    tid: Option<i32>,
 }
 
 /// The spare makers running now, and a signal each time one makes a spare or ends.
@@ -144,7 +147,12 @@ fn await_one(template: &Path) -> Vec<(PathBuf, usize)> {
     let deadline = Instant::now() + AWAIT_MAX;
     let mut running = makers();
     match running.iter_mut().find(|m| m.template == template) {
-        Some(m) if !m.awaited => m.awaited = true,
+        Some(m) if !m.awaited => {
+            m.awaited = true;
+            if let Some(tid) = m.tid {
+                crate::background::restore_priority(tid);
+            }
+        }
         _ => return Vec::new(),
     }
     let found = loop {
@@ -228,12 +236,20 @@ fn start_maker(template: &Path, work: impl FnOnce() + Send + 'static) {
     running.push(Maker {
         template: template.to_path_buf(),
         awaited: false,
+        tid: None,
     });
     let t = template.to_path_buf();
     let spawned = std::thread::Builder::new()
         .name("outpost-spare".into())
         .spawn(move || {
-            crate::background::lower_priority("copying a checkout ahead");
+            // Under the lock: a task that waits for this maker sees its thread, or has
+            // already marked it awaited (then it keeps the normal priority).
+            if let Some(m) = makers().iter_mut().find(|m| m.template == t) {
+                m.tid = Some(nix::unistd::gettid().as_raw());
+                if !m.awaited {
+                    crate::background::lower_priority("copying a checkout ahead");
+                }
+            }
             work();
             makers().retain(|m| m.template != t);
             announce();
@@ -405,6 +421,62 @@ mod tests {
             2,
             "only the template and the worktree"
         );
+    }
+
+    /// A maker runs at the background priority until a task waits for it.
+    #[test]
+    fn a_maker_a_task_waits_for_runs_at_the_normal_priority() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = template_with(tmp.path(), 1);
+        // A maker whose work lasts until the test lets it end.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        start_maker(&t, move || {
+            let _ = wait.recv();
+        });
+        let tid_of = || {
+            makers()
+                .iter()
+                .find(|m| m.template == t)
+                .and_then(|m| m.tid)
+        };
+        let mut tid = None;
+        for _ in 0..5000 {
+            tid = tid_of();
+            if tid.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let tid = tid.expect("the maker's thread never started");
+        // Its priority was lowered under the lock its tid was recorded under.
+        assert_eq!(
+            crate::background::nice_of(tid),
+            Some(crate::background::NICE)
+        );
+
+        let waiter = {
+            let t = t.clone();
+            std::thread::spawn(move || await_one(&t))
+        };
+        let mut awaited = false;
+        for _ in 0..5000 {
+            awaited = makers().iter().any(|m| m.template == t && m.awaited);
+            if awaited {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(awaited, "the task never waited for the maker");
+        // Raising a priority takes CAP_SYS_NICE: a worker run as root has it.
+        let want = if nix::unistd::geteuid().is_root() {
+            0
+        } else {
+            crate::background::NICE
+        };
+        assert_eq!(crate::background::nice_of(tid), Some(want));
+        go.send(()).unwrap();
+        assert!(waiter.join().unwrap().is_empty(), "no spare was made");
+        assert!(settle(Duration::from_secs(30)));
     }
 
     #[test]
