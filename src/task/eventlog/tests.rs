@@ -28,12 +28,13 @@ fn a_log_held_by_another_process_is_not_reopened() {
     let mut holder = std::process::Command::new("flock")
         .args(["-x", "-o"])
         .arg(&path)
-        .args(["sleep", "10"])
+        .args(["sleep", "60"])
         .spawn()
         .expect("flock(1) from util-linux");
     drop(log);
-    // Bounded: until flock(1) holds the lock (it waits for ours to go).
-    for _ in 0..500 {
+    // Bounded: until flock(1) holds the lock (it waits for ours to go, which a sync in
+    // flight on a loaded disk keeps for a while: 5 s was not always enough in CI).
+    for _ in 0..3000 {
         if super::held_elsewhere(dir.path()) {
             break;
         }
