@@ -59,3 +59,39 @@ fn nice_in(task: &std::path::Path) -> Option<i32> {
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(16)?.parse::<i32>().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A background thread lowers its own priority only, and a waiting task can give it
+    /// the normal one back (as root).
+    #[test]
+    fn a_thread_lowers_its_priority_and_can_be_given_it_back() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            lower_priority("a test");
+            let tid = nix::unistd::gettid().as_raw();
+            tx.send((tid, nice_of(tid))).expect("send");
+            let _ = wait.recv();
+        });
+        let (tid, nice) = rx.recv().expect("the thread's nice");
+        assert_eq!(nice, Some(NICE));
+        let me = nix::unistd::gettid().as_raw();
+        assert_eq!(
+            nice_of(me),
+            Some(0),
+            "the caller's own priority is unchanged"
+        );
+        restore_priority(tid);
+        let want = if nix::unistd::geteuid().is_root() {
+            0
+        } else {
+            NICE
+        };
+        assert_eq!(nice_of(tid), Some(want));
+        go.send(()).expect("go");
+        t.join().expect("join");
+    }
+}

@@ -212,11 +212,6 @@ mod tests {
         assert!(!tree.exists(), "the worktree's path is still taken");
         assert!(settle(Duration::from_secs(30)), "still deleting");
         assert_eq!(fs::read_dir(&trash).expect("trash").count(), 0);
-        // The thread lingers for the next discard, at a background priority.
-        assert_eq!(
-            crate::background::nice_of_thread("outpost-trash"),
-            Some(crate::background::NICE)
-        );
         // Nothing there: no error, nothing to do.
         discard(&trash, &tree).expect("discard of nothing");
     }
