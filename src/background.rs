@@ -11,26 +11,24 @@ pub(crate) const NICE: libc::c_int = 10;
 /// Lowers the calling thread's CPU priority to [`NICE`] (on Linux, nice is per thread).
 /// `what` names the work in the debug line written when that fails.
 pub(crate) fn lower_priority(what: &str) {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority only changes the scheduling priority of this thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, NICE) };
-    if rc != 0 {
-        tracing::debug!(
-            "{what} at normal priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    set_nice(nix::unistd::gettid().as_raw(), NICE, what);
 }
 
 /// Gives this process's thread `tid` the normal priority again (nice 0): background
 /// work that a task now waits for. Raising a priority needs CAP_SYS_NICE (a worker run
 /// as root has it); without it the thread stays as it was.
 pub(crate) fn restore_priority(tid: i32) {
+    set_nice(tid, 0, "a background thread a task waits for");
+}
+
+/// Sets the nice value of this process's thread `tid`; a failure is only logged (the
+/// work goes on at the priority it has).
+fn set_nice(tid: i32, nice: libc::c_int, what: &str) {
     // SAFETY: setpriority only changes the scheduling priority of that thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, 0) };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, nice) };
     if rc != 0 {
         tracing::debug!(
-            "a background thread waited for keeps its low priority: {}",
+            "{what}: its priority stays (nice {nice} refused: {})",
             std::io::Error::last_os_error()
         );
     }
