@@ -7,6 +7,7 @@
 //! that cannot be opened or whose refs point at missing objects.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use git2::{Direction, Oid, Repository};
 
@@ -31,6 +32,68 @@ pub(crate) struct Fetched {
     pub remote_ref: String,
     /// The cache's `shallow` file at the time of the fetch, if it has one.
     pub shallow: Option<Vec<u8>>,
+}
+
+/// What the last fetch of each (cache, asked-for ref) found: the remote ref and its
+/// commit. A guess for the next task on it, made before the server is asked
+/// ([`last_fetched`]); never trusted without that answer.
+static LAST: Mutex<Vec<(PathBuf, Option<String>, String, Oid)>> = Mutex::new(Vec::new());
+
+/// Guesses kept at most (a worker sees few repositories; past this they start over).
+const LAST_MAX: usize = 256;
+
+/// The ref as asked for, for [`LAST`]: blank means the default branch.
+fn asked(git_ref: Option<&str>) -> Option<String> {
+    git_ref
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+}
+
+fn remember(dir: &Path, git_ref: Option<&str>, remote_ref: &str, commit: Oid) {
+    let key = asked(git_ref);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.retain(|(d, r, _, _)| !(d == dir && *r == key));
+    if last.len() >= LAST_MAX {
+        last.clear();
+    }
+    last.push((dir.to_path_buf(), key, remote_ref.to_string(), commit));
+}
+
+/// What the last [`fetch`] of `git_ref` from `remote` in this process found, with the
+/// cache's `shallow` file as it is now: the likely answer of the next fetch, read
+/// without the network or the cache's lock. None when nothing was fetched yet.
+pub(crate) fn last_fetched(
+    cfg: &GitConfig,
+    remote: &RemoteUrl,
+    git_ref: Option<&str>,
+) -> Option<Fetched> {
+    let (dir, _) = paths(cfg, remote);
+    let key = asked(git_ref);
+    let (remote_ref, commit) = {
+        let last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, _, remote_ref, commit) = last.iter().find(|(d, r, _, _)| *d == dir && *r == key)?;
+        (remote_ref.clone(), *commit)
+    };
+    let shallow = read_shallow(&dir).ok()?;
+    Some(Fetched {
+        cache_dir: dir,
+        commit,
+        remote_ref,
+        shallow,
+    })
+}
+
+/// The cache's `shallow` file, if it has one.
+fn read_shallow(dir: &Path) -> Result<Option<Vec<u8>>, GitError> {
+    match std::fs::read(dir.join("shallow")) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(GitError::io(
+            format!("reading {}/shallow", dir.display()),
+            e,
+        )),
+    }
 }
 
 /// Where the cache for `remote` lives, and its lock file.
@@ -105,16 +168,8 @@ pub(crate) fn fetch(
         what: format!("fetching {} from {}", target.shown, remote.url),
         message: "the server did not send the commit".to_string(),
     })?;
-    let shallow = match std::fs::read(dir.join("shallow")) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(GitError::io(
-                format!("reading {}/shallow", dir.display()),
-                e,
-            ))
-        }
-    };
+    let shallow = read_shallow(&dir)?;
+    remember(&dir, git_ref, &target.remote_ref, commit);
     Ok(Fetched {
         cache_dir: dir,
         commit,

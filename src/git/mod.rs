@@ -12,6 +12,7 @@
 //! The token is only ever put in the `Authorization` header of requests to the host of
 //! the task's URL: never in a URL, a config file, a log line or an error.
 
+mod ahead;
 mod cache;
 mod commit;
 mod error;
@@ -248,14 +249,32 @@ fn prepare_inner(
     let cfg = cfg.absolute()?;
     let remote = remote_url::parse(url, cfg.allow_http)?;
     let path = worktree::root(&cfg).join(dir_name);
+    // Made from the last fetch's commit while the server is asked (`ahead`).
+    let mut begun = ahead::begin(&cfg, &remote, git_ref, branch, &path);
     let mut repaired = false;
     loop {
-        let fetched = cache::fetch(&cfg, &remote, git_ref, progress)?;
-        let branch = match branch {
-            Some(b) => b.to_string(),
-            None => default_branch_name(&fetched.remote_ref, &remote)?,
+        let answer = cache::fetch(&cfg, &remote, git_ref, progress).and_then(|f| {
+            let branch = match branch {
+                Some(b) => b.to_string(),
+                None => default_branch_name(&f.remote_ref, &remote)?,
+            };
+            Ok((f, branch))
+        });
+        let (fetched, branch) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(b) = begun.take() {
+                    b.abandon(&cfg);
+                }
+                return Err(e);
+            }
         };
-        match worktree::create(&cfg, &fetched, &remote, &branch, &path) {
+        let kept = begun.take().and_then(|b| b.keep(&cfg, &fetched, &branch));
+        let created = match kept {
+            Some(made_ahead) => Ok(made_ahead),
+            None => worktree::create(&cfg, &fetched, &remote, &branch, &path),
+        };
+        match created {
             Ok(made_ahead) => {
                 return Ok(Workspace {
                     path,

@@ -37,6 +37,9 @@ struct State {
     /// Hold upload-pack responses after their first half.
     stall: AtomicBool,
     stalled: AtomicUsize,
+    /// Hold ref listings (`GET .../info/refs`) before answering them.
+    hold_listing: AtomicBool,
+    held: AtomicUsize,
     release: tokio::sync::Notify,
     /// `METHOD /path?query -> status`, in order.
     log: Mutex<Vec<String>>,
@@ -229,14 +232,21 @@ impl GitServer {
 
     /// Waits (at most `timeout`) until a response is being held; true if one is.
     pub fn wait_stalled(&self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.state.stalled.load(Ordering::SeqCst) > 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_for(&self.state.stalled, timeout)
+    }
+
+    /// While on, ref listings (`GET .../info/refs`, a warm fetch's check) are held,
+    /// unanswered, until turned off.
+    pub fn hold_listings(&self, on: bool) {
+        self.state.hold_listing.store(on, Ordering::SeqCst);
+        if !on {
+            self.state.release.notify_waiters();
         }
-        false
+    }
+
+    /// Waits (at most `timeout`) until a ref listing is being held; true if one is.
+    pub fn wait_listing_held(&self, timeout: Duration) -> bool {
+        wait_for(&self.state.held, timeout)
     }
 
     /// Every request served so far: `METHOD /path?query -> status`.
@@ -245,9 +255,33 @@ impl GitServer {
     }
 }
 
+/// Waits (at most `timeout`) until `count` is above zero; true if it is.
+fn wait_for(count: &AtomicUsize, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if count.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until `flag` is off (it is turned off with a `release` notification).
+async fn released(state: &State, flag: &AtomicBool) {
+    while flag.load(Ordering::SeqCst) {
+        let released = state.release.notified();
+        if !flag.load(Ordering::SeqCst) {
+            break;
+        }
+        released.await;
+    }
+}
+
 impl Drop for GitServer {
     fn drop(&mut self) {
         self.set_stall(false);
+        self.hold_listings(false);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -394,6 +428,12 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
     let content_type = header("content-type");
     let encoding = header("content-encoding");
     let protocol = header("git-protocol");
+    if method == "GET" && path.ends_with("/info/refs") && state.hold_listing.load(Ordering::SeqCst)
+    {
+        state.held.fetch_add(1, Ordering::SeqCst);
+        released(&state, &state.hold_listing).await;
+        state.held.fetch_sub(1, Ordering::SeqCst);
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return full(StatusCode::BAD_REQUEST, "bad body\n"),
@@ -443,13 +483,7 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
     state.stalled.fetch_add(1, Ordering::SeqCst);
     let st = state.clone();
     tokio::spawn(async move {
-        while st.stall.load(Ordering::SeqCst) {
-            let released = st.release.notified();
-            if !st.stall.load(Ordering::SeqCst) {
-                break;
-            }
-            released.await;
-        }
+        released(&st, &st.stall).await;
         st.stalled.fetch_sub(1, Ordering::SeqCst);
         let _ = tx.send(Ok(Frame::data(rest))).await;
     });
