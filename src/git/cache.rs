@@ -37,7 +37,14 @@ pub(crate) struct Fetched {
 /// What the last fetch of each (cache, asked-for ref) found: the remote ref and its
 /// commit. A guess for the next task on it, made before the server is asked
 /// ([`last_fetched`]); never trusted without that answer.
-static LAST: Mutex<Vec<(PathBuf, Option<String>, String, Oid)>> = Mutex::new(Vec::new());
+static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
+
+struct Last {
+    dir: PathBuf,
+    asked: Option<String>,
+    remote_ref: String,
+    commit: Oid,
+}
 
 /// Guesses kept at most (a worker sees few repositories; past this they start over).
 const LAST_MAX: usize = 256;
@@ -53,11 +60,16 @@ fn asked(git_ref: Option<&str>) -> Option<String> {
 fn remember(dir: &Path, git_ref: Option<&str>, remote_ref: &str, commit: Oid) {
     let key = asked(git_ref);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    last.retain(|(d, r, _, _)| !(d == dir && *r == key));
+    last.retain(|l| !(l.dir == dir && l.asked == key));
     if last.len() >= LAST_MAX {
         last.clear();
     }
-    last.push((dir.to_path_buf(), key, remote_ref.to_string(), commit));
+    last.push(Last {
+        dir: dir.to_path_buf(),
+        asked: key,
+        remote_ref: remote_ref.to_string(),
+        commit,
+    });
 }
 
 /// What the last [`fetch`] of `git_ref` from `remote` in this process found, with the
@@ -72,8 +84,8 @@ pub(crate) fn last_fetched(
     let key = asked(git_ref);
     let (remote_ref, commit) = {
         let last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, _, remote_ref, commit) = last.iter().find(|(d, r, _, _)| *d == dir && *r == key)?;
-        (remote_ref.clone(), *commit)
+        let l = last.iter().find(|l| l.dir == dir && l.asked == key)?;
+        (l.remote_ref.clone(), l.commit)
     };
     let shallow = read_shallow(&dir).ok()?;
     Some(Fetched {
