@@ -4,7 +4,8 @@ without /dev/kvm) with its disk, forwarded worker port, serial log and guest age
 
 Used by image/vm/boot and image/vm/test; Python 3 standard library only. Every wait is
 bounded, and every qemu started here has a watchdog that SIGKILLs it after VM_LIFETIME
-seconds whatever happens to the process that started it.
+seconds whatever happens to the process that started it (ended as soon as this process
+sees its qemu gone, so a finished run leaves no sleeper behind).
 """
 
 import base64
@@ -127,6 +128,7 @@ class Vm:
         self.pidfile = os.path.join(self.dir, "qemu.pid")
         self.state_file = os.path.join(self.dir, "vm.json")
         self.pid = None
+        self.watchdog = None
         self.port = None
         self.token = None
         self.image = None
@@ -235,9 +237,19 @@ class Vm:
             f"if tr '\\0' ' ' < /proc/{self.pid}/cmdline 2>/dev/null | grep -qF -- '{marker}'; "
             f"then kill -9 {self.pid}; fi"
         )
-        subprocess.Popen(["sh", "-c", script], start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+        self.watchdog = subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+
+    def _end_watchdog(self):
+        """This qemu is gone: its watchdog (and its `sleep`) has nothing left to do."""
+        w, self.watchdog = self.watchdog, None
+        if w is not None and w.poll() is None:
+            try:
+                os.killpg(w.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            w.wait()
 
     def alive(self):
         if self.pid is None:
@@ -256,11 +268,14 @@ class Vm:
             # A killed qemu is gone from the process table a moment before the kernel
             # has dropped its lock on the disk image; the next boot needs that lock.
             time.sleep(2)
+        if not self.alive():
+            self._end_watchdog()
 
     def wait_exit(self, timeout_s):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
+                self._end_watchdog()
                 return True
             time.sleep(0.2)
         return False
