@@ -45,94 +45,38 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     drop(phase);
     let server = GitServer::start(dir.0.clone()).await?;
 
+    // The baseline's clones and outpost's tasks take turns, repository by repository,
+    // the order alternating: both see the disk as the other left it (a run that made
+    // or deleted thousands of files slows the next writes for a while).
+    let warm_runs = if ctx.args.quick { 1 } else { WARM_PER_REPO };
     let phase = ctx.progress.phase(
-        "git clone --depth 1",
-        "clones",
-        Duration::from_secs(10 * runs as u64),
+        "git clone --depth 1, then outpost's cold and warm starts, in turn",
+        "clones and tasks",
+        Duration::from_secs(35 * runs as u64),
     );
     let mut base = Samples::new();
-    for i in 0..runs {
-        let dest = dir.0.join(format!("clone-{i}"));
-        let dest = dest.to_str().context("temp dir path is not UTF-8")?;
-        let url = server.url(&format!("repo-{i}.git"));
-        let t = Instant::now();
-        gitserver::git(
-            &dir.0,
-            &[
-                "clone",
-                "-q",
-                "--depth",
-                "1",
-                "--single-branch",
-                "--branch",
-                "main",
-                &url,
-                dest,
-            ],
-        )
-        .await?;
-        base.push(t.elapsed());
-        phase
-            .counter()
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    drop(phase);
-
-    let phase = ctx.progress.phase(
-        "outpost task start, cold then warm",
-        "tasks",
-        Duration::from_secs(25 * runs as u64),
-    );
-    let (mut cold, mut warm) = (Samples::new(), Samples::new());
-    // A warm task's end: from the agent's output to `done` (the agent, then the commit check of
-    // every file of the checkout, then the end of the log).
-    let mut warm_end = Samples::new();
+    let mut starts = Starts::default();
     let mut conn = ctx.target.ep.connect(Proto::H1).await?;
     for i in 0..runs {
-        let url = server.url(&format!("repo-{}.git", runs + i));
-        // One cold task, then several warm ones (each ~20 ms, so their p50 is steady),
-        // spaced as tasks that come one after another rather than at once: the worker
-        // copies the next checkout ahead in the background after each start, which
-        // tasks arriving back to back would wait for.
-        let warm_runs = if ctx.args.quick { 1 } else { WARM_PER_REPO };
-        for (n, is_warm) in std::iter::once(false)
-            .chain(std::iter::repeat_n(true, warm_runs))
-            .enumerate()
-        {
-            if n > 1 {
-                tokio::time::sleep(WARM_SPACING).await;
-            }
-            let body =
-                serde_json::json!({ "rig_url": url, "ref": "main", "prompt": PROMPT }).to_string();
-            let r = match taskrun::run_body(&mut conn, Bytes::from(body), None, &|_| {}).await {
-                Ok(r) => r,
-                Err(e) => bail!("{GIT_ISSUE}? POST /work with a rig_url: {e:#}"),
-            };
-            match (r.first_output, r.status.as_deref()) {
-                (Some(w), Some("done")) => {
-                    if is_warm {
-                        warm.push(w);
-                        if let Some(d) = r.done {
-                            warm_end.push(d.saturating_sub(w));
-                        }
-                    } else {
-                        cold.push(w);
-                    }
-                }
-                (None, Some("done")) => {
-                    bail!("the task ended done without its agent's output ({PROMPT:?})")
-                }
-                _ => bail!(
-                    "{GIT_ISSUE}? the task ended {:?}: {}",
-                    r.status,
-                    r.error.unwrap_or_default()
-                ),
-            }
-            phase
-                .counter()
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let clone_url = server.url(&format!("repo-{i}.git"));
+        let task_url = server.url(&format!("repo-{}.git", runs + i));
+        let dest = dir.0.join(format!("clone-{i}"));
+        if i % 2 == 0 {
+            base.push(git_clone(&dir.0, &clone_url, &dest).await?);
+            starts.repo(&mut conn, &task_url, warm_runs).await?;
+        } else {
+            starts.repo(&mut conn, &task_url, warm_runs).await?;
+            base.push(git_clone(&dir.0, &clone_url, &dest).await?);
         }
+        phase
+            .counter()
+            .fetch_add(2 + warm_runs as u64, std::sync::atomic::Ordering::Relaxed);
     }
+    let Starts {
+        mut cold,
+        mut warm,
+        mut warm_end,
+    } = starts;
     drop(phase);
     drop(server);
     // Removing the repositories is blocking work.
@@ -145,7 +89,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             .baseline(base.p50())
             .goal(Goal::RatioAtMost(GOAL_COLD))
             .note(format!(
-                "baseline: git clone --depth 1 --single-branch; {files} files, {runs} runs, each cold task followed by {} warm ones ({} ms apart)", if ctx.args.quick { 1 } else { WARM_PER_REPO }, WARM_SPACING.as_millis()
+                "baseline: git clone --depth 1 --single-branch, in turn with outpost's tasks; {files} files, {runs} runs, each cold task followed by {} warm ones ({} ms apart)", if ctx.args.quick { 1 } else { WARM_PER_REPO }, WARM_SPACING.as_millis()
             )),
         Row::new("clone", "warm task start vs cold (p50)", "ms")
             .outpost(warm.p50())
@@ -157,6 +101,87 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 "the agent's end, the commit check of {files} files, the end of the log"
             )),
     ])
+}
+
+/// `git clone --depth 1 --single-branch` of `url` into `dest`: how long it took.
+async fn git_clone(cwd: &std::path::Path, url: &str, dest: &std::path::Path) -> Result<Duration> {
+    let dest = dest.to_str().context("temp dir path is not UTF-8")?;
+    let t = Instant::now();
+    gitserver::git(
+        cwd,
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            "main",
+            url,
+            dest,
+        ],
+    )
+    .await?;
+    Ok(t.elapsed())
+}
+
+/// Outpost's task starts: POST to the agent's first output, cold and warm, and a warm
+/// task's end (from the agent's output to `done`: the agent, then the commit check of
+/// every file of the checkout, then the end of the log).
+#[derive(Default)]
+struct Starts {
+    cold: Samples,
+    warm: Samples,
+    warm_end: Samples,
+}
+
+impl Starts {
+    /// One cold task on `url`, then `warm_runs` warm ones (each ~20 ms, so their p50 is
+    /// steady), spaced as tasks that come one after another rather than at once: the
+    /// worker copies the next checkout ahead in the background after each start, which
+    /// tasks arriving back to back would wait for.
+    async fn repo(
+        &mut self,
+        conn: &mut crate::client::Conn,
+        url: &str,
+        warm_runs: usize,
+    ) -> Result<()> {
+        for (n, is_warm) in std::iter::once(false)
+            .chain(std::iter::repeat_n(true, warm_runs))
+            .enumerate()
+        {
+            if n > 1 {
+                tokio::time::sleep(WARM_SPACING).await;
+            }
+            let body =
+                serde_json::json!({ "rig_url": url, "ref": "main", "prompt": PROMPT }).to_string();
+            let r = match taskrun::run_body(conn, Bytes::from(body), None, &|_| {}).await {
+                Ok(r) => r,
+                Err(e) => bail!("{GIT_ISSUE}? POST /work with a rig_url: {e:#}"),
+            };
+            match (r.first_output, r.status.as_deref()) {
+                (Some(w), Some("done")) => {
+                    if is_warm {
+                        self.warm.push(w);
+                        if let Some(d) = r.done {
+                            self.warm_end.push(d.saturating_sub(w));
+                        }
+                    } else {
+                        self.cold.push(w);
+                    }
+                }
+                (None, Some("done")) => {
+                    bail!("the task ended done without its agent's output ({PROMPT:?})")
+                }
+                _ => bail!(
+                    "{GIT_ISSUE}? the task ended {:?}: {}",
+                    r.status,
+                    r.error.unwrap_or_default()
+                ),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A temporary directory removed on drop.
