@@ -180,6 +180,26 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `git clone --depth 1 --single-branch --branch main url dest` in `dir` (the clone
+/// scenario's baseline).
+pub async fn shallow_clone(dir: &Path, url: &str, dest: &str) -> Result<()> {
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            "main",
+            url,
+            dest,
+        ],
+    )
+    .await
+}
+
 /// Makes a repository with `files` files of `size` bytes each on branch `main`, and
 /// `copies` bare clones of it under `root` named `repo-<i>.git` (push enabled).
 pub async fn make_repos(root: &Path, files: usize, size: usize, copies: usize) -> Result<()> {
@@ -253,22 +273,7 @@ mod tests {
         make_repos(&dir.0, 3, 100, 1).await.unwrap();
         let server = GitServer::start(dir.0.clone()).await.unwrap();
         let url = server.url("repo-0.git");
-        git(
-            &dir.0,
-            &[
-                "clone",
-                "-q",
-                "--depth",
-                "1",
-                "--single-branch",
-                "--branch",
-                "main",
-                &url,
-                "c",
-            ],
-        )
-        .await
-        .unwrap();
+        shallow_clone(&dir.0, &url, "c").await.unwrap();
         assert!(dir.0.join("c/files/f0002.rs").is_file());
         let c = dir.0.join("c");
         std::fs::write(c.join("new.txt"), "x").unwrap();

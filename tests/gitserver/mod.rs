@@ -224,10 +224,7 @@ impl GitServer {
     /// While on, upload-pack responses that carry a pack stop after their first half until
     /// turned off.
     pub fn set_stall(&self, on: bool) {
-        self.state.stall.store(on, Ordering::SeqCst);
-        if !on {
-            self.state.release.notify_waiters();
-        }
+        self.switch(&self.state.stall, on);
     }
 
     /// Waits (at most `timeout`) until a response is being held; true if one is.
@@ -238,7 +235,12 @@ impl GitServer {
     /// While on, ref listings (`GET .../info/refs`, a warm fetch's check) are held,
     /// unanswered, until turned off.
     pub fn hold_listings(&self, on: bool) {
-        self.state.hold_listing.store(on, Ordering::SeqCst);
+        self.switch(&self.state.hold_listing, on);
+    }
+
+    /// Turns a hold on or off; off releases every response it holds.
+    fn switch(&self, flag: &AtomicBool, on: bool) {
+        flag.store(on, Ordering::SeqCst);
         if !on {
             self.state.release.notify_waiters();
         }

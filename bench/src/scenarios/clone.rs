@@ -103,25 +103,11 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     ])
 }
 
-/// `git clone --depth 1 --single-branch` of `url` into `dest`: how long it took.
+/// The baseline's clone of `url` into `dest`: how long it took.
 async fn git_clone(cwd: &std::path::Path, url: &str, dest: &std::path::Path) -> Result<Duration> {
     let dest = dest.to_str().context("temp dir path is not UTF-8")?;
     let t = Instant::now();
-    gitserver::git(
-        cwd,
-        &[
-            "clone",
-            "-q",
-            "--depth",
-            "1",
-            "--single-branch",
-            "--branch",
-            "main",
-            url,
-            dest,
-        ],
-    )
-    .await?;
+    gitserver::shallow_clone(cwd, url, dest).await?;
     Ok(t.elapsed())
 }
 
