@@ -276,6 +276,21 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Res
     std::fs::rename(&tmp, path)
 }
 
+/// Writes JSON to `path`, which must not exist yet (`meta.json`, once, into its new
+/// task directory). No temporary file and rename: there is nothing to replace, and the
+/// new log's first sync (before any of its events is served) covers this file and the
+/// directory alike; a crash before it can leave a partial file, which the recovery
+/// skips with a warning, as it would an empty file that a rename without a sync leaves.
+pub fn write_json_new<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(&bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

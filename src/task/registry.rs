@@ -16,7 +16,7 @@ use super::cost::{Instance, Totals};
 use super::eventlog::EventLog;
 use super::model::{Ending, Status, TaskMeta, TaskState, WorkRequest};
 use super::prune::Pruned;
-use super::{StopReason, Task};
+use super::{write_json_new, StopReason, Task};
 use crate::config::Config;
 use crate::process::Containment;
 
@@ -422,7 +422,7 @@ fn free_disk(dir: &std::path::Path) -> Option<u64> {
 
 fn create_task(meta: TaskMeta, dir: PathBuf, slot: usize) -> anyhow::Result<Task> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_new_json(&dir.join("meta.json"), &meta)
+    write_json_new(&dir.join("meta.json"), &meta)
         .with_context(|| format!("writing {}/meta.json", dir.display()))?;
     let log = EventLog::create(&dir)
         .with_context(|| format!("creating the event log in {}", dir.display()))?;
@@ -442,21 +442,6 @@ fn create_task(meta: TaskMeta, dir: PathBuf, slot: usize) -> anyhow::Result<Task
             .context("writing the first event")?;
     }
     Ok(Task::new(meta, dir, log, state, slot))
-}
-
-/// Writes a file that must not exist yet: `meta.json`, once, into its new directory.
-/// No temporary file and rename: there is nothing to replace, and the new log's first
-/// sync (before any of its events is served) covers this file and the directory alike;
-/// a crash before it can leave a partial file, which the recovery skips with a warning,
-/// as it would an empty file that a rename without a sync can leave.
-fn write_new_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> std::io::Result<()> {
-    use std::io::Write;
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?
-        .write_all(&bytes)
 }
 
 /// Reads one task back; a task that was live ends `interrupted` now.
